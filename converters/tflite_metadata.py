@@ -1,0 +1,122 @@
+"""Write named entries into a `.tflite` file's `Model.metadata` list (conversion time only).
+
+Each entry is a Model.metadata item {name, buffer} pointing at a Buffer holding the
+bytes -- the standard TFLite place for metadata, read back at runtime by
+`edge_runtime.tflite_metadata.read_metadata` without flatbuffers or TensorFlow.
+The model is unpacked with the FlatBuffers object API and repacked, so every other
+table (operators, subgraphs, signatures, existing metadata such as
+"min_runtime_version" or "CONVERSION_METADATA") is carried over unchanged; only the
+layout changes (buffers re-aligned to 16 bytes, out-of-flatbuffer data moved inline).
+"""
+
+from __future__ import annotations
+
+from edge_runtime.errors import ArtifactError
+
+FILE_IDENTIFIER = b"TFL3"
+# The TFLite converter aligns every buffer's data to 16 bytes (ForceVectorAlignment
+# in flatbuffer_export.cc) so kernels can use tensor data in place; keep that.
+_BUFFER_ALIGNMENT = 16
+
+
+def _schema():
+    # Prefer the LiteRT schema (newest fields); fall back to TensorFlow's copy.
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - depends on the installed packages
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
+
+
+def add_metadata(model: bytes, entries: dict[str, bytes]) -> bytes:
+    """Return a copy of `model` with each entry added (or replaced) in Model.metadata."""
+    import flatbuffers
+    import numpy as np
+
+    schema = _schema()
+    for name, value in entries.items():
+        if not isinstance(name, str) or not isinstance(value, (bytes, bytearray)):
+            raise TypeError(f"metadata entries must be str -> bytes, got {name!r}: {type(value).__name__}")
+
+    data = bytes(model)
+    if len(data) < 8 or data[4:8] != FILE_IDENTIFIER:
+        raise ArtifactError(f"not a TFLite flatbuffer: file identifier is {data[4:8]!r}, "
+                            f"expected {FILE_IDENTIFIER!r}")
+    try:
+        m = schema.ModelT.InitFromPackedBuf(data, 0)
+    except Exception as exc:  # the generated code raises anything on corrupt input
+        raise ArtifactError(f"not a readable TFLite flatbuffer: {exc}") from exc
+
+    _inline_external_data(m, data, np)
+    # Buffer 0 is by convention the empty buffer of tensors without data; keep it so.
+    m.buffers = list(m.buffers or [schema.BufferT()])
+    m.metadata = list(m.metadata or [])
+
+    by_name = {_text(item.name): item for item in m.metadata}
+    for name, value in entries.items():
+        payload = np.frombuffer(bytes(value), dtype=np.uint8)
+        item = by_name.get(name)
+        if item is not None and _only_user_of_buffer(m, item):
+            # Overwrite in place: no stale copy of the old payload stays in the file.
+            m.buffers[item.buffer] = schema.BufferT(data=payload)
+            continue
+        m.buffers.append(schema.BufferT(data=payload))
+        if item is None:
+            item = schema.MetadataT(name=name)
+            m.metadata.append(item)
+            by_name[name] = item
+        item.buffer = len(m.buffers) - 1
+
+    aligned = _aligned_buffer_type(schema)
+    m.buffers = [aligned(data=b.data, offset=b.offset, size=b.size) for b in m.buffers]
+    builder = flatbuffers.Builder(len(data) + sum(len(v) for v in entries.values()) + 1024)
+    builder.Finish(m.Pack(builder), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _inline_external_data(m, data: bytes, np) -> None:
+    # Models over 2 GB store buffers (and large custom options) after the flatbuffer at
+    # absolute offsets; repacking moves everything, so pull that data back inline --
+    # the same thing tensorflow/lite/tools/flatbuffer_utils.py does.
+    for buf in m.buffers or []:
+        if buf.offset > 1:
+            if buf.offset + buf.size > len(data):
+                raise ArtifactError(f"truncated TFLite file: buffer data at bytes {buf.offset}.."
+                                    f"{buf.offset + buf.size} is past the {len(data)}-byte file")
+            buf.data = np.frombuffer(data[buf.offset:buf.offset + buf.size], dtype=np.uint8)
+            buf.offset = buf.size = 0
+    for subgraph in m.subgraphs or []:
+        for op in subgraph.operators or []:
+            if op.largeCustomOptionsOffset > 1:
+                start, size = op.largeCustomOptionsOffset, op.largeCustomOptionsSize
+                op.customOptions = np.frombuffer(data[start:start + size], dtype=np.uint8)
+                op.largeCustomOptionsOffset = op.largeCustomOptionsSize = 0
+
+
+def _only_user_of_buffer(m, item) -> bool:
+    """True if no tensor, other metadata entry or metadata_buffer uses item's buffer."""
+    index = item.buffer
+    if index == 0 or index >= len(m.buffers):  # buffer 0 is the shared empty sentinel
+        return False
+    users = [t.buffer for sg in m.subgraphs or [] for t in sg.tensors or []]
+    users += [other.buffer for other in m.metadata if other is not item]
+    users += [int(b) for b in (m.metadataBuffer if m.metadataBuffer is not None else [])]
+    return index not in users
+
+
+def _aligned_buffer_type(schema):
+    """A BufferT whose Pack() starts the data vector on a 16-byte boundary."""
+
+    class AlignedBufferT(schema.BufferT):
+        def Pack(self, builder):
+            if self.data is not None and len(self.data):
+                # Prep pads so that after len(data) more bytes the position is aligned;
+                # the vector Pack writes next then starts exactly on the boundary.
+                builder.Prep(_BUFFER_ALIGNMENT, len(self.data))
+            return super().Pack(builder)
+
+    return AlignedBufferT

@@ -1,0 +1,20 @@
+"""Canonical events: the one vocabulary every reader, the encoder and the runtime share.
+
+An event is a mapping with the fields below. `ts` is Unix seconds (float, UTC);
+`event` is one of EVENT_TYPES; `session`, `category` and `price` are optional.
+"""
+
+from __future__ import annotations
+
+EVENT_TYPES: tuple[str, ...] = ("view", "cart", "fav", "purchase")
+EVENT_CODE: dict[str, int] = {name: code for code, name in enumerate(EVENT_TYPES)}
+VIEW, CART, FAV, PURCHASE = (EVENT_CODE[n] for n in EVENT_TYPES)
+
+REQUIRED_FIELDS: tuple[str, ...] = ("user", "ts", "event", "item")
+OPTIONAL_FIELDS: tuple[str, ...] = ("session", "category", "price")
+CANONICAL_FIELDS: tuple[str, ...] = ("user", "session", "ts", "event", "item", "category", "price")
+
+# Timestamps outside this window are "absurd" rather than merely unusual:
+# before 2000-01-01 or after 2100-01-01 (UTC).
+MIN_TS = 946_684_800.0
+MAX_TS = 4_102_444_800.0

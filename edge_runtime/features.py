@@ -1,0 +1,337 @@
+"""FeatureSpec and FeatureEncoder: the only code that turns events into numbers.
+
+Training encodes whole sessions with `FeatureEncoder.encode`; the device encodes one
+event at a time with `FeatureEncoder.start` / `step`. Both paths compute the same
+primitive quantities (time since the previous event, position, repeats, ...) and pass
+them through the one `_transform`, so there is no train/serve skew to test away.
+The spec, with the normalisation learned on training sessions, travels inside every
+artifact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_runtime.errors import ArtifactError, ConfigError
+from edge_runtime.events import CART, EVENT_CODE, EVENT_TYPES
+
+SPEC_VERSION = 1
+
+# Per-event features, in the order they are laid out before selection.
+SEQUENCE_FEATURES: tuple[str, ...] = (
+    *(f"is_{name}" for name in EVENT_TYPES),
+    "log_dt_prev",       # log1p(seconds since the previous event), capped at max_dt_seconds
+    "tod_sin", "tod_cos",  # time of day on the shop's clock, as a point on a circle
+    "log_position",      # log1p(index of the event in the session)
+    "log_elapsed",       # log1p(seconds since the session's first event)
+    "repeat_item",       # this item was seen earlier in the session
+    "repeat_category",   # this category was seen earlier in the session
+    "log_carts_so_far",  # log1p(carts in the session up to and including this event)
+    "log_price",         # log1p(price); 0 where the log has no price for the event
+)
+# User-history context: what the same user did before this session started.
+CONTEXT_FIELDS: tuple[str, ...] = ("prior_sessions", "prior_purchases", "open_cart_items")
+CONTEXT_FEATURES: tuple[str, ...] = tuple(f"ctx_log_{name}" for name in CONTEXT_FIELDS)
+ALL_FEATURES: tuple[str, ...] = SEQUENCE_FEATURES + CONTEXT_FEATURES
+
+
+def default_features(has_price: bool, has_category: bool, use_context: bool) -> tuple[str, ...]:
+    """The features a log supports: price, category and context only where it has them."""
+    drop = set()
+    if not has_price:
+        drop.add("log_price")
+    if not has_category:
+        drop.add("repeat_category")
+    if not use_context:
+        drop.update(CONTEXT_FEATURES)
+    return tuple(f for f in ALL_FEATURES if f not in drop)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the model's input means; written into every artifact.
+
+    Attributes:
+        features: the selected feature names, in input order.
+        mean, scale: per-feature normalisation learned on training sessions.
+        utc_offset_hours: the shop's clock for time-of-day features.
+        max_len: sessions are scored on their last ``max_len`` events (as in training).
+        max_dt_seconds: gaps longer than this count as this long.
+        version: the spec format version; artifacts of another version are refused.
+    """
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    utc_offset_hours: float = 0.0
+    max_len: int = 50
+    max_dt_seconds: float = 86400.0
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.features if f not in ALL_FEATURES]
+        if unknown:
+            raise ConfigError(f"unknown features {unknown}; allowed {list(ALL_FEATURES)}")
+        if len(set(self.features)) != len(self.features) or not self.features:
+            raise ConfigError(f"features must be distinct and non-empty, got {list(self.features)}")
+        if not (len(self.mean) == len(self.scale) == len(self.features)):
+            raise ConfigError(f"{len(self.features)} features but {len(self.mean)} means and "
+                              f"{len(self.scale)} scales")
+        if not all(math.isfinite(m) for m in self.mean) or not all(s > 0 and math.isfinite(s)
+                                                                   for s in self.scale):
+            raise ConfigError("normalisation must be finite with positive scales")
+        if self.max_len < 1 or not self.max_dt_seconds > 0:
+            raise ConfigError(f"max_len={self.max_len} and max_dt_seconds={self.max_dt_seconds} "
+                              f"must be positive")
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def uses_context(self) -> bool:
+        return any(f in CONTEXT_FEATURES for f in self.features)
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "features": list(self.features),
+                "mean": list(self.mean), "scale": list(self.scale),
+                "utc_offset_hours": self.utc_offset_hours, "max_len": self.max_len,
+                "max_dt_seconds": self.max_dt_seconds}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> FeatureSpec:
+        """Rebuild a spec; ArtifactError when it is of another version or malformed."""
+        if not isinstance(d, Mapping):
+            raise ArtifactError(f"feature spec is {type(d).__name__}, expected an object")
+        if d.get("version") != SPEC_VERSION:
+            raise ArtifactError(f"feature spec version {d.get('version')!r} is not supported; "
+                                f"this ubp-edge reads version {SPEC_VERSION}")
+        try:
+            return cls(features=tuple(d["features"]), mean=tuple(map(float, d["mean"])),
+                       scale=tuple(map(float, d["scale"])),
+                       utc_offset_hours=float(d["utc_offset_hours"]), max_len=int(d["max_len"]),
+                       max_dt_seconds=float(d["max_dt_seconds"]), version=int(d["version"]))
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
+            raise ArtifactError(f"feature spec is malformed: {e}") from None
+
+
+@dataclass
+class EncoderState:
+    """What the one-event path remembers about a live session."""
+
+    context: np.ndarray
+    n: int = 0
+    first_ts: float = 0.0
+    last_ts: float = 0.0
+    carts: int = 0
+    items: set = field(default_factory=set)
+    categories: set = field(default_factory=set)
+
+
+class FeatureEncoder:
+    """Encode sessions (batch) or single events (live) into normalised float32 features.
+
+    Args:
+        features: feature names to produce, in order (default: all).
+        utc_offset_hours: the shop's clock for time-of-day features.
+        max_len: kept in the spec; callers score the last ``max_len`` events.
+        max_dt_seconds: cap on the time since the previous event.
+
+    Example:
+        >>> enc = FeatureEncoder(default_features(False, True, False)).fit(sessions)
+        >>> x = enc.encode(ts, event, item, category)          # (L, F) float32
+        >>> state = enc.start(); v = enc.step(state, {"ts": 1.0, "event": "view", "item": "a"})
+    """
+
+    def __init__(self, features: Sequence[str] = ALL_FEATURES, utc_offset_hours: float = 0.0,
+                 max_len: int = 50, max_dt_seconds: float = 86400.0) -> None:
+        self.features = tuple(features)
+        self.utc_offset_hours = utc_offset_hours
+        self.max_len = max_len
+        self.max_dt_seconds = max_dt_seconds
+        unknown = [f for f in self.features if f not in ALL_FEATURES]
+        if unknown:
+            raise ConfigError(f"unknown features {unknown}; allowed {list(ALL_FEATURES)}")
+        self._columns = np.array([ALL_FEATURES.index(f) for f in self.features], np.int64)
+        self.mean_: np.ndarray | None = None
+        self.scale_: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ spec
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> FeatureEncoder:
+        enc = cls(spec.features, spec.utc_offset_hours, spec.max_len, spec.max_dt_seconds)
+        enc.mean_ = np.asarray(spec.mean, np.float64)
+        enc.scale_ = np.asarray(spec.scale, np.float64)
+        return enc
+
+    def spec(self) -> FeatureSpec:
+        """The fitted spec; ConfigError before `fit`."""
+        if self.mean_ is None or self.scale_ is None:
+            raise ConfigError("FeatureEncoder is not fitted: call fit() first")
+        return FeatureSpec(self.features, tuple(map(float, self.mean_)),
+                           tuple(map(float, self.scale_)), self.utc_offset_hours, self.max_len,
+                           self.max_dt_seconds)
+
+    def fit(self, raw_rows: np.ndarray) -> FeatureEncoder:
+        """Learn the normalisation from raw (unnormalised) rows of training sessions.
+
+        Args:
+            raw_rows: (N, F) as returned by `raw` for the training sessions, stacked.
+
+        Returns:
+            self, with ``mean_`` and ``scale_`` set.
+        """
+        raw_rows = np.asarray(raw_rows, np.float64)
+        if raw_rows.ndim != 2 or raw_rows.shape[1] != len(self.features) or len(raw_rows) == 0:
+            raise ConfigError(f"fit needs (N>0, {len(self.features)}) raw rows, got {raw_rows.shape}")
+        self.mean_ = raw_rows.mean(axis=0)
+        std = raw_rows.std(axis=0)
+        # A constant feature (e.g. is_purchase, never in a prefix) keeps scale 1, not 0.
+        self.scale_ = np.where(std > 1e-12, std, 1.0)
+        return self
+
+    # ------------------------------------------------------------------ shared core
+    def _transform(self, event: np.ndarray, dt: np.ndarray, ts: np.ndarray, position: np.ndarray,
+                   elapsed: np.ndarray, repeat_item: np.ndarray, repeat_category: np.ndarray,
+                   carts: np.ndarray, price: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """Primitive quantities (arrays of length L) -> raw feature rows (L, F), float64."""
+        n = len(event)
+        out = np.empty((n, len(ALL_FEATURES)), np.float64)
+        for code in range(len(EVENT_TYPES)):
+            out[:, code] = event == code
+        k = len(EVENT_TYPES)
+        out[:, k] = np.log1p(np.minimum(np.maximum(dt, 0.0), self.max_dt_seconds))
+        angle = ((ts + self.utc_offset_hours * 3600.0) % 86400.0) * (2.0 * math.pi / 86400.0)
+        out[:, k + 1] = np.sin(angle)
+        out[:, k + 2] = np.cos(angle)
+        out[:, k + 3] = np.log1p(position)
+        out[:, k + 4] = np.log1p(np.maximum(elapsed, 0.0))
+        out[:, k + 5] = repeat_item
+        out[:, k + 6] = repeat_category
+        out[:, k + 7] = np.log1p(carts)
+        out[:, k + 8] = np.log1p(np.where(np.isfinite(price) & (price >= 0), price, 0.0))
+        out[:, k + 9:] = np.log1p(np.maximum(context, 0.0))
+        return out[:, self._columns]
+
+    def _normalise(self, raw: np.ndarray) -> np.ndarray:
+        if self.mean_ is None or self.scale_ is None:
+            raise ConfigError("FeatureEncoder is not fitted: call fit() first")
+        return ((raw - self.mean_) / self.scale_).astype(np.float32)
+
+    @staticmethod
+    def _context_vector(context: Mapping | Sequence | np.ndarray | None) -> np.ndarray:
+        if context is None:
+            return np.zeros(len(CONTEXT_FIELDS), np.float64)
+        if isinstance(context, Mapping):
+            unknown = set(context) - set(CONTEXT_FIELDS)
+            if unknown:
+                raise ConfigError(f"context keys {sorted(unknown)} not in {list(CONTEXT_FIELDS)}")
+            return np.array([float(context.get(k, 0.0)) for k in CONTEXT_FIELDS], np.float64)
+        vec = np.asarray(context, np.float64).reshape(-1)
+        if len(vec) != len(CONTEXT_FIELDS):
+            raise ConfigError(f"context has {len(vec)} values, expected {len(CONTEXT_FIELDS)}")
+        return vec
+
+    # ------------------------------------------------------------------ batch path
+    def raw(self, ts: np.ndarray, event: np.ndarray, item: np.ndarray,
+            category: np.ndarray | None = None, price: np.ndarray | None = None,
+            context: Mapping | np.ndarray | None = None) -> np.ndarray:
+        """Raw (unnormalised) feature rows of one time-ordered session, float64 (L, F).
+
+        Args:
+            ts: Unix seconds per event.
+            event: canonical event codes (edge_runtime.events.EVENT_CODE).
+            item: item ids (any hashable values; equal ids mean the same item).
+            category: category ids or None; empty string means "no category".
+            price: prices or None; NaN means "no price".
+            context: user history (CONTEXT_FIELDS) before the session, or None.
+        """
+        ts = np.asarray(ts, np.float64)
+        n = len(ts)
+        event = np.asarray(event)
+        position = np.arange(n, dtype=np.float64)
+        dt = np.zeros(n) if n == 0 else np.r_[0.0, ts[1:] - ts[:-1]]
+        elapsed = ts - ts[0] if n else ts
+        repeat_item = _seen_before(np.asarray(item))
+        if category is None:
+            repeat_category = np.zeros(n)
+        else:
+            category = np.asarray(category)
+            repeat_category = _seen_before(category) & (category != "")
+        carts = np.cumsum(event == CART).astype(np.float64)
+        price = np.full(n, np.nan) if price is None else np.asarray(price, np.float64)
+        ctx = np.broadcast_to(self._context_vector(context), (n, len(CONTEXT_FIELDS)))
+        return self._transform(event, dt, ts, position, elapsed, repeat_item.astype(np.float64),
+                               np.asarray(repeat_category, np.float64), carts, price, ctx)
+
+    def encode(self, ts: np.ndarray, event: np.ndarray, item: np.ndarray,
+               category: np.ndarray | None = None, price: np.ndarray | None = None,
+               context: Mapping | np.ndarray | None = None) -> np.ndarray:
+        """Normalised float32 features (L, F) of one session; see `raw` for the arguments."""
+        return self._normalise(self.raw(ts, event, item, category, price, context))
+
+    # ------------------------------------------------------------------ one-event path
+    def start(self, context: Mapping | np.ndarray | None = None) -> EncoderState:
+        """State for a new live session, with its optional user-history context."""
+        return EncoderState(context=self._context_vector(context))
+
+    def step(self, state: EncoderState, event: Mapping) -> np.ndarray:
+        """Encode one event of a live session and advance the state.
+
+        Args:
+            state: from `start`, updated in place.
+            event: a mapping with ``ts``, ``event`` (a name in EVENT_TYPES or its code),
+                ``item`` and optionally ``category`` and ``price``.
+
+        Returns:
+            The event's normalised float32 features, shape (F,).
+
+        Raises:
+            ConfigError: a missing field or an unknown event type.
+        """
+        try:
+            ts = float(event["ts"])
+            kind = event["event"]
+            item = event["item"]
+        except KeyError as e:
+            raise ConfigError(f"event {dict(event)!r} has no {e.args[0]!r} field") from None
+        except (TypeError, ValueError):
+            raise ConfigError(f"event ts {event.get('ts')!r} is not a number") from None
+        code = EVENT_CODE.get(kind, kind) if isinstance(kind, str) else int(kind)
+        if not isinstance(code, int) or not 0 <= code < len(EVENT_TYPES):
+            raise ConfigError(f"event type {kind!r} not in {list(EVENT_TYPES)}")
+        category = event.get("category")
+        price = event.get("price")
+        first = state.n == 0
+        if first:
+            state.first_ts = ts
+        dt = 0.0 if first else ts - state.last_ts
+        repeat_item = float(item in state.items)
+        has_category = category is not None and category != ""
+        repeat_category = float(has_category and category in state.categories)
+        carts = state.carts + (code == CART)
+        row = self._transform(
+            np.array([code]), np.array([dt]), np.array([ts]), np.array([float(state.n)]),
+            np.array([ts - state.first_ts]), np.array([repeat_item]), np.array([repeat_category]),
+            np.array([float(carts)]), np.array([np.nan if price is None else float(price)]),
+            state.context[None, :])
+        state.n += 1
+        state.last_ts = ts
+        state.carts = carts
+        state.items.add(item)
+        if has_category:
+            state.categories.add(category)
+        return self._normalise(row)[0]
+
+
+def _seen_before(values: np.ndarray) -> np.ndarray:
+    """True where the value occurred earlier in the array."""
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, bool)
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    return first[inverse.reshape(-1)] != np.arange(n)

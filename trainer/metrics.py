@@ -1,0 +1,66 @@
+"""Classification metrics of purchase probabilities, with scikit-learn where it fits.
+
+The user's article names MSE, MAE and accuracy; `brier` is the MSE of the probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PREFIX_BUCKETS: tuple[tuple[str, int, int], ...] = (
+    ("1", 1, 1), ("2", 2, 2), ("3", 3, 3), ("4-5", 4, 5), ("6-10", 6, 10), ("11+", 11, 1 << 62))
+METRIC_KEYS = ("roc_auc", "pr_auc", "log_loss", "brier", "mae", "accuracy", "f1")
+
+
+def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The probability threshold that maximises F1 (ties: the higher threshold)."""
+    from sklearn.metrics import precision_recall_curve
+
+    y = np.asarray(y)
+    if y.min() == y.max():
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1]))
+    return float(thresholds[best])
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
+    """ROC-AUC, PR-AUC, log-loss, Brier (MSE), MAE, accuracy and F1 at ``threshold``.
+
+    AUCs are None when only one class is present.
+    """
+    from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss,
+                                 f1_score, log_loss, roc_auc_score)
+
+    y = np.asarray(y, np.int64)
+    p = np.clip(np.asarray(p, np.float64), 0.0, 1.0)
+    both = len(np.unique(y)) == 2
+    decision = (p >= threshold).astype(np.int64)
+    return {
+        "roc_auc": _finite(roc_auc_score(y, p)) if both else None,
+        "pr_auc": _finite(average_precision_score(y, p)) if both else None,
+        "log_loss": _finite(log_loss(y, p, labels=[0, 1])) if len(y) else None,
+        "brier": _finite(brier_score_loss(y, p)) if len(y) else None,
+        "mae": _finite(np.abs(y - p).mean()) if len(y) else None,
+        "accuracy": _finite(accuracy_score(y, decision)) if len(y) else None,
+        "f1": _finite(f1_score(y, decision, zero_division=0)) if len(y) else None,
+    }
+
+
+def by_prefix_length(y: np.ndarray, p: np.ndarray, lengths: np.ndarray, threshold: float) -> dict:
+    """Metrics per prefix-length bucket (1, 2, 3, 4-5, 6-10, 11+ events)."""
+    out = {}
+    for name, lo, hi in PREFIX_BUCKETS:
+        sel = (lengths >= lo) & (lengths <= hi)
+        entry = {"n_sessions": int(sel.sum()), "n_positive": int(np.asarray(y)[sel].sum())}
+        if sel.any():
+            entry.update(classification_metrics(np.asarray(y)[sel], np.asarray(p)[sel], threshold))
+        out[name] = entry
+    return out

@@ -1,0 +1,70 @@
+"""Bad rows: counted by reason, kept verbatim, written aside. Nothing is dropped silently."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_runtime.errors import DataError, located
+
+# Raw text kept per bad row: enough to find and fix it, bounded so a pathological
+# 10 MB line cannot blow up the quarantine file.
+MAX_RAW_CHARS = 2000
+
+
+@dataclass
+class BadRows:
+    """Accumulates rows a reader rejected, with the physical line and the reason."""
+
+    source: str
+    counts: Counter = field(default_factory=Counter)
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, line: int | None, reason: str, raw: str, detail: str = "") -> None:
+        """Record one bad row.
+
+        Args:
+            line: 1-based physical line (or row number for Parquet), None if unknown.
+            reason: a short machine-readable reason, e.g. ``bad_timestamp``.
+            raw: the row as read (decoded with replacement characters if needed).
+            detail: what was wrong with which value, for a person.
+        """
+        self.counts[reason] += 1
+        self.rows.append({"line": line, "reason": reason, "detail": detail,
+                          "raw": raw[:MAX_RAW_CHARS]})
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def first_message(self) -> str:
+        """One line naming the first bad row: file, line, reason and value."""
+        if not self.rows:
+            return f"{self.source}: no bad rows"
+        row = min(self.rows, key=lambda r: (r["line"] is None, r["line"] or 0))
+        what = row["detail"] or f"{row['reason']}: {row['raw']!r}"
+        return located(self.source, row["line"], f"bad row ({row['reason']}): {what}")
+
+    def summary(self) -> dict:
+        return {"total": self.total, "by_reason": dict(sorted(self.counts.items()))}
+
+    def raise_if_strict(self, strict: bool) -> None:
+        """With --strict any bad row is fatal: raise DataError naming the first one."""
+        if strict and self.total:
+            raise DataError(f"{self.first_message()} ({self.total} bad rows; --strict)")
+
+    def write(self, path: str | os.PathLike) -> Path | None:
+        """Write the bad rows as JSON lines, atomically; nothing is written when there are none."""
+        if not self.rows:
+            return None
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in sorted(self.rows, key=lambda r: (r["line"] is None, r["line"] or 0)):
+                f.write(json.dumps({"source": self.source, **row}, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        return path

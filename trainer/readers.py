@@ -1,0 +1,558 @@
+"""Read an event log (CSV / JSONL / Parquet, gzip or not) into canonical events.
+
+File-level faults (missing path, directory, empty file, gzip that ends early, missing
+columns, no valid row) raise DataError with one line naming the file. Row-level faults
+(wrong field count, bad or absurd timestamp, unknown event, non-UTF-8 bytes, missing id,
+bad price) are counted by reason in `EventLog.bad` and kept verbatim for the quarantine
+file; the run goes on.
+
+pyarrow does the parsing; this module only maps columns and validates values, vectorised.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from edge_runtime.errors import DataError, located
+from edge_runtime.events import EVENT_CODE, MAX_TS, MIN_TS
+from trainer.formats import PRESETS, FormatPreset, TimeUnit, get_preset
+from trainer.quarantine import BadRows
+
+NUMBER_RE = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S UTC", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S",
+                    "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z")
+
+
+@dataclass
+class Ids:
+    """Dictionary-encoded ids: `codes[i]` indexes `names`; equal ids have equal codes."""
+
+    codes: np.ndarray  # int64
+    names: np.ndarray  # object array of str
+
+    @classmethod
+    def encode(cls, values: pa.Array) -> Ids:
+        encoded = pc.dictionary_encode(values)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.combine_chunks()
+        return cls(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+                   np.asarray(encoded.dictionary.to_pylist(), dtype=object))
+
+    def take(self, index: np.ndarray) -> Ids:
+        return Ids(self.codes[index], self.names)
+
+    def values(self, index: np.ndarray | None = None) -> np.ndarray:
+        codes = self.codes if index is None else self.codes[index]
+        return self.names[codes]
+
+
+@dataclass
+class EventLog:
+    """Canonical events of one log, in file order, with their source lines.
+
+    Attributes:
+        source: the path read.
+        format: the preset name.
+        user, item: ids (user falls back to the session id where the log has no user).
+        session, category: ids, or None when the log has none.
+        ts: Unix seconds (float64, UTC).
+        event: canonical event codes (int8, edge_runtime.events.EVENT_CODE).
+        price: float64 with NaN where absent, or None when the log has no price.
+        line: the physical line (row number for Parquet) each event came from.
+        rows_read: data rows seen, good and bad: ``len(self) + bad.total == rows_read``.
+        bad: the rejected rows.
+        utc_offset_hours: the shop's clock, for time-of-day features.
+        has_user_ids: whether ``user`` identifies a person across sessions.
+    """
+
+    source: str
+    format: str
+    user: Ids
+    session: Ids | None
+    ts: np.ndarray
+    event: np.ndarray
+    item: Ids
+    category: Ids | None
+    price: np.ndarray | None
+    line: np.ndarray
+    rows_read: int
+    bad: BadRows
+    utc_offset_hours: float
+    has_user_ids: bool
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+# --------------------------------------------------------------------------- file level
+
+def read_bytes(path: str | Path) -> bytes:
+    """Read a whole file, gunzipping transparently; DataError on any file-level fault."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file")
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory; pass the log file itself")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except EOFError:
+            raise DataError(f"{p}: compressed stream ends early (truncated gzip)") from None
+        except (OSError, zlib.error) as e:
+            raise DataError(f"{p}: corrupted gzip stream ({e})") from None
+    if not raw.strip():
+        raise DataError(f"{p}: empty file")
+    return raw
+
+
+def detect_format(path: str | Path, data: bytes) -> str:
+    """Guess the preset from the file's first line; DataError asking for --format otherwise."""
+    if data[:4] == b"PAR1":
+        return "canonical"
+    first = data.split(b"\n", 1)[0].strip().decode("utf-8", "replace")
+    low = first.lower()
+    if low.startswith("{"):
+        try:
+            keys = set(json.loads(first))
+        except json.JSONDecodeError:
+            keys = set()
+        if {"session", "events"} <= keys:
+            return "otto"
+        if {"user", "ts", "event", "item"} <= keys:
+            return "canonical"
+    elif "event_time" in low and "user_session" in low:
+        return "rees46"
+    elif low.startswith("session_id;") and "timeframe" in low:
+        return "diginetica"
+    elif low.startswith("timestamp,visitorid,event,itemid"):
+        return "retailrocket"
+    else:
+        fields = [f.strip() for f in first.split(",")]
+        if {"user", "ts", "event", "item"} <= set(fields):
+            return "canonical"
+        if len(fields) == 5 and fields[3] in PRESETS["taobao"].events and fields[4].isdigit():
+            return "taobao"
+    raise DataError(f"{path}:1: cannot detect the format from {first[:80]!r}; "
+                    f"pass --format (one of {', '.join(PRESETS)}, csv)")
+
+
+def _file_kind(path: Path, data: bytes) -> str:
+    if data[:4] == b"PAR1":
+        return "parquet"
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith((".jsonl", ".ndjson", ".json")) or data.lstrip()[:1] == b"{":
+        return "jsonl"
+    return "csv"
+
+
+# --------------------------------------------------------------------------- raw tables
+
+@dataclass
+class _Raw:
+    """Columns as read, one entry per data row, before validation."""
+
+    columns: dict[str, pa.Array]
+    line: np.ndarray
+    reason: np.ndarray  # object: None for a good row, else the reason
+    detail: np.ndarray  # object: what was wrong, for a person
+
+    def reject(self, mask: np.ndarray, reason: str, values: pa.Array | np.ndarray | None = None,
+               what: str = "") -> None:
+        """Mark rows bad unless already bad; the first reason a row gets is kept."""
+        mask = np.asarray(mask, dtype=bool) & np.equal(self.reason, None)
+        if not mask.any():
+            return
+        self.reason[mask] = reason
+        if values is not None:
+            vals = values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else values
+            for i in np.flatnonzero(mask):
+                self.detail[i] = f"{what} {vals[i]!r}" if what else repr(vals[i])
+
+
+def _csv_header(data: bytes, delimiter: str) -> list[str]:
+    first = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+    return next(csv.reader([first], delimiter=delimiter))
+
+
+def _read_csv(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> _Raw:
+    names = _csv_header(data, preset.delimiter) if preset.header else list(preset.names)
+    if preset.header and len(set(names)) != len(names):
+        raise DataError(located(path, 1, f"duplicate column names in header {names}"))
+    skipped: list[tuple[int, str, int]] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        skipped.append((row.number, row.text, row.actual_columns))
+        return "skip"
+
+    read = pacsv.ReadOptions(use_threads=False,  # row numbers are only known single-threaded
+                             column_names=None if preset.header else names,
+                             block_size=max(1 << 20, min(len(data) + 1, 1 << 30)))
+    parse = pacsv.ParseOptions(delimiter=preset.delimiter, invalid_row_handler=on_invalid,
+                               ignore_empty_lines=False)  # keeps row numbers = physical lines
+    convert = pacsv.ConvertOptions(column_types={n: pa.binary() for n in names})
+    try:
+        table = pacsv.read_csv(io.BytesIO(data), read_options=read, parse_options=parse,
+                               convert_options=convert)
+    except pa.ArrowInvalid as e:
+        raise DataError(f"{path}: not a readable {preset.name} CSV ({e})") from None
+    first_line = 2 if preset.header else 1
+    bad_lines = {n for n, _, _ in skipped}
+    for number, text, actual in skipped:
+        bad.add(number, "wrong_field_count", text,
+                f"{actual} fields, expected {len(names)}")
+    candidates = np.arange(first_line, first_line + table.num_rows + len(bad_lines), dtype=np.int64)
+    line = candidates[~np.isin(candidates, np.fromiter(bad_lines, np.int64, len(bad_lines)))]
+    raw = _Raw({n: table.column(n).combine_chunks() for n in names}, line,
+               np.full(table.num_rows, None, object), np.full(table.num_rows, "", object))
+    blank = np.ones(table.num_rows, bool)
+    for col in raw.columns.values():
+        blank &= pc.equal(pc.binary_length(col), 0).to_numpy(zero_copy_only=False)
+    raw.reject(blank, "blank_line")
+    for name, col in list(raw.columns.items()):
+        raw.columns[name] = _decode_utf8(col, raw, name)
+    return raw
+
+
+def _decode_utf8(col: pa.Array, raw: _Raw, name: str) -> pa.Array:
+    """Binary -> string; rows with invalid UTF-8 are rejected (fast path: all valid)."""
+    try:
+        return col.cast(pa.string())
+    except pa.ArrowInvalid:
+        pass
+    values = col.to_pylist()
+    ok = []
+    mask = np.zeros(len(values), bool)
+    for i, v in enumerate(values):
+        try:
+            ok.append(v.decode("utf-8") if v is not None else None)
+        except UnicodeDecodeError:
+            ok.append("")
+            mask[i] = True
+    raw.reject(mask, "non_utf8", np.array([v if v is None else v[:40] for v in values], object),
+               f"column {name}: bytes")
+    return pa.array(ok, pa.string())
+
+
+def _read_jsonl(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> _Raw:
+    """JSON lines: pyarrow's fast reader for clean files, a per-line fallback for dirty ones."""
+    import pyarrow.json as pajson
+
+    try:
+        table = pajson.read_json(io.BytesIO(data),
+                                 read_options=pajson.ReadOptions(block_size=max(1 << 20, min(len(data) + 1, 1 << 30))))
+        lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
+    except pa.ArrowInvalid:
+        table, lines = _jsonl_per_line(data, bad)
+    if "events" in table.column_names and preset.name == "otto":
+        table, lines = _explode_otto(path, table, lines, bad)
+    columns = {n: table.column(n).combine_chunks() for n in table.column_names}
+    columns = {n: c if not pa.types.is_struct(c.type) else c.cast(pa.string()) for n, c in columns.items()}
+    return _Raw(columns, lines, np.full(table.num_rows, None, object),
+                np.full(table.num_rows, "", object))
+
+
+def _jsonl_per_line(data: bytes, bad: BadRows) -> tuple[pa.Table, np.ndarray]:
+    records: list[dict] = []
+    lines: list[int] = []
+    for number, text in enumerate(data.split(b"\n"), start=1):
+        if not text.strip():
+            continue
+        try:
+            decoded = text.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.add(number, "non_utf8", text.decode("utf-8", "replace"), "invalid UTF-8 bytes")
+            continue
+        try:
+            obj = json.loads(decoded)
+        except json.JSONDecodeError as e:
+            bad.add(number, "malformed_json", decoded, e.msg)
+            continue
+        if not isinstance(obj, dict):
+            bad.add(number, "malformed_json", decoded, f"expected an object, got {type(obj).__name__}")
+            continue
+        records.append(obj)
+        lines.append(number)
+    try:
+        table = pa.Table.from_pylist(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Mixed types across lines: fall back to text for every scalar.
+        table = pa.Table.from_pylist([{k: v if isinstance(v, list) else (None if v is None else str(v))
+                                       for k, v in r.items()} for r in records])
+    return table, np.asarray(lines, np.int64)
+
+
+def _explode_otto(path: Path, table: pa.Table, lines: np.ndarray, bad: BadRows):
+    events = table.column("events").combine_chunks()
+    if not pa.types.is_list(events.type) or not pa.types.is_struct(events.type.value_type):
+        raise DataError(f"{path}: 'events' is {events.type}, expected a list of objects")
+    parent = pc.list_parent_indices(events).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(events)
+    session = table.column("session").combine_chunks().take(pa.array(parent))
+    cols = {"session": session}
+    for name in ("aid", "ts", "type"):
+        if flat.type.get_field_index(name) < 0:
+            raise DataError(f"{path}: events have no {name!r} field; expected aid, ts, type")
+        cols[name] = pc.struct_field(flat, name)
+    return pa.table(cols), lines[parent]
+
+
+def _read_parquet(path: Path, data: bytes) -> _Raw:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    columns = {n: table.column(n).combine_chunks() for n in table.column_names}
+    return _Raw(columns, np.arange(1, table.num_rows + 1, dtype=np.int64),
+                np.full(table.num_rows, None, object), np.full(table.num_rows, "", object))
+
+
+# --------------------------------------------------------------------------- values
+
+def _as_text(col: pa.Array) -> pa.Array:
+    return col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else col.cast(pa.string())
+
+
+def _numbers(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values, valid): numeric columns as float64; text parsed where it looks like a number."""
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        valid = ~np.isnan(values)
+        return np.where(valid, values, 0.0), valid
+    text = _as_text(col)
+    valid = pc.fill_null(pc.match_substring_regex(text, NUMBER_RE), False)
+    filled = pc.utf8_trim_whitespace(pc.if_else(valid, text, "0"))
+    return (pc.cast(filled, pa.float64()).to_numpy(zero_copy_only=False),
+            valid.to_numpy(zero_copy_only=False))
+
+
+def _datetimes(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    text = pc.utf8_trim_whitespace(_as_text(col))
+    parsed = None
+    for fmt in DATETIME_FORMATS:
+        attempt = pc.strptime(text, format=fmt, unit="ms", error_is_null=True)
+        if "%z" not in fmt:
+            attempt = pc.cast(attempt, pa.timestamp("ms"))
+        else:
+            attempt = pc.cast(attempt, pa.timestamp("ms", tz="UTC")).cast(pa.timestamp("ms"))
+        parsed = attempt if parsed is None else pc.coalesce(parsed, attempt)
+    valid = pc.is_valid(parsed).to_numpy(zero_copy_only=False)
+    ms = pc.fill_null(pc.cast(parsed, pa.int64()), 0).to_numpy(zero_copy_only=False)
+    return ms.astype(np.float64) / 1000.0, valid
+
+
+def _timestamps(raw: _Raw, preset: FormatPreset, source_col: str) -> np.ndarray:
+    col = raw.columns[source_col]
+    unit = preset.time_unit
+    is_text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+    if unit is TimeUnit.DATETIME or (unit is TimeUnit.AUTO and is_text
+                                     and not pc.any(pc.match_substring_regex(col, NUMBER_RE)).as_py()):
+        ts, valid = _datetimes(col)
+    else:
+        ts, valid = _numbers(col)
+        if unit is TimeUnit.MILLISECONDS or (unit is TimeUnit.AUTO and valid.any()
+                                             and np.median(ts[valid]) > 1e11):
+            ts = ts / 1000.0
+    raw.reject(~valid, "bad_timestamp", _as_text(col), f"column {source_col}:")
+    if preset.date_column is not None:
+        day, day_ok = _datetimes(pc.binary_join_element_wise(_as_text(raw.columns[preset.date_column]),
+                                                             " 00:00:00", ""))
+        raw.reject(~day_ok, "bad_timestamp", _as_text(raw.columns[preset.date_column]),
+                   f"column {preset.date_column}:")
+        ts = ts + day
+    absurd = valid & ~((ts >= MIN_TS) & (ts <= MAX_TS))
+    raw.reject(absurd, "absurd_timestamp", _as_text(col),
+               f"column {source_col}: outside 2000-01-01..2100-01-01:")
+    return ts
+
+
+def _ids(raw: _Raw, column: str, reason: str | None) -> pa.Array:
+    text = pc.utf8_trim_whitespace(_as_text(raw.columns[column]))
+    empty = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
+    if reason:
+        raw.reject(empty, reason, np.full(len(empty), "", object), f"column {column}: empty value")
+    return pc.fill_null(text, "")
+
+
+def _canonicalize(path: Path, raw: _Raw, preset: FormatPreset, bad: BadRows,
+                  rows_before: int) -> EventLog:
+    has = {f: src for f, src in preset.columns.items() if src in raw.columns}
+    required = ["ts", "item"] + ([] if preset.constant_event else ["event"])
+    missing = [preset.columns[f] for f in required if f not in has]
+    if "user" not in has and "session" not in has:
+        missing += [preset.columns.get("user", "user")]
+    if preset.date_column and preset.date_column not in raw.columns:
+        missing.append(preset.date_column)
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}; found {sorted(raw.columns)}")
+
+    if preset.constant_event and "event" not in has:
+        raw.columns["event"] = pa.array([preset.constant_event] * len(raw.line), pa.string())
+        has["event"] = "event"
+    event_text = pc.utf8_trim_whitespace(_as_text(raw.columns[has["event"]]))
+    keys = list(preset.events)
+    index = pc.fill_null(pc.index_in(event_text, value_set=pa.array(keys)), -1).to_numpy(
+        zero_copy_only=False).astype(np.int64)
+    known = index >= 0
+    index = np.where(known, index, 0)
+    raw.reject(~known, "unknown_event", event_text,
+               f"column {has['event']}: expected one of {keys}, got")
+    codes = np.array([EVENT_CODE[preset.events[k]] for k in keys], np.int8)[index]
+
+    ts = _timestamps(raw, preset, has["ts"])
+    item = _ids(raw, has["item"], "missing_item")
+    session = _ids(raw, has["session"], "missing_session") if "session" in has else None
+    if "user" in has:
+        user = _ids(raw, has["user"], None if session is not None else "missing_user")
+        if session is not None:
+            anonymous = pc.equal(user, "")
+            if preset.missing_user is not None:
+                anonymous = pc.or_(anonymous, pc.equal(user, preset.missing_user))
+            user = pc.if_else(anonymous, pc.binary_join_element_wise("s:", session, ""), user)
+    else:
+        user = pc.binary_join_element_wise("s:", session, "")
+    category = _ids(raw, has["category"], None) if "category" in has else None
+    price = None
+    if "price" in has:
+        text = _as_text(raw.columns[has["price"]])
+        present = pc.fill_null(pc.not_equal(pc.utf8_trim_whitespace(text), ""), False).to_numpy(
+            zero_copy_only=False) if not pa.types.is_floating(raw.columns[has["price"]].type) \
+            else pc.is_valid(raw.columns[has["price"]]).to_numpy(zero_copy_only=False)
+        values, valid = _numbers(raw.columns[has["price"]])
+        raw.reject(present & ~valid, "bad_price", text, f"column {has['price']}: not a number:")
+        raw.reject(present & valid & ~((values >= 0) & np.isfinite(values)), "bad_price", text,
+                   f"column {has['price']}: negative or infinite:")
+        price = np.where(present & valid, values, np.nan)
+
+    good = np.equal(raw.reason, None)
+    for i in np.flatnonzero(~good):
+        text = ",".join("" if v is None else str(v) for v in
+                        (raw.columns[c][int(i)].as_py() for c in raw.columns))
+        bad.add(int(raw.line[i]), raw.reason[i], text, raw.detail[i])
+    keep = pa.array(np.flatnonzero(good))
+    log = EventLog(
+        source=str(path), format=preset.name,
+        user=Ids.encode(user.take(keep)),
+        session=Ids.encode(session.take(keep)) if session is not None else None,
+        ts=ts[good], event=codes[good],
+        item=Ids.encode(item.take(keep)),
+        category=Ids.encode(category.take(keep)) if category is not None else None,
+        price=price[good] if price is not None else None,
+        line=raw.line[good], rows_read=rows_before + len(good), bad=bad,
+        utc_offset_hours=preset.utc_offset_hours,
+        has_user_ids=preset.has_user_ids and "user" in has,
+    )
+    return log
+
+
+def _read_one(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> EventLog:
+    kind = _file_kind(path, data)
+    before = bad.total
+    if kind == "parquet":
+        raw = _read_parquet(path, data)
+    elif kind == "jsonl":
+        raw = _read_jsonl(path, data, preset, bad)
+    else:
+        raw = _read_csv(path, data, preset, bad)
+    return _canonicalize(path, raw, preset, bad, rows_before=bad.total - before)
+
+
+def read_log(path: str | Path, format: str | None = None, preset: FormatPreset | None = None,
+             strict: bool = False) -> EventLog:
+    """Read a log into canonical events.
+
+    Args:
+        path: a CSV, JSONL or Parquet file, optionally gzipped.
+        format: a preset name (``taobao``, ``rees46``, ``diginetica``, ``otto``, ``retailrocket``,
+            ``canonical``); None detects it from the first line.
+        preset: a custom preset (``--format csv`` with ``--map``); overrides ``format``.
+        strict: raise on the first bad row instead of quarantining it.
+
+    Returns:
+        The EventLog, in file order, with its bad rows in ``log.bad``.
+
+    Raises:
+        DataError: a file-level fault, no valid row at all, or any bad row with ``strict``.
+
+    Example:
+        >>> log = read_log("../shared/data/taobao/UserBehavior_sample.csv", "taobao")
+        >>> len(log), log.bad.total
+        (65526, 0)
+    """
+    path = Path(path)
+    data = read_bytes(path)
+    if preset is None:
+        preset = get_preset(format or detect_format(path, data))
+    bad = BadRows(str(path))
+    log = _read_one(path, data, preset, bad)
+    if preset.name == "diginetica":
+        log = _with_diginetica_purchases(path, log, preset)
+    if len(log) == 0:
+        raise DataError(f"{path}: none of its {log.rows_read} rows parse as {preset.name}; "
+                        f"first: {bad.first_message()}")
+    bad.raise_if_strict(strict)
+    return log
+
+
+def _with_diginetica_purchases(path: Path, views: EventLog, preset: FormatPreset) -> EventLog:
+    """Add the purchases of the views' sessions (train-purchases.csv beside the views file)
+    and item categories (product-categories.csv), as DIGINETICA ships them."""
+    purchases_path = path.with_name(preset.extra["purchases_file"])
+    if not purchases_path.exists():
+        raise DataError(f"{purchases_path}: no such file (DIGINETICA purchases are read from "
+                        f"{preset.extra['purchases_file']} beside the views file)")
+    purchase_preset = FormatPreset(
+        name="diginetica", delimiter=";", time_unit=TimeUnit.MILLISECONDS, date_column="eventdate",
+        columns={"session": "sessionId", "user": "userId", "item": "itemId", "ts": "timeframe"},
+        events={"purchase": "purchase"}, constant_event="purchase", missing_user="NA",
+        has_user_ids=False)
+    data = read_bytes(purchases_path)
+    pbad = BadRows(str(purchases_path))
+    raw = _read_csv(purchases_path, data, purchase_preset, pbad)
+    buys = _canonicalize(purchases_path, raw, purchase_preset, pbad, rows_before=pbad.total)
+    wanted = np.isin(buys.session.values(), views.session.names)
+    # Purchases of sessions outside this views file belong to other samples: not bad, not ours.
+    for row in pbad.rows:
+        views.bad.add(row["line"], row["reason"], row["raw"], f"{purchases_path.name}: {row['detail']}")
+    sel = np.flatnonzero(wanted)
+    merged = _concat(views, buys, sel)
+    cat_path = path.with_name(preset.extra["categories_file"])
+    if cat_path.exists():
+        cats = pacsv.read_csv(io.BytesIO(read_bytes(cat_path)),
+                              parse_options=pacsv.ParseOptions(delimiter=";"),
+                              convert_options=pacsv.ConvertOptions(column_types={
+                                  "itemId": pa.string(), "categoryId": pa.string()}))
+        lookup = dict(zip(cats.column("itemId").to_pylist(), cats.column("categoryId").to_pylist()))
+        items = merged.item.names
+        cat_names = np.array([lookup.get(i, "") for i in items], object)
+        merged.category = Ids.encode(pa.array(cat_names[merged.item.codes], pa.string()))
+    return merged
+
+
+def _concat(a: EventLog, b: EventLog, b_rows: np.ndarray) -> EventLog:
+    def ids(x: Ids, y: Ids) -> Ids:
+        return Ids.encode(pa.array(np.concatenate([x.values(), y.values(b_rows)]), pa.string()))
+
+    return EventLog(
+        source=a.source, format=a.format, user=ids(a.user, b.user), session=ids(a.session, b.session),
+        ts=np.concatenate([a.ts, b.ts[b_rows]]), event=np.concatenate([a.event, b.event[b_rows]]),
+        item=ids(a.item, b.item), category=None, price=None,
+        line=np.concatenate([a.line, -b.line[b_rows]]),  # negative: a line of the purchases file
+        rows_read=a.rows_read + len(b_rows), bad=a.bad,
+        utc_offset_hours=a.utc_offset_hours, has_user_ids=a.has_user_ids)

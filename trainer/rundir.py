@@ -1,0 +1,92 @@
+"""Run directories and atomic writes: nothing half-written is ever left where a reader looks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from edge_runtime.errors import RunDirError
+
+# What `train` writes into a run directory; `convert` and `evaluate` read them back.
+CONFIG = "config.json"
+SPEC = "feature_spec.json"
+WEIGHTS = "weights.npz"
+SPLIT = "split.json"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PARITY = "parity_sessions.npz"
+QUARANTINE = "quarantine.jsonl"
+REQUIRED = (CONFIG, SPEC, WEIGHTS, REPORT_JSON, PARITY)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: object) -> Path:
+    return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+@contextmanager
+def staged_run_dir(out: str | os.PathLike, overwrite: bool):
+    """Yield a temporary directory beside ``out``; on success it becomes ``out`` in one rename.
+
+    A run that fails or is killed leaves ``out`` as it was (the stage is removed or, after
+    SIGKILL, left as a hidden ``.name.stage-*`` folder that no command reads).
+
+    Raises:
+        RunDirError: ``out`` exists and is not empty, and ``overwrite`` is False.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunDirError(f"{out}: run directory exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.stage-", dir=out.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_run_dir(run_dir: str | os.PathLike) -> Path:
+    """A complete run directory, or RunDirError naming what is missing."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory (create one with `ubp-edge train`)")
+    missing = [name for name in REQUIRED if not (run_dir / name).is_file()]
+    if missing:
+        raise RunDirError(f"{run_dir}: not a complete run directory, missing {missing}")
+    return run_dir
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path}: unreadable ({e})") from None

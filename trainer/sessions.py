@@ -1,0 +1,214 @@
+"""Sessions, labels, user-history context and the time-ordered split.
+
+A session is the log's own session id where it has one, else a run of one user's events
+with no gap longer than ``gap_minutes``. The label is whether the session contains a
+purchase; the model's input is the events before the first purchase. Sessions whose
+first event is a purchase have an empty prefix: they are counted, never scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_runtime.errors import ConfigError
+from edge_runtime.events import CART, PURCHASE
+from edge_runtime.features import CONTEXT_FIELDS
+from trainer.readers import EventLog
+
+DEFAULT_GAP_MINUTES = 30.0
+
+
+@dataclass
+class Sessions:
+    """Every session of a log, events contiguous and time-ordered.
+
+    Attributes:
+        log: the EventLog the sessions index into.
+        order: event indices of the log, session after session.
+        offsets: session ``s`` is ``order[offsets[s]:offsets[s+1]]``.
+        key: a stable key per session (the log's session id, else ``user@start``).
+        user_code: the user of each session (code into ``log.user.names``).
+        start, end: first and last timestamp of each session.
+        prefix_len: events before the first purchase (all events when there is none).
+        label: 1 when the session contains a purchase.
+        context: (n_sessions, len(CONTEXT_FIELDS)) user history before each session's start.
+    """
+
+    log: EventLog
+    order: np.ndarray
+    offsets: np.ndarray
+    key: np.ndarray
+    user_code: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    prefix_len: np.ndarray
+    label: np.ndarray
+    context: np.ndarray
+    gap_minutes: float | None
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    @property
+    def scorable(self) -> np.ndarray:
+        """Sessions with at least one event before their first purchase."""
+        return self.prefix_len > 0
+
+    def prefix_events(self, s: int) -> np.ndarray:
+        """Log indices of session ``s``'s events before its first purchase."""
+        a = self.offsets[s]
+        return self.order[a:a + self.prefix_len[s]]
+
+    def summary(self) -> dict:
+        return {
+            "sessions": int(len(self)),
+            "sessions_with_purchase": int(self.label.sum()),
+            "sessions_excluded_empty_prefix": int((~self.scorable).sum()),
+            "sessions_scorable": int(self.scorable.sum()),
+        }
+
+
+def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
+               use_log_sessions: bool = True) -> Sessions:
+    """Group a log's events into sessions and label them.
+
+    Args:
+        log: canonical events.
+        gap_minutes: the inactivity gap that ends a session, used when the log has no
+            session ids (or ``use_log_sessions`` is False).
+        use_log_sessions: use the log's own session id where it has one.
+
+    Returns:
+        Sessions, ordered by start time (ties by key).
+
+    Raises:
+        ConfigError: a non-positive gap.
+    """
+    if not gap_minutes > 0:
+        raise ConfigError(f"--gap-minutes must be > 0, got {gap_minutes}")
+    n = len(log)
+    idx = np.arange(n)
+    if use_log_sessions and log.session is not None:
+        # Stable sort: equal timestamps keep file order, which is the log's own order.
+        order = np.lexsort((idx, log.ts, log.session.codes))
+        group = log.session.codes[order]
+        new = np.r_[True, group[1:] != group[:-1]]
+        gap = None
+    else:
+        order = np.lexsort((idx, log.ts, log.user.codes))
+        u, t = log.user.codes[order], log.ts[order]
+        new = np.r_[True, (u[1:] != u[:-1]) | (np.diff(t) > gap_minutes * 60.0)]
+        gap = gap_minutes
+    offsets = np.r_[np.flatnonzero(new), n].astype(np.int64)
+    first = order[offsets[:-1]]
+    last = order[offsets[1:] - 1]
+    start, end = log.ts[first], log.ts[last]
+    user_code = log.user.codes[first]
+    if gap is None:
+        key = log.session.names[log.session.codes[first]]
+    else:
+        key = np.array([f"{u}@{int(s)}" for u, s in zip(log.user.names[user_code], start)], object)
+
+    # Reorder sessions by start time so that splits and reports read chronologically.
+    by_start = np.lexsort((key.astype(str), start))
+    lengths = np.diff(offsets)[by_start]
+    order = np.concatenate([order[offsets[s]:offsets[s + 1]] for s in by_start]) if n else order
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    key, user_code, start, end = key[by_start], user_code[by_start], start[by_start], end[by_start]
+
+    ev = log.event[order]
+    is_buy = ev == PURCHASE
+    session_of = np.repeat(np.arange(len(lengths)), lengths)
+    label = np.zeros(len(lengths), np.int8)
+    label[session_of[is_buy]] = 1
+    pos = np.arange(n) - offsets[session_of] if n else np.zeros(0, np.int64)
+    first_buy = np.full(len(lengths), -1, np.int64)
+    # The first purchase of each session: the smallest position among its purchases.
+    buy_sessions, buy_pos = session_of[is_buy], pos[is_buy]
+    if len(buy_sessions):
+        rev = np.argsort(buy_pos)[::-1]
+        first_buy[buy_sessions[rev]] = buy_pos[rev]
+    prefix_len = np.where(first_buy >= 0, first_buy, lengths).astype(np.int64)
+    sessions = Sessions(log=log, order=order, offsets=offsets, key=key, user_code=user_code,
+                        start=start, end=end, prefix_len=prefix_len, label=label,
+                        context=np.zeros((len(lengths), len(CONTEXT_FIELDS)), np.float64),
+                        gap_minutes=gap)
+    if log.has_user_ids:
+        sessions.context = user_history(sessions)
+    return sessions
+
+
+def user_history(sessions: Sessions) -> np.ndarray:
+    """Per session, what the same user did before that session started.
+
+    Columns follow edge_runtime.features.CONTEXT_FIELDS: prior sessions, prior purchases,
+    items carted in earlier sessions and not bought before this one. Only events of
+    sessions that started earlier count, so nothing leaks from the session itself.
+    """
+    log = sessions.log
+    out = np.zeros((len(sessions), len(CONTEXT_FIELDS)), np.float64)
+    by_user: dict[int, list[int]] = {}
+    for s in np.argsort(sessions.start, kind="stable"):
+        by_user.setdefault(int(sessions.user_code[s]), []).append(int(s))
+    for user_sessions in by_user.values():
+        purchases = 0
+        open_cart: set[int] = set()
+        for k, s in enumerate(user_sessions):
+            out[s] = (k, purchases, len(open_cart))
+            ev = sessions.order[sessions.offsets[s]:sessions.offsets[s + 1]]
+            for e in ev:
+                code = log.event[e]
+                if code == CART:
+                    open_cart.add(int(log.item.codes[e]))
+                elif code == PURCHASE:
+                    purchases += 1
+                    open_cart.discard(int(log.item.codes[e]))
+    return out
+
+
+@dataclass(frozen=True)
+class Split:
+    """Session indices of a time-ordered split, and the start times that cut it."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    validation_from: float
+    test_from: float
+
+    def manifest(self, sessions: Sessions) -> dict:
+        def part(ix: np.ndarray) -> dict:
+            return {"sessions": int(len(ix)), "positives": int(sessions.label[ix].sum()),
+                    "keys": [str(k) for k in sessions.key[ix]]}
+        return {"rule": "by session start; a session belongs to exactly one split",
+                "validation_from_ts": self.validation_from, "test_from_ts": self.test_from,
+                "train": part(self.train), "validation": part(self.validation),
+                "test": part(self.test)}
+
+
+def time_split(sessions: Sessions, validation: float = 0.15, test: float = 0.15) -> Split:
+    """Split scorable sessions by start time: the oldest train, then validation, then test.
+
+    Args:
+        sessions: sessions ordered by start (as `sessionize` returns them).
+        validation, test: fractions of the scorable sessions.
+
+    Raises:
+        ConfigError: fractions outside (0, 1) or leaving no training data.
+    """
+    if not (0 < validation < 1 and 0 < test < 1 and validation + test < 1):
+        raise ConfigError(f"split fractions validation={validation}, test={test}: each must be in "
+                          f"(0, 1) and their sum below 1")
+    ix = np.flatnonzero(sessions.scorable)
+    ix = ix[np.argsort(sessions.start[ix], kind="stable")]
+    n = len(ix)
+    n_test = int(round(n * test))
+    n_val = int(round(n * validation))
+    n_train = n - n_val - n_test
+    if min(n_train, n_val, n_test) < 1:
+        raise ConfigError(f"{n} scorable sessions cannot be split {1 - validation - test:.2f}/"
+                          f"{validation:.2f}/{test:.2f}: a split would be empty")
+    train, val, tst = ix[:n_train], ix[n_train:n_train + n_val], ix[n_train + n_val:]
+    return Split(train, val, tst, float(sessions.start[val[0]]), float(sessions.start[tst[0]]))
