@@ -1,0 +1,17 @@
+"""ubp-edge's on-device runtime: numpy and a TFLite interpreter, nothing else.
+
+    >>> from edge_runtime import Scorer
+    >>> scorer = Scorer.load("model-float32.tflite")
+    >>> scorer.score_sessions([[{"ts": 1.5e9, "event": "view", "item": "42"}]])
+"""
+
+from edge_runtime.artifact import ArtifactInfo, read_artifact
+from edge_runtime.errors import ArtifactError, ConfigError, DataError, RunDirError, UbpEdgeError
+from edge_runtime.events import EVENT_TYPES
+from edge_runtime.features import CONTEXT_FIELDS, FeatureEncoder, FeatureSpec
+from edge_runtime.scorer import Scorer
+
+__version__ = "0.1.0"
+__all__ = ["ArtifactError", "ArtifactInfo", "CONTEXT_FIELDS", "ConfigError", "DataError",
+           "EVENT_TYPES", "FeatureEncoder", "FeatureSpec", "RunDirError", "Scorer",
+           "UbpEdgeError", "read_artifact"]
