@@ -149,6 +149,7 @@ def convert_run(run_dir: str | os.PathLike, precisions: list[str] | None = None,
                                 "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                 "training_data": Path(config["data"]).name,
                                 "training_format": report["data"]["format"],
+                                "session_gap_minutes": float(config["gap_minutes"]),
                                 "test_roc_auc_keras": report["test"]["lstm"]["roc_auc"],
                                 "ubp_edge": __version__, "tensorflow": tf.__version__,
                                 "python": platform.python_version()})

@@ -412,7 +412,7 @@ def write_canonical_csv(events: dict[str, np.ndarray], path: str | os.PathLike) 
     Args:
         events: Columns as returned by generate_events; at least the six
             columns of CSV_HEADER, all of equal length.
-        path: Destination file. Its directory must exist. A reader never sees a
+        path: Destination file; its directory is created if needed. A reader never sees a
             half-written file: rows go to a temporary file beside it, which then
             replaces the destination in one step.
 
@@ -442,6 +442,7 @@ def write_canonical_csv(events: dict[str, np.ndarray], path: str | os.PathLike) 
     )
 
     dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:

@@ -1,0 +1,38 @@
+# Two commands on a fresh machine with Python 3.11 and make: `make demo`, `make test`.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+UBP := $(BIN)/ubp-edge
+
+.PHONY: install demo test clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# tf-keras declares a dependency on the full `tensorflow` wheel (572 MB); tensorflow-cpu
+# provides the same modules, so tf-keras goes in without its dependencies.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps tf-keras==2.21.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job end to end on the embedded default: a seeded synthetic log.
+demo: install
+	rm -rf demo
+	$(UBP) data generate demo/sessions.csv --seed 0
+	$(UBP) data generate demo/holdout.csv --seed 1
+	$(UBP) data inspect demo/sessions.csv
+	$(UBP) train --data demo/sessions.csv --out demo/run
+	$(UBP) convert demo/run
+	$(UBP) score --model demo/run/model-float32.tflite --data demo/holdout.csv --out demo/holdout-scores.jsonl
+	$(UBP) evaluate demo/run/model-float32.tflite --data demo/holdout.csv
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf demo .pytest_cache

@@ -1,0 +1,123 @@
+"""Score and evaluate a log with an artifact through edge_runtime (no TensorFlow).
+
+The log goes through the same readers, sessionizer and FeatureEncoder as in training;
+the artifact's own spec decides the features, so what is scored here is exactly what
+the device would score.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import ConfigError
+from edge_runtime.scorer import Scorer
+from trainer.dataset import prefix_fields
+from trainer.formats import FormatPreset
+from trainer.metrics import by_prefix_length, classification_metrics
+from trainer.readers import EventLog, read_log
+from trainer.rundir import write_bytes_atomic
+from trainer.sessions import DEFAULT_GAP_MINUTES, Sessions, sessionize
+
+
+@dataclass
+class ScoredLog:
+    """Every scorable session of a log with its probability."""
+
+    log: EventLog
+    sessions: Sessions
+    index: np.ndarray  # scorable session indices
+    probability: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.sessions.label[self.index]
+
+    @property
+    def prefix_len(self) -> np.ndarray:
+        return self.sessions.prefix_len[self.index]
+
+
+def score_log(scorer: Scorer, data: str | os.PathLike, format: str | None = None,
+              preset: FormatPreset | None = None, gap_minutes: float | None = None,
+              strict: bool = False) -> ScoredLog:
+    """Read, sessionize, encode with the artifact's spec and score every scorable session.
+
+    Args:
+        scorer: the loaded artifact.
+        data, format, preset, strict: as `trainer.readers.read_log`.
+        gap_minutes: session gap; default the one the artifact was trained with.
+
+    Returns:
+        ScoredLog; ``warnings`` says where the log lacks what the spec expects.
+    """
+    log = read_log(data, format, preset=preset, strict=strict)
+    gap = gap_minutes or float(scorer.info.provenance.get("session_gap_minutes", DEFAULT_GAP_MINUTES))
+    sessions = sessionize(log, gap)
+    spec = scorer.info.spec
+    warnings = []
+    if spec.uses_context and not log.has_user_ids:
+        warnings.append(f"{data}: the model uses user-history context but this log has no user "
+                        f"ids; context is zero for every session")
+    if "log_price" in spec.features and log.price is None:
+        warnings.append(f"{data}: the model uses prices but this log has none")
+    index = np.flatnonzero(sessions.scorable)
+    encoder = scorer.encoder
+    probability = scorer.score_encoded(
+        encoder.encode(**prefix_fields(sessions, int(s))) for s in index)
+    return ScoredLog(log, sessions, index, probability, warnings)
+
+
+def evaluation_report(scored: ScoredLog, threshold: float) -> dict:
+    """The `evaluate` JSON: counts, metrics at ``threshold``, by prefix length, bad rows."""
+    s = scored.sessions
+    y, p = scored.label, scored.probability
+    return {
+        "n_sessions": int(len(scored.index)),
+        "n_positive": int(y.sum()),
+        "n_excluded_empty_prefix": int((~s.scorable).sum()),
+        **classification_metrics(y, p, threshold),
+        "threshold": float(threshold),
+        "by_prefix_length": by_prefix_length(y, p, scored.prefix_len, threshold),
+        "bad_rows": scored.log.bad.summary(),
+        "warnings": scored.warnings,
+    }
+
+
+OUTPUT_FIELDS = ("session", "events_scored", "probability", "decision")
+
+
+def write_scores(scored: ScoredLog, threshold: float, out: str | os.PathLike) -> Path:
+    """One line per session (JSONL, or CSV when ``out`` ends in .csv), written atomically.
+
+    Sessions whose first event is a purchase have nothing to score: they get
+    ``events_scored`` 0 and an empty probability, so every session has its line.
+    """
+    out = Path(out)
+    s = scored.sessions
+    prob = np.full(len(s), np.nan)
+    prob[scored.index] = scored.probability
+    rows = []
+    for i in range(len(s)):
+        p = None if np.isnan(prob[i]) else round(float(prob[i]), 6)
+        rows.append({"session": str(s.key[i]), "events_scored": int(s.prefix_len[i]),
+                     "probability": p, "decision": None if p is None else int(p >= threshold)})
+    if out.suffix.lower() == ".csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=OUTPUT_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+        text = buf.getvalue()
+    elif out.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+    else:
+        raise ConfigError(f"--out {out}: use a .jsonl or .csv file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomic(out, text.encode("utf-8"))
