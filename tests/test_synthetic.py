@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pacsv
 import pytest
 
-# The repository is not an installed package; make `trainer` and `edge_runtime`
-# importable whatever directory pytest is started from.
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from edge_runtime.errors import ConfigError  # noqa: E402
-from edge_runtime.events import EVENT_TYPES  # noqa: E402
-from trainer import synthetic  # noqa: E402
-from trainer.synthetic import generate_events, write_canonical_csv  # noqa: E402
+from edge_runtime.errors import ConfigError
+from edge_runtime.events import EVENT_TYPES
+from trainer import synthetic
+from trainer.synthetic import generate_events, write_canonical_csv
 
 COLUMNS = ("user", "ts", "event", "item", "category", "price")
 SESSION_GAP_S = 30 * 60.0

@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-# The repo has no packaging yet; make `edge_runtime` / `converters` importable from any cwd.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from converters.tflite_metadata import add_metadata  # noqa: E402
-from edge_runtime.errors import ArtifactError  # noqa: E402
-from edge_runtime.tflite_metadata import read_metadata  # noqa: E402
+from converters.tflite_metadata import add_metadata
+from edge_runtime.errors import ArtifactError
+from edge_runtime.tflite_metadata import read_metadata
 
 KEY = "ubp_edge"
 

@@ -47,13 +47,14 @@ class ScoredLog:
 
 def score_log(scorer: Scorer, data: str | os.PathLike, format: str | None = None,
               preset: FormatPreset | None = None, gap_minutes: float | None = None,
-              strict: bool = False) -> ScoredLog:
+              strict: bool = False, only_keys: set[str] | None = None) -> ScoredLog:
     """Read, sessionize, encode with the artifact's spec and score every scorable session.
 
     Args:
         scorer: the loaded artifact.
         data, format, preset, strict: as `trainer.readers.read_log`.
         gap_minutes: session gap; default the one the artifact was trained with.
+        only_keys: score only the sessions with these keys (e.g. a run's test split).
 
     Returns:
         ScoredLog; ``warnings`` says where the log lacks what the spec expects.
@@ -69,10 +70,24 @@ def score_log(scorer: Scorer, data: str | os.PathLike, format: str | None = None
     if "log_price" in spec.features and log.price is None:
         warnings.append(f"{data}: the model uses prices but this log has none")
     index = np.flatnonzero(sessions.scorable)
+    if only_keys is not None:
+        index = index[np.isin(sessions.key[index].astype(str), np.array(sorted(only_keys), dtype=str))]
+        if len(index) == 0:
+            raise ConfigError(f"{data}: none of the {len(only_keys)} requested sessions is in this log")
     encoder = scorer.encoder
     probability = scorer.score_encoded(
         encoder.encode(**prefix_fields(sessions, int(s))) for s in index)
     return ScoredLog(log, sessions, index, probability, warnings)
+
+
+def split_keys(split_manifest: str | os.PathLike, split: str) -> set[str]:
+    """Session keys of one split of a run's split.json (``train``, ``validation``, ``test``)."""
+    from trainer.rundir import read_json
+
+    manifest = read_json(Path(split_manifest))
+    if split not in ("train", "validation", "test") or split not in manifest:
+        raise ConfigError(f"--split {split!r}: expected train, validation or test")
+    return set(manifest[split]["keys"])
 
 
 def evaluation_report(scored: ScoredLog, threshold: float) -> dict:

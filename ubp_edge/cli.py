@@ -305,16 +305,23 @@ def evaluate(
     gap_minutes: Annotated[Optional[float], typer.Option(help="Session gap; default: the model's.")] = None,
     backend: Annotated[str, typer.Option(help="auto, ai-edge-litert, tflite-runtime or tensorflow.")] = "auto",
     quarantine: Annotated[Optional[Path], typer.Option(help="Write bad rows here (JSONL).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Only this split (train, validation, test) of --run-dir's split.json.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="The run directory whose split --split names.")] = None,
     strict: StrictOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Metrics of an artifact on a log's labelled sessions, scored through the edge runtime."""
     with user_errors():
-        from trainer.scoring import evaluation_report, score_log
+        from edge_runtime.errors import ConfigError
+        from trainer.scoring import evaluation_report, score_log, split_keys
 
+        if (split is None) != (run_dir is None):
+            raise ConfigError("--split and --run-dir go together, e.g. --split test --run-dir runs/taobao")
+        keys = split_keys(run_dir / "split.json", split) if split else None
         scorer = _load_scorer(model, backend)
         scored = score_log(scorer, data, format, _preset(format, column_map, event_map, time_unit, delimiter),
-                           gap_minutes, strict)
+                           gap_minutes, strict, only_keys=keys)
         report = evaluation_report(scored, scorer.threshold)
+        report["split"] = split
         written = scored.log.bad.write(quarantine) if quarantine else None
         report["quarantine"] = str(written) if written else None
         if as_json:

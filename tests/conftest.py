@@ -1,0 +1,56 @@
+"""Shared fixtures: the real logs in ../shared/data, and one tiny model trained per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Real public logs (see ../shared/data/README.md); UBP_EDGE_DATA points elsewhere.
+SHARED_DATA = Path(os.environ.get("UBP_EDGE_DATA", ROOT.parent / "shared" / "data"))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def real_file(relative: str) -> Path:
+    """A file of the shared real data; the test skips with the reason when it is absent."""
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"real data absent: {path} (set UBP_EDGE_DATA to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def taobao_path() -> Path:
+    return real_file("taobao/UserBehavior_sample.csv")
+
+
+@pytest.fixture(scope="session")
+def synthetic_log(tmp_path_factory) -> Path:
+    """A small seeded synthetic log (canonical CSV): 150 users over 6 days."""
+    from trainer.synthetic import generate_events, write_canonical_csv
+
+    path = tmp_path_factory.mktemp("synthetic") / "sessions.csv"
+    write_canonical_csv(generate_events(n_users=150, days=6, seed=7), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, synthetic_log) -> Path:
+    """A run directory with a tiny LSTM (8 units, 2 epochs) and its float32 artifact."""
+    from converters.tflite import convert_run
+    from trainer.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(TrainConfig(data=str(synthetic_log), out=str(run), units=8, epochs=2, max_len=20,
+                      batch_size=64, seed=1))
+    results = convert_run(run)
+    assert [r.status for r in results] == ["ok"], [r.reason for r in results]
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_run) -> Path:
+    return tiny_run / "model-float32.tflite"

@@ -1,0 +1,50 @@
+"""The runtime imports only numpy and a TFLite interpreter: checked in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("tensorflow", "tf_keras", "keras", "trainer", "converters", "pyarrow", "sklearn", "pandas")
+
+SCRIPT = """
+import json, sys
+from edge_runtime import Scorer
+scorer = Scorer.load(sys.argv[1])
+p = scorer.score_sessions([[{"ts": 1.7e9, "event": "view", "item": "a", "category": "c", "price": 9.5},
+                            {"ts": 1.7e9 + 40, "event": "cart", "item": "a", "category": "c", "price": 9.5}]])
+loaded = sorted({m.split(".")[0] for m in sys.modules})
+print(json.dumps({"p": float(p[0]), "modules": loaded, "backend": scorer.backend}))
+"""
+
+
+@pytest.mark.slow
+def test_scoring_with_edge_runtime_loads_no_tensorflow(tiny_artifact):
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_artifact)], capture_output=True,
+                          text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0.0 <= result["p"] <= 1.0
+    assert result["backend"] == "ai-edge-litert"
+    assert not set(HEAVY) & set(result["modules"]), set(HEAVY) & set(result["modules"])
+
+
+def test_edge_runtime_source_imports_nothing_of_the_project_but_itself():
+    import ast
+    from pathlib import Path
+
+    import edge_runtime
+
+    allowed = {"numpy", "edge_runtime", "__future__", "ai_edge_litert", "tflite_runtime",
+               "tensorflow"}  # tensorflow only as the last-resort backend, by name in backends.py
+    stdlib = set(sys.stdlib_module_names)
+    for path in Path(edge_runtime.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert top in allowed or top in stdlib, f"{path.name} imports {name}"

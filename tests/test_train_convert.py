@@ -1,0 +1,154 @@
+"""Training writes a complete run directory; conversion writes a validated float32 artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from converters.precisions import PRECISIONS
+from converters.tflite import artifact_path, convert_run
+from edge_runtime.artifact import read_artifact
+from edge_runtime.errors import ArtifactError, ConfigError, RunDirError
+from edge_runtime.features import FeatureSpec
+from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
+from trainer import rundir
+from trainer.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_directory_holds_everything_convert_and_a_person_need(tiny_run):
+    for name in (*rundir.REQUIRED, rundir.SPLIT, rundir.REPORT_MD):
+        assert (tiny_run / name).is_file(), name
+    report = json.loads((tiny_run / rundir.REPORT_JSON).read_text())
+    for model in ("lstm", "logreg"):
+        m = report["test"][model]
+        assert 0.0 <= m["roc_auc"] <= 1.0 and 0.0 <= m["brier"] <= 1.0
+    split = json.loads((tiny_run / rundir.SPLIT).read_text())
+    keys = [set(split[p]["keys"]) for p in ("train", "validation", "test")]
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+    assert split["validation_from_ts"] <= split["test_from_ts"]
+    spec = FeatureSpec.from_dict(json.loads((tiny_run / rundir.SPEC).read_text()))
+    weights = np.load(tiny_run / rundir.WEIGHTS)
+    assert weights["lstm_kernel"].shape == (spec.n_features, 4 * 8)
+    assert 0.0 < report["threshold"] < 1.0
+
+
+def test_training_is_reproducible_with_a_seed(tmp_path, synthetic_log, tiny_run):
+    again = tmp_path / "again"
+    train(TrainConfig(data=str(synthetic_log), out=str(again), units=8, epochs=2, max_len=20,
+                      batch_size=64, seed=1))
+    a, b = np.load(tiny_run / rundir.WEIGHTS), np.load(again / rundir.WEIGHTS)
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_train_refuses_to_overwrite_a_run_without_overwrite(tmp_path, synthetic_log):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(RunDirError, match="--overwrite"):
+        train(TrainConfig(data=str(synthetic_log), out=str(out), units=4, epochs=1))
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_failed_training_leaves_no_run_directory(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,ts,event,item\nu1,1600000000,view,a\n")
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError):  # one session cannot be split three ways
+        train(TrainConfig(data=str(bad), out=str(out), units=4, epochs=1))
+    assert not out.exists()
+    assert not list(tmp_path.glob(".run.stage-*"))
+
+
+@pytest.mark.parametrize("field, value", [("units", 0), ("epochs", -1), ("learning_rate", 2.0),
+                                          ("gap_minutes", 0.0), ("class_weight", "weird")])
+def test_train_config_refuses_impossible_values(field, value):
+    with pytest.raises((ConfigError, ValueError), match=field if field != "class_weight" else "weird"):
+        TrainConfig(data="x", out="y", **{field: value})
+
+
+def test_artifact_is_one_fused_lstm_with_spec_and_threshold_inside(tiny_run, tiny_artifact):
+    model, info = read_artifact(tiny_artifact)
+    report = json.loads((tiny_run / rundir.REPORT_JSON).read_text())
+    spec = FeatureSpec.from_dict(json.loads((tiny_run / rundir.SPEC).read_text()))
+    assert info.spec == spec
+    assert info.threshold == pytest.approx(report["threshold"])
+    assert (info.precision, info.graph) == ("float32", "fused")
+    assert info.provenance["session_gap_minutes"] == 30.0
+    ops = Scorer.load(tiny_artifact).op_names()
+    assert ops.count(FUSED_LSTM_OP) == 1
+    assert "WHILE" not in ops and not any(op.startswith("Flex") for op in ops)
+
+
+def test_artifact_scores_match_keras_on_test_sessions(tiny_run, tiny_artifact):
+    parity = np.load(tiny_run / rundir.PARITY)
+    scorer = Scorer.load(tiny_artifact)
+    f, off = parity["features"], parity["offsets"]
+    got = scorer.score_encoded(f[off[i]:off[i + 1]] for i in range(len(off) - 1))
+    diff = np.max(np.abs(got - parity["keras_probability"]))
+    assert diff <= PRECISIONS["float32"].max_abs_diff
+
+
+def test_scores_do_not_depend_on_the_previous_session(tiny_run, tiny_artifact):
+    # The fused op keeps h and c across invoke(); the scorer must reset them per session.
+    parity = np.load(tiny_run / rundir.PARITY)
+    f, off = parity["features"], parity["offsets"]
+    sessions = [f[off[i]:off[i + 1]] for i in range(min(20, len(off) - 1))]
+    scorer = Scorer.load(tiny_artifact)
+    forward = scorer.score_encoded(sessions)
+    backward = scorer.score_encoded(sessions[::-1])[::-1]
+    fresh = np.array([Scorer.load(tiny_artifact).score_features(s) for s in sessions[:5]])
+    np.testing.assert_array_equal(forward, backward)
+    np.testing.assert_array_equal(forward[:5], fresh)
+
+
+def test_convert_refuses_to_overwrite_an_artifact(tmp_path, tiny_run):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    before = artifact_path(run, "float32").read_bytes()
+    [row] = convert_run(run)
+    assert row.status == "failed" and "--overwrite" in row.reason
+    assert artifact_path(run, "float32").read_bytes() == before
+    [row] = convert_run(run, overwrite=True)
+    assert row.status == "ok" and row.size_bytes == artifact_path(run, "float32").stat().st_size
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_convert_fails_a_row_when_parity_breaks(tmp_path, tiny_run):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    parity = dict(np.load(run / rundir.PARITY))
+    parity["keras_probability"] = parity["keras_probability"] + 0.01
+    np.savez(run / rundir.PARITY, **parity)
+    artifact_path(run, "float32").unlink()
+    [row] = convert_run(run)
+    assert row.status == "failed" and "differ from the Keras model" in row.reason
+    assert not artifact_path(run, "float32").exists()
+
+
+def test_convert_names_what_is_missing(tmp_path, tiny_run):
+    with pytest.raises(RunDirError, match="no such run directory"):
+        convert_run(tmp_path / "nope")
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    (run / rundir.WEIGHTS).unlink()
+    with pytest.raises(RunDirError, match="weights.npz"):
+        convert_run(run)
+    with pytest.raises(ConfigError, match="unknown precision"):
+        convert_run(tiny_run, ["float64"])
+
+
+def test_artifact_of_another_version_is_refused(tmp_path, tiny_artifact):
+    from converters.tflite_metadata import add_metadata
+    from edge_runtime.artifact import METADATA_NAME
+    from edge_runtime.tflite_metadata import read_metadata
+
+    model = tiny_artifact.read_bytes()
+    meta = json.loads(read_metadata(model)[METADATA_NAME])
+    meta["version"] = 99
+    other = tmp_path / "other.tflite"
+    other.write_bytes(add_metadata(model, {METADATA_NAME: json.dumps(meta).encode()}))
+    with pytest.raises(ArtifactError, match="version 99"):
+        Scorer.load(other)
