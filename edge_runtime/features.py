@@ -237,36 +237,72 @@ class FeatureEncoder:
         return vec
 
     # ------------------------------------------------------------------ batch path
+    def raw_batch(self, offsets: np.ndarray, ts: np.ndarray, event: np.ndarray, item: np.ndarray,
+                  category: np.ndarray | None = None, price: np.ndarray | None = None,
+                  context: Mapping | np.ndarray | None = None) -> np.ndarray:
+        """Raw (unnormalised) feature rows of many sessions at once, float64 (N, F).
+
+        Session ``k`` is rows ``offsets[k]:offsets[k+1]`` of the event arrays, time-ordered.
+        Every per-session quantity is computed for all sessions in a few vectorised passes,
+        with the same arithmetic as the one-event path.
+
+        Args:
+            offsets: (S + 1,) increasing row offsets, ``offsets[0] == 0``, ``offsets[-1] == N``.
+            ts: Unix seconds per event.
+            event: canonical event codes (edge_runtime.events.EVENT_CODE).
+            item: item ids (any values; equal ids mean the same item).
+            category: category ids or None; "" or a negative integer code means "no category".
+            price: prices or None; NaN means "no price".
+            context: user history (CONTEXT_FIELDS) before each session: (S, 3), one
+                mapping/vector for all sessions, or None.
+        """
+        offsets = np.asarray(offsets, np.int64)
+        ts = np.asarray(ts, np.float64)
+        event = np.asarray(event)
+        n, lengths = len(ts), np.diff(offsets)
+        session = np.repeat(np.arange(len(lengths)), lengths)
+        start = offsets[:-1][session]
+        position = np.arange(n) - start
+        dt = np.zeros(n)
+        dt[1:] = ts[1:] - ts[:-1]
+        dt[position == 0] = 0.0
+        elapsed = ts - ts[start]
+        repeat_item = _seen_before(session, np.asarray(item))
+        if category is None:
+            repeat_category = np.zeros(n, bool)
+        else:
+            category = np.asarray(category)
+            present = category >= 0 if category.dtype.kind in "iu" else category != ""
+            repeat_category = _seen_before(session, category) & present
+        is_cart = (event == CART).astype(np.int64)
+        running = np.cumsum(is_cart)
+        carts = running - (running[start] - is_cart[start]) if n else running
+        price = np.full(n, np.nan) if price is None else np.asarray(price, np.float64)
+        if isinstance(context, np.ndarray) and context.ndim == 2:
+            ctx = np.asarray(context, np.float64)[session]
+        else:
+            ctx = np.broadcast_to(self._context_vector(context), (n, len(CONTEXT_FIELDS)))
+        return self._transform(event, dt, ts, position.astype(np.float64), elapsed,
+                               repeat_item.astype(np.float64), repeat_category.astype(np.float64),
+                               carts.astype(np.float64), price, ctx)
+
+    def encode_batch(self, offsets: np.ndarray, ts: np.ndarray, event: np.ndarray, item: np.ndarray,
+                     category: np.ndarray | None = None, price: np.ndarray | None = None,
+                     context: Mapping | np.ndarray | None = None) -> np.ndarray:
+        """Normalised float32 rows (N, F) of many sessions; see `raw_batch` for the arguments."""
+        return self._normalise(self.raw_batch(offsets, ts, event, item, category, price, context))
+
     def raw(self, ts: np.ndarray, event: np.ndarray, item: np.ndarray,
             category: np.ndarray | None = None, price: np.ndarray | None = None,
             context: Mapping | np.ndarray | None = None) -> np.ndarray:
         """Raw (unnormalised) feature rows of one time-ordered session, float64 (L, F).
 
-        Args:
-            ts: Unix seconds per event.
-            event: canonical event codes (edge_runtime.events.EVENT_CODE).
-            item: item ids (any hashable values; equal ids mean the same item).
-            category: category ids or None; empty string means "no category".
-            price: prices or None; NaN means "no price".
-            context: user history (CONTEXT_FIELDS) before the session, or None.
+        The arguments are those of `raw_batch` for a single session; ``context`` is one
+        mapping or vector.
         """
-        ts = np.asarray(ts, np.float64)
-        n = len(ts)
-        event = np.asarray(event)
-        position = np.arange(n, dtype=np.float64)
-        dt = np.zeros(n) if n == 0 else np.r_[0.0, ts[1:] - ts[:-1]]
-        elapsed = ts - ts[0] if n else ts
-        repeat_item = _seen_before(np.asarray(item))
-        if category is None:
-            repeat_category = np.zeros(n)
-        else:
-            category = np.asarray(category)
-            repeat_category = _seen_before(category) & (category != "")
-        carts = np.cumsum(event == CART).astype(np.float64)
-        price = np.full(n, np.nan) if price is None else np.asarray(price, np.float64)
-        ctx = np.broadcast_to(self._context_vector(context), (n, len(CONTEXT_FIELDS)))
-        return self._transform(event, dt, ts, position, elapsed, repeat_item.astype(np.float64),
-                               np.asarray(repeat_category, np.float64), carts, price, ctx)
+        if isinstance(context, np.ndarray):
+            context = context.reshape(-1)
+        return self.raw_batch(np.array([0, len(ts)]), ts, event, item, category, price, context)
 
     def encode(self, ts: np.ndarray, event: np.ndarray, item: np.ndarray,
                category: np.ndarray | None = None, price: np.ndarray | None = None,
@@ -328,10 +364,18 @@ class FeatureEncoder:
         return self._normalise(row)[0]
 
 
-def _seen_before(values: np.ndarray) -> np.ndarray:
-    """True where the value occurred earlier in the array."""
+def _seen_before(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """True where the value occurred earlier within the same group (rows in time order)."""
     n = len(values)
     if n == 0:
         return np.zeros(0, bool)
-    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    return first[inverse.reshape(-1)] != np.arange(n)
+    if values.dtype.kind not in "iufb":
+        # Strings and other objects: compare integer codes, which lexsort can order.
+        values = np.unique(values, return_inverse=True)[1].reshape(-1)
+    order = np.lexsort((np.arange(n), values, group))
+    g, v = group[order], values[order]
+    first = np.ones(n, bool)
+    first[1:] = (g[1:] != g[:-1]) | (v[1:] != v[:-1])
+    seen = np.empty(n, bool)
+    seen[order] = ~first
+    return seen

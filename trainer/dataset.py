@@ -32,14 +32,42 @@ def new_encoder(sessions: Sessions, max_len: int, use_context: bool | None = Non
                           utc_offset_hours=log.utc_offset_hours, max_len=max_len)
 
 
+def _batch_fields(sessions: Sessions, idx: np.ndarray) -> dict:
+    """Concatenated canonical fields of the prefixes of sessions ``idx``, with their offsets."""
+    log = sessions.log
+    parts = [sessions.prefix_events(int(s)) for s in idx]
+    lengths = np.array([len(p) for p in parts], np.int64)
+    rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    category = None
+    if log.category is not None:
+        # Codes, with the empty category as -1 ("no category"), avoid string comparisons.
+        empty = np.flatnonzero(log.category.names == "")
+        category = log.category.codes[rows]
+        if len(empty):
+            category = np.where(category == empty[0], -1, category)
+    return {"offsets": np.r_[0, np.cumsum(lengths)].astype(np.int64), "ts": log.ts[rows],
+            "event": log.event[rows], "item": log.item.codes[rows], "category": category,
+            "price": None if log.price is None else log.price[rows],
+            "context": sessions.context[np.asarray(idx, np.int64)]}
+
+
+def _last_rows(rows: np.ndarray, offsets: np.ndarray, max_len: int) -> list[np.ndarray]:
+    """Each session's last ``max_len`` rows. Encoding happens before the cut, so positions and
+    elapsed time are those of the whole prefix, as when the runtime scores a long session."""
+    return [rows[max(offsets[k], offsets[k + 1] - max_len):offsets[k + 1]]
+            for k in range(len(offsets) - 1)]
+
+
 def raw_sessions(sessions: Sessions, idx: np.ndarray, encoder: FeatureEncoder) -> list[np.ndarray]:
     """Raw feature rows per session, each cut to its last ``encoder.max_len`` events."""
-    return [encoder.raw(**prefix_fields(sessions, int(s)))[-encoder.max_len:] for s in idx]
+    fields = _batch_fields(sessions, idx)
+    return _last_rows(encoder.raw_batch(**fields), fields["offsets"], encoder.max_len)
 
 
 def encode_sessions(sessions: Sessions, idx: np.ndarray, encoder: FeatureEncoder) -> list[np.ndarray]:
     """Normalised float32 features per session (the last ``max_len`` events of each prefix)."""
-    return [encoder.encode(**prefix_fields(sessions, int(s)))[-encoder.max_len:] for s in idx]
+    fields = _batch_fields(sessions, idx)
+    return _last_rows(encoder.encode_batch(**fields), fields["offsets"], encoder.max_len)
 
 
 def pad(encoded: list[np.ndarray], max_len: int) -> np.ndarray:

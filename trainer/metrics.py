@@ -23,7 +23,8 @@ def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
         return 0.5
     precision, recall, thresholds = precision_recall_curve(y, p)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    best = int(np.argmax(f1[:-1]))
+    scores = f1[:-1]  # thresholds ascend; the last maximum is the highest threshold
+    best = len(scores) - 1 - int(np.argmax(scores[::-1]))
     return float(thresholds[best])
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.scorer import Scorer
-from trainer.dataset import prefix_fields
+from trainer.dataset import encode_sessions
 from trainer.formats import FormatPreset
 from trainer.metrics import by_prefix_length, classification_metrics
 from trainer.readers import EventLog, read_log
@@ -74,9 +74,7 @@ def score_log(scorer: Scorer, data: str | os.PathLike, format: str | None = None
         index = index[np.isin(sessions.key[index].astype(str), np.array(sorted(only_keys), dtype=str))]
         if len(index) == 0:
             raise ConfigError(f"{data}: none of the {len(only_keys)} requested sessions is in this log")
-    encoder = scorer.encoder
-    probability = scorer.score_encoded(
-        encoder.encode(**prefix_fields(sessions, int(s))) for s in index)
+    probability = scorer.score_encoded(encode_sessions(sessions, index, scorer.encoder))
     return ScoredLog(log, sessions, index, probability, warnings)
 
 

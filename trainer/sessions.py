@@ -109,7 +109,7 @@ def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
     if gap is None:
         key = log.session.names[log.session.codes[first]]
     else:
-        key = np.array([f"{u}@{int(s)}" for u, s in zip(log.user.names[user_code], start)], object)
+        key = _unique_keys([f"{u}@{int(s)}" for u, s in zip(log.user.names[user_code], start)])
 
     # Reorder sessions by start time so that splits and reports read chronologically.
     by_start = np.lexsort((key.astype(str), start))
@@ -140,31 +140,52 @@ def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
     return sessions
 
 
+def _unique_keys(keys: list[str]) -> np.ndarray:
+    """Keys made unique by a ``#n`` suffix (two sessions of a user in one second)."""
+    seen: dict[str, int] = {}
+    out = []
+    for key in keys:
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        out.append(key if n == 0 else f"{key}#{n}")
+    return np.array(out, object)
+
+
 def user_history(sessions: Sessions) -> np.ndarray:
     """Per session, what the same user did before that session started.
 
-    Columns follow edge_runtime.features.CONTEXT_FIELDS: prior sessions, prior purchases,
-    items carted in earlier sessions and not bought before this one. Only events of
-    sessions that started earlier count, so nothing leaks from the session itself.
+    Columns follow edge_runtime.features.CONTEXT_FIELDS: sessions the user started earlier,
+    the user's purchases, and items carted and not bought, counting only events with a
+    timestamp before this session's start. Nothing leaks from the session itself, nor from
+    an earlier session that overlaps it (logs with their own session ids can overlap).
     """
     log = sessions.log
     out = np.zeros((len(sessions), len(CONTEXT_FIELDS)), np.float64)
-    by_user: dict[int, list[int]] = {}
-    for s in np.argsort(sessions.start, kind="stable"):
-        by_user.setdefault(int(sessions.user_code[s]), []).append(int(s))
-    for user_sessions in by_user.values():
-        purchases = 0
-        open_cart: set[int] = set()
-        for k, s in enumerate(user_sessions):
-            out[s] = (k, purchases, len(open_cart))
-            ev = sessions.order[sessions.offsets[s]:sessions.offsets[s + 1]]
-            for e in ev:
-                code = log.event[e]
-                if code == CART:
-                    open_cart.add(int(log.item.codes[e]))
-                elif code == PURCHASE:
-                    purchases += 1
-                    open_cart.discard(int(log.item.codes[e]))
+    session_order = np.lexsort((np.arange(len(sessions)), sessions.start, sessions.user_code))
+    event_order = np.lexsort((np.arange(len(log)), log.ts, log.user.codes))
+    users = log.user.codes[event_order]
+    bounds = np.searchsorted(users, sessions.user_code[session_order], side="left")
+    ends = np.searchsorted(users, sessions.user_code[session_order], side="right")
+    current_user, seen, purchases, open_cart, earlier = -1, 0, 0, set(), 0
+    for k, s in enumerate(session_order):
+        user = int(sessions.user_code[s])
+        if user != current_user:
+            current_user, seen, purchases, open_cart, earlier = user, int(bounds[k]), 0, set(), 0
+            first_of_user = k
+        start = sessions.start[s]
+        # Advance through this user's events strictly before the session starts.
+        while seen < ends[k] and log.ts[event_order[seen]] < start:
+            e = event_order[seen]
+            if log.event[e] == CART:
+                open_cart.add(int(log.item.codes[e]))
+            elif log.event[e] == PURCHASE:
+                purchases += 1
+                open_cart.discard(int(log.item.codes[e]))
+            seen += 1
+        while earlier < k - first_of_user and \
+                sessions.start[session_order[first_of_user + earlier]] < start:
+            earlier += 1
+        out[s] = (earlier, purchases, len(open_cart))
     return out
 
 
