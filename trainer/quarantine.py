@@ -23,7 +23,8 @@ class BadRows:
     counts: Counter = field(default_factory=Counter)
     rows: list[dict] = field(default_factory=list)
 
-    def add(self, line: int | None, reason: str, raw: str, detail: str = "") -> None:
+    def add(self, line: int | None, reason: str, raw: str, detail: str = "",
+            source: str | None = None) -> None:
         """Record one bad row.
 
         Args:
@@ -31,10 +32,12 @@ class BadRows:
             reason: a short machine-readable reason, e.g. ``bad_timestamp``.
             raw: the row as read (decoded with replacement characters if needed).
             detail: what was wrong with which value, for a person.
+            source: the file the row came from, when not ``self.source`` (DIGINETICA
+                purchases are read from a second file).
         """
         self.counts[reason] += 1
-        self.rows.append({"line": line, "reason": reason, "detail": detail,
-                          "raw": raw[:MAX_RAW_CHARS]})
+        self.rows.append({"source": source or self.source, "line": line, "reason": reason,
+                          "detail": detail, "raw": raw[:MAX_RAW_CHARS]})
 
     @property
     def total(self) -> int:
@@ -46,7 +49,7 @@ class BadRows:
             return f"{self.source}: no bad rows"
         row = min(self.rows, key=lambda r: (r["line"] is None, r["line"] or 0))
         what = row["detail"] or f"{row['reason']}: {row['raw']!r}"
-        return located(self.source, row["line"], f"bad row ({row['reason']}): {what}")
+        return located(row["source"], row["line"], f"bad row ({row['reason']}): {what}")
 
     def summary(self) -> dict:
         return {"total": self.total, "by_reason": dict(sorted(self.counts.items()))}
@@ -65,6 +68,6 @@ class BadRows:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         with open(tmp, "w", encoding="utf-8") as f:
             for row in sorted(self.rows, key=lambda r: (r["line"] is None, r["line"] or 0)):
-                f.write(json.dumps({"source": self.source, **row}, ensure_ascii=False) + "\n")
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
         return path

@@ -115,6 +115,8 @@ def read_bytes(path: str | Path) -> bytes:
             raise DataError(f"{p}: compressed stream ends early (truncated gzip)") from None
         except (OSError, zlib.error) as e:
             raise DataError(f"{p}: corrupted gzip stream ({e})") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark is not part of the first column's name
     if not raw.strip():
         raise DataError(f"{p}: empty file")
     return raw
@@ -170,6 +172,14 @@ class _Raw:
     line: np.ndarray
     reason: np.ndarray  # object: None for a good row, else the reason
     detail: np.ndarray  # object: what was wrong, for a person
+    data: bytes | None = None  # the file's text, to quarantine bad rows verbatim
+
+    def text_of(self, i: int) -> str:
+        """Row ``i`` as it stands in the file (its first physical line), else its values."""
+        if self.data is not None:
+            return _physical_line(self.data, int(self.line[i]))
+        return ",".join("" if v is None else str(v)
+                        for v in (col[int(i)].as_py() for col in self.columns.values()))
 
     def reject(self, mask: np.ndarray, reason: str, values: pa.Array | np.ndarray | None = None,
                what: str = "") -> None:
@@ -182,6 +192,28 @@ class _Raw:
             vals = values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else values
             for i in np.flatnonzero(mask):
                 self.detail[i] = f"{what} {vals[i]!r}" if what else repr(vals[i])
+
+
+def _physical_line(data: bytes, number: int) -> str:
+    """Line ``number`` (1-based) of ``data``, decoded with replacement characters."""
+    start = 0
+    for _ in range(number - 1):
+        start = data.find(b"\n", start) + 1
+        if start == 0:
+            return ""
+    end = data.find(b"\n", start)
+    return data[start:end if end >= 0 else len(data)].rstrip(b"\r").decode("utf-8", "replace")
+
+
+def _record_start_lines(data: bytes, delimiter: str) -> np.ndarray:
+    """Physical start line of every CSV record (records may span lines inside quotes)."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8", "replace"), newline=""),
+                        delimiter=delimiter)
+    starts, end = [], 0
+    for _ in reader:
+        starts.append(end + 1)
+        end = reader.line_num
+    return np.asarray(starts, np.int64)
 
 
 def _csv_header(data: bytes, delimiter: str) -> list[str]:
@@ -210,15 +242,23 @@ def _read_csv(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> _R
                                convert_options=convert)
     except pa.ArrowInvalid as e:
         raise DataError(f"{path}: not a readable {preset.name} CSV ({e})") from None
-    first_line = 2 if preset.header else 1
-    bad_lines = {n for n, _, _ in skipped}
+    # pyarrow numbers records (header = 1). Records are physical lines unless a quoted value
+    # spans lines; then the csv module maps record numbers to the lines they start on.
+    first = 2 if preset.header else 1
+    bad_numbers = np.array(sorted(n for n, _, _ in skipped), np.int64)
+    records = np.arange(first, first + table.num_rows + len(bad_numbers), dtype=np.int64)
+    good_numbers = records[~np.isin(records, bad_numbers)]
+    physical = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    if physical != first - 1 + len(records):
+        starts = _record_start_lines(data, preset.delimiter)
+        to_line = lambda numbers: starts[np.minimum(numbers, len(starts)) - 1]  # noqa: E731
+    else:
+        to_line = lambda numbers: numbers  # noqa: E731
     for number, text, actual in skipped:
-        bad.add(number, "wrong_field_count", text,
+        bad.add(int(to_line(np.array([number]))[0]), "wrong_field_count", text,
                 f"{actual} fields, expected {len(names)}")
-    candidates = np.arange(first_line, first_line + table.num_rows + len(bad_lines), dtype=np.int64)
-    line = candidates[~np.isin(candidates, np.fromiter(bad_lines, np.int64, len(bad_lines)))]
-    raw = _Raw({n: table.column(n).combine_chunks() for n in names}, line,
-               np.full(table.num_rows, None, object), np.full(table.num_rows, "", object))
+    raw = _Raw({n: table.column(n).combine_chunks() for n in names}, to_line(good_numbers),
+               np.full(table.num_rows, None, object), np.full(table.num_rows, "", object), data)
     blank = np.ones(table.num_rows, bool)
     for col in raw.columns.values():
         blank &= pc.equal(pc.binary_length(col), 0).to_numpy(zero_copy_only=False)
@@ -253,9 +293,14 @@ def _read_jsonl(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> 
     import pyarrow.json as pajson
 
     try:
-        table = pajson.read_json(io.BytesIO(data),
-                                 read_options=pajson.ReadOptions(block_size=max(1 << 20, min(len(data) + 1, 1 << 30))))
-        lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
+        table = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(
+            block_size=max(1 << 20, min(len(data) + 1, 1 << 30))))
+        for column in table.columns:
+            column.validate(full=True)  # pyarrow's JSON reader lets invalid UTF-8 through
+        # pyarrow skips blank lines; number the records by the physical lines they are on.
+        lines = np.flatnonzero([bool(x.strip()) for x in data.split(b"\n")]).astype(np.int64) + 1
+        if len(lines) != table.num_rows:
+            raise pa.ArrowInvalid("records and lines disagree")
     except pa.ArrowInvalid:
         table, lines = _jsonl_per_line(data, bad)
     if "events" in table.column_names and preset.name == "otto":
@@ -263,7 +308,7 @@ def _read_jsonl(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> 
     columns = {n: table.column(n).combine_chunks() for n in table.column_names}
     columns = {n: c if not pa.types.is_struct(c.type) else c.cast(pa.string()) for n, c in columns.items()}
     return _Raw(columns, lines, np.full(table.num_rows, None, object),
-                np.full(table.num_rows, "", object))
+                np.full(table.num_rows, "", object), data)
 
 
 def _jsonl_per_line(data: bytes, bad: BadRows) -> tuple[pa.Table, np.ndarray]:
@@ -442,9 +487,7 @@ def _canonicalize(path: Path, raw: _Raw, preset: FormatPreset, bad: BadRows,
 
     good = np.equal(raw.reason, None)
     for i in np.flatnonzero(~good):
-        text = ",".join("" if v is None else str(v) for v in
-                        (raw.columns[c][int(i)].as_py() for c in raw.columns))
-        bad.add(int(raw.line[i]), raw.reason[i], text, raw.detail[i])
+        bad.add(int(raw.line[i]), raw.reason[i], raw.text_of(int(i)), raw.detail[i])
     keep = pa.array(np.flatnonzero(good))
     log = EventLog(
         source=str(path), format=preset.name,
@@ -529,9 +572,10 @@ def _with_diginetica_purchases(path: Path, views: EventLog, preset: FormatPreset
     wanted = np.isin(buys.session.values(), views.session.names)
     # Purchases of sessions outside this views file belong to other samples: not bad, not ours.
     for row in pbad.rows:
-        views.bad.add(row["line"], row["reason"], row["raw"], f"{purchases_path.name}: {row['detail']}")
+        views.bad.add(row["line"], row["reason"], row["raw"], row["detail"], source=str(purchases_path))
     sel = np.flatnonzero(wanted)
     merged = _concat(views, buys, sel)
+    merged.rows_read += pbad.total
     cat_path = path.with_name(preset.extra["categories_file"])
     if cat_path.exists():
         cats = pacsv.read_csv(io.BytesIO(read_bytes(cat_path)),

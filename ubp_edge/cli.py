@@ -181,7 +181,7 @@ def train(
                                  use_context=context, seed=seed, strict=strict, overwrite=overwrite)
         except ValueError as e:  # an unknown enum value
             raise ConfigError(f"--class-weight: {e}") from None
-        preset = _preset(format, column_map, event_map, time_unit, delimiter) if format == "csv" else None
+        preset = _preset(format, column_map, event_map, time_unit, delimiter)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                       TimeElapsedColumn(), console=err, transient=False) as progress:
             task = progress.add_task("starting", total=epochs, info="")
@@ -292,7 +292,7 @@ def score(
             quarantine = scored.log.bad.write(out_file.with_name(out_file.name + ".quarantine.jsonl"))
         err.print(f"scored {len(scored.index):,} sessions ({len(scored.sessions) - len(scored.index):,} "
                   f"with nothing before their first purchase) in {seconds:.2f} s with "
-                  f"{scorer.backend}" + (f" -> {out_file}" if out_file else ""))
+                  f"{scorer.backend}" + (f" -> {out_file}" if out_file else ""), soft_wrap=True)
         err.print(_bad_rows_line(scored.log.bad.summary(), quarantine))
 
 
