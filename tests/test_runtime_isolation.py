@@ -48,3 +48,28 @@ def test_edge_runtime_source_imports_nothing_of_the_project_but_itself():
             for name in names:
                 top = name.split(".")[0]
                 assert top in allowed or top in stdlib, f"{path.name} imports {name}"
+
+
+CLI_SCRIPT = """
+import json, sys
+from ubp_edge.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+loaded = sorted({m.split(".")[0] for m in sys.modules})
+print(json.dumps({"code": code, "modules": loaded}), file=sys.stderr)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["score", "evaluate"])
+def test_score_and_evaluate_commands_run_without_tensorflow(tiny_artifact, synthetic_log, tmp_path,
+                                                            command):
+    args = (["score", "--model", str(tiny_artifact), "--data", str(synthetic_log),
+             "--out", str(tmp_path / "s.jsonl")] if command == "score"
+            else ["evaluate", str(tiny_artifact), "--data", str(synthetic_log), "--json"])
+    done = subprocess.run([sys.executable, "-c", CLI_SCRIPT, *args], capture_output=True, text=True)
+    result = json.loads(done.stderr.strip().splitlines()[-1])
+    assert result["code"] in (0, None), done.stderr
+    assert not {"tensorflow", "tf_keras", "keras"} & set(result["modules"])
