@@ -29,7 +29,10 @@ class ArtifactInfo:
         threshold: probability at or above which a session is called a purchase.
         precision: ``float32``, ``float16``, ``dynamic``, ``int8``, ...
         graph: ``fused`` (one UNIDIRECTIONAL_SEQUENCE_LSTM op) or ``unrolled``.
-        provenance: source run, training data, versions, creation time.
+        provenance: source run, training data, versions, calibration size, creation time.
+        calibration: Platt scaling ``{"method": "platt", "a": .., "b": ..}`` applied to the
+            model's output, fitted on validation sessions where quantisation shifted the
+            probabilities; None when the output is used as is.
     """
 
     spec: FeatureSpec
@@ -37,11 +40,13 @@ class ArtifactInfo:
     precision: str
     graph: str
     provenance: dict = field(default_factory=dict)
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
         return {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
                 "feature_spec": self.spec.to_dict(), "threshold": self.threshold,
-                "precision": self.precision, "graph": self.graph, "provenance": self.provenance}
+                "precision": self.precision, "graph": self.graph, "provenance": self.provenance,
+                "calibration": self.calibration}
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True).encode("utf-8")
@@ -58,13 +63,19 @@ class ArtifactInfo:
             threshold = float(d["threshold"])
             precision, graph = str(d["precision"]), str(d["graph"])
             provenance = dict(d.get("provenance") or {})
+            calibration = d.get("calibration")
+            if calibration is not None:
+                calibration = {"method": str(calibration["method"]), "a": float(calibration["a"]),
+                               "b": float(calibration["b"])}
         except ArtifactError as e:
             raise ArtifactError(f"{source}: {e}") from None
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{source}: artifact metadata is malformed ({e!r})") from None
         if not 0.0 <= threshold <= 1.0:
             raise ArtifactError(f"{source}: threshold {threshold} outside [0, 1]")
-        return cls(spec, threshold, precision, graph, provenance)
+        if graph not in ("fused", "unrolled"):
+            raise ArtifactError(f"{source}: graph {graph!r} not in ['fused', 'unrolled']")
+        return cls(spec, threshold, precision, graph, provenance, calibration)
 
 
 def parse_artifact(model: bytes, source: str = "artifact") -> ArtifactInfo:

@@ -16,11 +16,34 @@ from edge_runtime.features import FeatureEncoder
 FUSED_LSTM_OP = "UNIDIRECTIONAL_SEQUENCE_LSTM"
 
 
+class _Port:
+    """One model input or output; quantises and dequantises when the model's I/O is int8."""
+
+    def __init__(self, details: dict) -> None:
+        self.index = details["index"]
+        self.dtype = details["dtype"]
+        scale, zero_point = details.get("quantization", (0.0, 0))
+        self.scale, self.zero_point = float(scale), int(zero_point)
+        self.quantized = np.dtype(self.dtype) == np.int8
+
+    def to_model(self, x: np.ndarray) -> np.ndarray:
+        if not self.quantized:
+            return x.astype(self.dtype, copy=False)
+        q = np.round(x / self.scale) + self.zero_point
+        return np.clip(q, -128, 127).astype(np.int8)
+
+    def from_model(self, y: np.ndarray) -> np.ndarray:
+        if not self.quantized:
+            return y.astype(np.float32, copy=False)
+        return ((y.astype(np.float32) - self.zero_point) * self.scale).astype(np.float32)
+
+
 class Scorer:
     """A loaded artifact that scores whole sessions.
 
     Not thread-safe: an interpreter holds its tensors and LSTM state; use one Scorer per
-    thread.
+    thread. Handles every precision and graph `ubp-edge convert` writes: int8 input/output is
+    quantised here, and an artifact's recalibration (Platt scaling) is applied to its output.
 
     Example:
         >>> scorer = Scorer.load("runs/taobao/model-float32.tflite")
@@ -35,16 +58,23 @@ class Scorer:
         self.encoder = FeatureEncoder.from_spec(info.spec)
         self._interpreter = interpreter
         inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ArtifactError(f"{source}: expected 1 input and 1 output, found "
-                                f"{len(inputs)} and {len(outputs)}")
-        shape = list(inputs[0]["shape_signature"])
+        expected_inputs = 2 if info.graph == "unrolled" else 1
+        if len(inputs) != expected_inputs or len(outputs) != 1:
+            raise ArtifactError(f"{source}: a {info.graph} graph has {expected_inputs} input(s) and "
+                                f"1 output, found {len(inputs)} and {len(outputs)}")
+        # The unrolled graph's second input is the [B, T, 1] mask; tell them apart by rank.
+        events = next(d for d in inputs if len(d["shape_signature"]) == 3 and
+                      d["shape_signature"][2] != 1 or len(inputs) == 1)
+        shape = list(events["shape_signature"])
         if len(shape) != 3 or shape[2] != info.spec.n_features:
             raise ArtifactError(f"{source}: model input {shape} does not take "
                                 f"{info.spec.n_features} features as its spec says")
-        self._input = inputs[0]["index"]
-        self._output = outputs[0]["index"]
-        self._length = int(inputs[0]["shape"][1])
+        self._events = _Port(events)
+        self._mask = _Port(next(d for d in inputs if d is not events)) if len(inputs) == 2 else None
+        self._output = _Port(outputs[0])
+        self._shape = tuple(int(v) for v in events["shape"])
+        calibration = info.calibration or {}
+        self._platt = (float(calibration["a"]), float(calibration["b"])) if calibration else None
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", num_threads: int = 1) -> Scorer:
@@ -80,29 +110,77 @@ class Scorer:
         """The graph's operators, e.g. to check that the LSTM is one fused op."""
         return [op["op_name"] for op in self._interpreter._get_ops_details()]
 
-    def score_features(self, x: np.ndarray) -> float:
-        """Probability of a purchase for one encoded session (L, F), L >= 1."""
+    def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != self.info.spec.n_features or len(x) == 0:
             raise ConfigError(f"expected encoded events of shape (L>=1, {self.info.spec.n_features}), "
                               f"got {x.shape}")
-        x = x[-self.info.spec.max_len:]
-        interp = self._interpreter
-        if len(x) != self._length:
-            # The fused graph takes an unpadded [1, L, F] input (DESIGN): resizing costs a few
-            # microseconds and only happens when the length changes.
-            interp.resize_tensor_input(self._input, [1, len(x), x.shape[1]])
+        return x[-self.info.spec.max_len:]
+
+    def _resize(self, shape: tuple[int, ...]) -> None:
+        # Resizing costs a few microseconds and only happens when the shape changes.
+        if shape != self._shape:
+            interp = self._interpreter
+            interp.resize_tensor_input(self._events.index, list(shape))
+            if self._mask is not None:
+                interp.resize_tensor_input(self._mask.index, [shape[0], shape[1], 1])
             interp.allocate_tensors()
-            self._length = len(x)
+            self._shape = shape
+
+    def _calibrate(self, p: np.ndarray) -> np.ndarray:
+        if self._platt is None:
+            return p
+        a, b = self._platt
+        logit = np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
+        return (1.0 / (1.0 + np.exp(-(a * logit + b)))).astype(np.float32)
+
+    def _invoke_fused(self, x: np.ndarray) -> float:
+        interp = self._interpreter
+        self._resize((1, len(x), x.shape[1]))
         # The fused LSTM keeps h and c in variable tensors across invoke(): clear them per session.
         interp.reset_all_variables()
-        interp.set_tensor(self._input, x[None])
+        interp.set_tensor(self._events.index, self._events.to_model(x[None]))
         interp.invoke()
-        return float(interp.get_tensor(self._output).reshape(-1)[0])
+        return float(self._output.from_model(interp.get_tensor(self._output.index)).reshape(-1)[0])
 
-    def score_encoded(self, sessions: Iterable[np.ndarray]) -> np.ndarray:
-        """Probabilities for encoded sessions, float32 (N,)."""
-        return np.array([self.score_features(x) for x in sessions], np.float32)
+    def _invoke_unrolled(self, batch: list[np.ndarray]) -> np.ndarray:
+        interp = self._interpreter
+        steps, width = self.info.spec.max_len, self.info.spec.n_features
+        x = np.zeros((len(batch), steps, width), np.float32)
+        mask = np.zeros((len(batch), steps, 1), np.float32)
+        for i, session in enumerate(batch):
+            x[i, :len(session)] = session
+            mask[i, :len(session)] = 1.0
+        self._resize((len(batch), steps, width))
+        interp.set_tensor(self._events.index, self._events.to_model(x))
+        interp.set_tensor(self._mask.index, self._mask.to_model(mask))
+        interp.invoke()
+        return self._output.from_model(interp.get_tensor(self._output.index)).reshape(-1)
+
+    def score_features(self, x: np.ndarray, calibrated: bool = True) -> float:
+        """Probability of a purchase for one encoded session (L, F), L >= 1.
+
+        ``calibrated`` False skips the artifact's recalibration (for parity checks).
+        """
+        x = self._check(x)
+        p = self._invoke_fused(x) if self._mask is None else float(self._invoke_unrolled([x])[0])
+        return float(self._calibrate(np.array([p], np.float32))[0]) if calibrated else p
+
+    def score_encoded(self, sessions: Iterable[np.ndarray], calibrated: bool = True,
+                      batch_size: int = 64) -> np.ndarray:
+        """Probabilities for encoded sessions, float32 (N,).
+
+        The fused graph scores one session per invoke; the unrolled graph takes batches of
+        ``batch_size`` sessions, padded to ``max_len`` under a mask.
+        """
+        sessions = [self._check(x) for x in sessions]
+        if self._mask is None:
+            p = np.array([self._invoke_fused(x) for x in sessions], np.float32)
+        else:
+            parts = [self._invoke_unrolled(sessions[i:i + batch_size])
+                     for i in range(0, len(sessions), batch_size)]
+            p = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+        return self._calibrate(p) if calibrated else p
 
     def encode_session(self, events: Sequence[Mapping], context: Mapping | None = None) -> np.ndarray:
         """Encode a time-ordered list of canonical event dicts with the artifact's spec."""

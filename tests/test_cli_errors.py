@@ -326,7 +326,7 @@ def test_inspect_json_with_quarantine(tmp_path):
 def test_convert_json_overwrite(tmp_path, tiny_run):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    result = invoke("convert", run, "--json", "--overwrite")
+    result = invoke("convert", run, "--precision", "float32", "--json", "--overwrite")
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     lines = [x for x in result.stdout.splitlines() if x.strip()]
     assert len(lines) == 1
@@ -345,7 +345,7 @@ def test_convert_existing_artifact_without_overwrite(tmp_path, tiny_run):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     before = (run / "model-float32.tflite").read_bytes()
-    result = invoke("convert", run, "--json")
+    result = invoke("convert", run, "--precision", "float32", "--json")
     assert result.exit_code == 1
     [artifact] = json.loads(result.stdout)["artifacts"]
     assert artifact["status"] == "failed" and "--overwrite" in artifact["reason"]

@@ -110,10 +110,10 @@ def test_scores_do_not_depend_on_the_previous_session(tiny_run, tiny_artifact):
 def test_convert_refuses_to_overwrite_an_artifact(tmp_path, tiny_run):
     run = shutil.copytree(tiny_run, tmp_path / "run")
     before = artifact_path(run, "float32").read_bytes()
-    [row] = convert_run(run)
+    [row] = convert_run(run, ["float32"])
     assert row.status == "failed" and "--overwrite" in row.reason
     assert artifact_path(run, "float32").read_bytes() == before
-    [row] = convert_run(run, overwrite=True)
+    [row] = convert_run(run, ["float32"], overwrite=True)
     assert row.status == "ok" and row.size_bytes == artifact_path(run, "float32").stat().st_size
     assert not list(run.glob(".*.tmp"))
 
@@ -124,7 +124,7 @@ def test_convert_fails_a_row_when_parity_breaks(tmp_path, tiny_run):
     parity["keras_probability"] = parity["keras_probability"] + 0.01
     np.savez(run / rundir.PARITY, **parity)
     artifact_path(run, "float32").unlink()
-    [row] = convert_run(run)
+    [row] = convert_run(run, ["float32"])
     assert row.status == "failed" and "differ from the Keras model" in row.reason
     assert not artifact_path(run, "float32").exists()
 

@@ -65,3 +65,35 @@ def by_prefix_length(y: np.ndarray, p: np.ndarray, lengths: np.ndarray, threshol
             entry.update(classification_metrics(np.asarray(y)[sel], np.asarray(p)[sel], threshold))
         out[name] = entry
     return out
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over ``bins`` equal-width probability bins.
+
+    The mean of |share of positives - mean probability| over the non-empty bins, each
+    weighted by its share of sessions. A probability of exactly 1.0 falls in the last bin.
+
+    Args:
+        y: 0/1 labels (N,).
+        p: probabilities (N,), clipped to [0, 1].
+        bins: number of bins on [0, 1].
+
+    Returns:
+        ECE in [0, 1]; NaN when there are no sessions.
+
+    Raises:
+        ValueError: ``bins`` < 1 or ``y`` and ``p`` of different lengths.
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    y = np.asarray(y, np.float64).reshape(-1)
+    p = np.clip(np.asarray(p, np.float64).reshape(-1), 0.0, 1.0)
+    if len(y) != len(p):
+        raise ValueError(f"{len(y)} labels but {len(p)} probabilities")
+    if len(y) == 0:
+        return float("nan")
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, y, bins) - np.bincount(which, p, bins))  # per-bin sums
+    # sum_b n_b/N * |mean_y_b - mean_p_b| == sum_b |sum_y_b - sum_p_b| / N
+    return float(gap[count > 0].sum() / len(y))

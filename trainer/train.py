@@ -139,6 +139,26 @@ def _fit_logreg(x_train, y_train, seed: int, balanced: bool):
     return model.fit(x_train, y_train)
 
 
+def _ragged(prefix: str, sessions: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Sessions of different lengths as one array plus offsets (npz holds no ragged arrays)."""
+    return {f"{prefix}features": np.concatenate(sessions).astype(np.float32),
+            f"{prefix}offsets": np.r_[0, np.cumsum([len(x) for x in sessions])].astype(np.int64)}
+
+
+CALIBRATION_SESSIONS = 1000
+
+
+def calibration_sample(y: np.ndarray, seed: int, n: int = CALIBRATION_SESSIONS) -> np.ndarray:
+    """Indices of up to ``n`` training sessions for int8 calibration, stratified so that
+    purchasing sessions are at least a quarter of them (they are rare but drive the output)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    n_pos = min(len(pos), max(n // 4, n - len(neg)))
+    n_neg = min(len(neg), n - n_pos)
+    chosen = np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)])
+    return np.sort(rng.permutation(chosen))
+
+
 def train(config: TrainConfig, preset: FormatPreset | None = None,
           on_stage: Callable[[str], None] | None = None,
           on_epoch: EpochCallback | None = None) -> dict:
@@ -237,13 +257,15 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
         rundir.write_json_atomic(tmp / rundir.CONFIG, config.to_dict())
         rundir.write_json_atomic(tmp / rundir.SPLIT, split.manifest(sessions))
         # The test sessions as the model saw them, with the Keras probabilities: `convert`
-        # checks every artifact against these without reading the log again.
-        flat = np.concatenate(encoded["test"]).astype(np.float32)
-        offsets = np.r_[0, np.cumsum([len(s) for s in encoded["test"]])].astype(np.int64)
-        np.savez(tmp / rundir.PARITY, features=flat, offsets=offsets, keras_probability=p_test,
-                 label=y["test"], validation_features=np.concatenate(encoded["validation"]),
-                 validation_offsets=np.r_[0, np.cumsum([len(s) for s in encoded["validation"]])],
-                 validation_label=y["validation"])
+        # checks every artifact against these without reading the log again; validation
+        # sessions pick and recalibrate quantized artifacts; training sessions calibrate int8.
+        calibration = calibration_sample(y["train"], config.seed)
+        np.savez(tmp / rundir.PARITY,
+                 **_ragged("", encoded["test"]), keras_probability=p_test, label=y["test"],
+                 **_ragged("validation_", encoded["validation"]), validation_label=y["validation"],
+                 validation_keras_probability=p_val,
+                 **_ragged("calibration_", [encoded["train"][i] for i in calibration]),
+                 calibration_label=y["train"][calibration])
         rundir.write_json_atomic(tmp / rundir.REPORT_JSON, report)
         (tmp / rundir.REPORT_MD).write_text(render_report_md(report))
         log.bad.write(tmp / rundir.QUARANTINE)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -224,33 +225,79 @@ def _render_train_report(report: dict, out_dir: Path) -> None:
 @app.command()
 def convert(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `ubp-edge train`.")],
-    precision: Annotated[str, typer.Option(help="Comma-separated precisions to write.")] = "float32",
+    precision: Annotated[Optional[str], typer.Option(
+        help="Comma-separated: float32, float16, dynamic, int8, int8-io, 16x8 (default: all).")] = None,
+    graph: Annotated[str, typer.Option(help="Comma-separated graphs: fused (one LSTM op), unrolled.")] = "fused",
+    calibration_sessions: Annotated[int, typer.Option(help="Training sessions for int8/16x8 calibration.")] = 300,
+    recalibrate: Annotated[bool, typer.Option(help="Platt-scale quantized outputs on validation sessions where it helps.")] = True,
+    auto: Annotated[bool, typer.Option("--auto", help="Pick the smallest, fastest precision within --max-auc-drop on validation.")] = False,
+    max_auc_drop: Annotated[Optional[float], typer.Option(help="With --auto: the ROC-AUC budget against float32.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing artifacts.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write validated TFLite artifacts (fused LSTM, spec and threshold inside) into the run directory."""
+    """Write validated TFLite artifacts (spec, threshold and provenance inside) into the run directory."""
     with user_errors():
         _quiet_tensorflow()
-        from converters.tflite import convert_run
+        from converters.tflite import ConvertConfig, auto_convert, convert_run
+        from edge_runtime.errors import ConfigError
 
-        results = convert_run(run_dir, [p.strip() for p in precision.split(",") if p.strip()],
-                              overwrite=overwrite)
+        why = None
+        if auto:
+            if max_auc_drop is None:
+                raise ConfigError("--auto needs --max-auc-drop, e.g. --max-auc-drop 0.005")
+            chosen, results, why = auto_convert(run_dir, max_auc_drop, overwrite, calibration_sessions)
+        else:
+            if max_auc_drop is not None:
+                raise ConfigError("--max-auc-drop goes with --auto")
+            config = ConvertConfig(
+                precisions=tuple(p.strip() for p in (precision or "").split(",") if p.strip()),
+                graphs=tuple(g.strip() for g in graph.split(",") if g.strip()),
+                calibration_sessions=calibration_sessions, recalibrate=recalibrate,
+                overwrite=overwrite)
+            results = convert_run(run_dir, config=config)
         rows = [{k: v for k, v in r.to_dict().items() if k != "ops"} for r in results]
         if as_json:
-            _print_json({"artifacts": rows})
+            _print_json({"artifacts": rows, **({"auto": why} if auto else {})})
         else:
-            table = Table(title=f"artifacts of {run_dir}")
-            for col in ("precision", "graph", "status", "size", "max |p - keras|", "path / reason"):
-                table.add_column(col)
-            for r in results:
-                table.add_row(r.precision, r.graph, r.status,
-                              f"{r.size_bytes:,} B" if r.size_bytes else "",
-                              f"{r.max_abs_diff:.2e} ({r.sessions_checked} sessions)"
-                              if r.max_abs_diff is not None else "",
-                              r.path or r.reason or "")
-            out.print(table)
-        if any(r.status != "ok" for r in results):
+            out.print(_conversion_table(results, run_dir))
+            if why:
+                out.print(Text("chose " + why), soft_wrap=True)
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            err.print(Text("error: ", style="bold red") + Text(
+                "; ".join(f"{r.graph}/{r.precision}: {r.reason}" for r in failed)), soft_wrap=True)
             raise typer.Exit(1)
+
+
+def _conversion_table(results, run_dir: Path) -> Table:
+    """One row per artifact; reasons of rows that did not convert are listed under the table."""
+    table = Table(title=f"artifacts of {run_dir}", caption=_conversion_notes(results),
+                  caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, justify in (("artifact", "left"), ("status", "left"), ("KB", "right"),
+                         ("x f32", "right"), ("max|dp|", "right"), ("val AUC", "right"),
+                         ("test ECE", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    reference = next((r.size_bytes for r in results
+                      if r.precision == "float32" and r.graph == "fused" and r.size_bytes), None)
+    for r in results:
+        ece = ""
+        if r.ece_before is not None:
+            ece = (f"{r.ece_before:.3f}>{r.ece_after:.3f}" if r.recalibrated
+                   else f"{r.ece_after:.3f}")
+        table.add_row(r.precision if r.graph == "fused" else f"{r.graph}-{r.precision}", r.status,
+                      f"{r.size_bytes / 1024:.0f}" if r.size_bytes else "",
+                      f"{r.size_bytes / reference:.2f}" if r.size_bytes and reference else "",
+                      f"{r.max_abs_diff:.1e}" if r.max_abs_diff is not None else "",
+                      f"{r.validation_roc_auc:.4f}" if r.validation_roc_auc is not None else "",
+                      ece)
+    return table
+
+
+def _conversion_notes(results) -> str:
+    notes = [f"{r.graph}/{r.precision}: {r.reason}" for r in results if r.reason]
+    if any(r.recalibrated for r in results):
+        notes.append("a>b: ECE before > after Platt recalibration toward the float32 output")
+    return "\n".join(notes)
 
 
 # ----------------------------------------------------------------------------- score / evaluate
@@ -354,6 +401,11 @@ def render_metrics_table(report: dict, title: str) -> Table:
     for bucket, m in report["by_prefix_length"].items():
         table.add_row(bucket, f"{m['n_sessions']:,}", *cells(m))
     return table
+
+
+from ubp_edge import compare_cmd  # noqa: E402  (after the helpers it imports lazily)
+
+app.command("compare")(compare_cmd.compare)
 
 
 def main() -> None:

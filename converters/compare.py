@@ -1,0 +1,407 @@
+"""Float32 against every other artifact of a run, on the same sessions.
+
+The log is read and sessionized once, encoded once per distinct FeatureSpec, and every
+artifact scores exactly the same encoded sessions through the edge runtime. The float32
+fused artifact is the reference: each other artifact gets its metrics, their deltas, how
+far its probabilities move (max/mean |dp|, Spearman), how many decisions flip at the
+operating threshold, its size and its per-session latency. An artifact that does not load
+becomes a row with status "failed" and the reason; the others still compare.
+
+Example:
+    >>> from converters.compare import compare_run
+    >>> r = compare_run("runs/taobao", "../shared/data/taobao/UserBehavior_sample.csv", "taobao")
+    >>> [(a["precision"], a["delta_roc_auc"]) for a in r["artifacts"]]
+    [('float32', 0.0), ('dynamic', -0.0003...)]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from converters.precisions import GRAPHS, PRECISIONS
+from converters.tflite import artifact_path
+from edge_runtime.errors import ArtifactError, ConfigError, RunDirError, UbpEdgeError
+from edge_runtime.scorer import Scorer
+from trainer.formats import FormatPreset
+from trainer.metrics import PREFIX_BUCKETS, classification_metrics, expected_calibration_error
+
+REFERENCE = "float32"
+REFERENCE_GRAPH = "fused"
+SPLITS = ("auto", "all", "train", "validation", "test")
+METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "accuracy", "f1")
+AGREEMENT = ("flip_rate", "max_abs_diff", "mean_abs_diff", "spearman")
+ECE_BINS = 10
+WARMUP_SESSIONS = 20
+
+# Every artifact row has exactly these keys, in this order, whatever its status.
+ARTIFACT_KEYS = ("precision", "graph", "path", "status", "reason", "threshold", "recalibrated",
+                 "size_bytes", "size_ratio", *[k for m in METRICS for k in (m, f"delta_{m}")],
+                 *AGREEMENT, "max_abs_diff_uncalibrated", "p50_us", "by_prefix_length")
+BUCKET_KEYS = ("n_sessions", "roc_auc", "delta_roc_auc")
+RESULT_KEYS = ("reference", "run_dir", "data", "split", "split_reason", "n_sessions",
+               "n_positive", "n_excluded_empty_prefix", "bad_rows", "warnings", "artifacts")
+
+
+@dataclass
+class ArtifactRow:
+    """One artifact: where it is, whether it scored, and its scores on the chosen sessions."""
+
+    path: Path
+    precision: str
+    graph: str
+    status: str = "failed"  # "ok" | "failed"
+    reason: str | None = None
+    threshold: float | None = None
+    size_bytes: int | None = None
+    recalibrated: bool | None = None
+    probability: np.ndarray | None = None  # what the device returns (recalibration applied)
+    raw_probability: np.ndarray | None = None  # the model's own output, before recalibration
+    latency_ns: np.ndarray | None = None
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def label(self) -> str:
+        """Short name for tables and legends: ``dynamic`` or ``unrolled/int8``."""
+        return self.precision if self.graph == REFERENCE_GRAPH else f"{self.graph}/{self.precision}"
+
+
+@dataclass
+class Comparison:
+    """Everything `compare` measured: the JSON summary plus the arrays the plots need."""
+
+    run_dir: Path
+    data: str
+    split: str
+    split_reason: str
+    label: np.ndarray  # (N,) 0/1
+    prefix_len: np.ndarray  # (N,) events scored per session (before the cut to max_len)
+    rows: list[ArtifactRow]
+    n_excluded_empty_prefix: int
+    bad_rows: dict
+    warnings: list[str]
+
+    @property
+    def reference(self) -> ArtifactRow:
+        return self.rows[0]
+
+    @property
+    def ok_rows(self) -> list[ArtifactRow]:
+        return [r for r in self.rows if r.status == "ok"]
+
+    def to_dict(self) -> dict:
+        """The `compare --json` object (keys in RESULT_KEYS, rows in ARTIFACT_KEYS)."""
+        return {"reference": REFERENCE, "run_dir": str(self.run_dir), "data": self.data,
+                "split": self.split, "split_reason": self.split_reason,
+                "n_sessions": int(len(self.label)), "n_positive": int(self.label.sum()),
+                "n_excluded_empty_prefix": self.n_excluded_empty_prefix,
+                "bad_rows": self.bad_rows, "warnings": list(self.warnings),
+                "artifacts": [r.metrics for r in self.rows]}
+
+
+def parse_artifact_name(path: Path) -> tuple[str, str]:
+    """(precision, graph) that a file name ``model-[graph-]precision.tflite`` stands for.
+
+    Only used for rows that fail to load; a loaded artifact's own metadata is the truth.
+    Precision names may hold a hyphen (``int8-io``), so known precisions are tried first.
+    """
+    stem = path.name[len("model-"):-len(".tflite")]
+    if stem in PRECISIONS:
+        return stem, REFERENCE_GRAPH
+    for i, ch in enumerate(stem):
+        if ch == "-" and stem[i + 1:] in PRECISIONS:
+            return stem[i + 1:], stem[:i]
+    return stem, REFERENCE_GRAPH
+
+
+def find_artifacts(run_dir: Path) -> list[Path]:
+    """The run's ``model-*.tflite`` files, the float32 fused reference first.
+
+    Raises:
+        RunDirError: no run directory, or no float32 reference in it.
+    """
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory (create one with `ubp-edge train`)")
+    reference = artifact_path(run_dir, REFERENCE, REFERENCE_GRAPH)
+    if not reference.is_file():
+        raise RunDirError(f"{run_dir}: no {reference.name} to compare against; run "
+                          f"`ubp-edge convert {run_dir}` first")
+    others = [p for p in run_dir.glob("model-*.tflite") if p != reference and p.is_file()]
+    return [reference, *sorted(others, key=_table_order)]
+
+
+def _table_order(path: Path) -> tuple:
+    """Graphs in GRAPHS order, precisions in PRECISIONS order, unknown names last."""
+    precision, graph = parse_artifact_name(path)
+    names, graphs = list(PRECISIONS), list(GRAPHS)
+    return (graphs.index(graph) if graph in graphs else len(graphs),
+            names.index(precision) if precision in names else len(names), path.name)
+
+
+def _load(path: Path, backend: str, strict: bool = False) -> tuple[Scorer | None, ArtifactRow]:
+    """Load one artifact; a fault becomes a failed row (or, with ``strict``, is raised)."""
+    precision, graph = parse_artifact_name(path)
+    row = ArtifactRow(path=path, precision=precision, graph=graph)
+    try:
+        row.size_bytes = path.stat().st_size
+        scorer = Scorer.load(path, backend=backend)
+    except UbpEdgeError as e:
+        if strict:
+            raise
+        row.reason = str(e)
+        return None, row
+    except OSError as e:
+        row.reason = f"{path}: cannot read ({e.strerror or e})"
+        if strict:
+            raise ArtifactError(row.reason) from None
+        return None, row
+    row.precision, row.graph, row.threshold = scorer.info.precision, scorer.info.graph, scorer.threshold
+    row.recalibrated = scorer.info.calibration is not None
+    expected = artifact_path(path.parent, row.precision, row.graph).name
+    if expected != path.name:
+        # A renamed copy would show up as a second, misleading row of another precision.
+        row.reason = (f"{path}: file name does not match its metadata (precision "
+                      f"{row.precision!r}, graph {row.graph!r}: expected {expected})")
+        if strict:
+            raise ArtifactError(row.reason)
+        return None, row
+    return scorer, row
+
+
+def _choose_sessions(run_dir: Path, sessions, split: str, data) -> tuple[np.ndarray, str, str, list[str]]:
+    """Indices of the sessions to score, the split's name, a sentence on why, warnings."""
+    from trainer.rundir import SPLIT
+    from trainer.scoring import split_keys
+
+    scorable = np.flatnonzero(sessions.scorable)
+    keys = sessions.key[scorable].astype(str)
+    manifest = run_dir / SPLIT
+    if split == "all":
+        return scorable, "all", "all scorable sessions of the log", []
+    if split == "auto":
+        if not manifest.is_file():
+            return scorable, "all", f"all scorable sessions ({manifest.name} absent)", []
+        wanted = split_keys(manifest, "test")
+        present = np.isin(keys, np.array(sorted(wanted), dtype=str))
+        if wanted and int(present.sum()) == len(wanted):
+            return scorable[present], "test", f"the run's test split ({len(wanted):,} sessions of " \
+                                              f"{manifest.name})", []
+        return scorable, "all", ("all scorable sessions (the log does not hold the run's test "
+                                 f"split: {int(present.sum()):,} of its {len(wanted):,} sessions found)"), []
+    if not manifest.is_file():
+        raise RunDirError(f"{run_dir}: --split {split} needs {manifest.name}, which is absent")
+    wanted = split_keys(manifest, split)
+    present = np.isin(keys, np.array(sorted(wanted), dtype=str))
+    if not present.any():
+        raise ConfigError(f"{data}: none of the {len(wanted):,} {split} sessions of {manifest} is "
+                          f"in this log; use --split all for another log")
+    warnings = []
+    if int(present.sum()) < len(wanted):
+        warnings.append(f"{data}: only {int(present.sum()):,} of the {len(wanted):,} {split} "
+                        f"sessions of {manifest} are in this log")
+    return scorable[present], split, f"the run's {split} split ({int(present.sum()):,} sessions)", warnings
+
+
+def _score_timed(scorer: Scorer, encoded: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and per-session wall time (ns), after a short warm-up."""
+    for x in encoded[:WARMUP_SESSIONS]:
+        scorer.score_features(x)
+    probability = np.empty(len(encoded), np.float32)
+    latency = np.empty(len(encoded), np.int64)
+    clock = time.perf_counter_ns
+    for i, x in enumerate(encoded):
+        t0 = clock()
+        probability[i] = scorer.score_features(x)
+        latency[i] = clock() - t0
+    return probability, latency
+
+
+def _num(x) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def _delta(a, b) -> float | None:
+    return None if a is None or b is None else float(a) - float(b)
+
+
+def _roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return _num(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
+
+
+def _quality(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
+    m = classification_metrics(y, p, threshold)
+    m["ece"] = _num(expected_calibration_error(y, p, ECE_BINS))
+    return {k: m[k] for k in METRICS}
+
+
+def _summarise(row: ArtifactRow, ref: ArtifactRow, y: np.ndarray, prefix_len: np.ndarray) -> dict:
+    """The row's JSON object; metric fields None unless the row is ok."""
+    out = dict.fromkeys(ARTIFACT_KEYS)
+    out.update(precision=row.precision, graph=row.graph, path=str(row.path), status=row.status,
+               reason=row.reason, threshold=row.threshold, recalibrated=row.recalibrated,
+               size_bytes=row.size_bytes,
+               size_ratio=(row.size_bytes / ref.size_bytes
+                           if row.size_bytes is not None and ref.size_bytes else None))
+    if row.status != "ok":
+        return out
+    p, p_ref = row.probability.astype(np.float64), ref.probability.astype(np.float64)
+    mine, theirs = _quality(y, p, row.threshold), _quality(y, p_ref, ref.threshold)
+    for k in METRICS:
+        out[k], out[f"delta_{k}"] = mine[k], _delta(mine[k], theirs[k])
+    diff = np.abs(p - p_ref)
+    out["flip_rate"] = float(np.mean((p >= row.threshold) != (p_ref >= ref.threshold))) if len(p) else None
+    out["max_abs_diff"] = float(diff.max()) if len(p) else None
+    out["mean_abs_diff"] = float(diff.mean()) if len(p) else None
+    out["spearman"] = _spearman(p, p_ref)
+    raw = np.abs(row.raw_probability.astype(np.float64) - ref.raw_probability.astype(np.float64))
+    out["max_abs_diff_uncalibrated"] = float(raw.max()) if len(p) else None
+    out["p50_us"] = float(np.median(row.latency_ns)) / 1e3 if len(row.latency_ns) else None
+    buckets = {}
+    for name, lo, hi in PREFIX_BUCKETS:
+        sel = (prefix_len >= lo) & (prefix_len <= hi)
+        auc, auc_ref = _roc_auc(y[sel], p[sel]), _roc_auc(y[sel], p_ref[sel])
+        buckets[name] = {"n_sessions": int(sel.sum()), "roc_auc": auc,
+                         "delta_roc_auc": _delta(auc, auc_ref)}
+    out["by_prefix_length"] = buckets
+    return out
+
+
+def _spearman(p: np.ndarray, q: np.ndarray) -> float | None:
+    if len(p) < 2 or np.ptp(p) == 0 or np.ptp(q) == 0:
+        return 1.0 if len(p) and np.array_equal(p, q) else None
+    from scipy.stats import spearmanr
+
+    return _num(spearmanr(p, q).statistic)
+
+
+def run_comparison(run_dir: str | os.PathLike, data: str | os.PathLike, format: str | None = None,
+                   preset: FormatPreset | None = None, split: str = "auto",
+                   backend: str = "auto") -> Comparison:
+    """Score one log with every artifact of a run and compare each with float32.
+
+    Args:
+        run_dir: a run directory holding ``model-float32.tflite`` and possibly others.
+        data: a labelled event log.
+        format, preset: as `trainer.readers.read_log`.
+        split: ``auto`` (the run's test split when the log holds all of it, else every
+            scorable session), ``all``, ``train``, ``validation`` or ``test``.
+        backend: the interpreter backend for every artifact (as `Scorer.load`).
+
+    Returns:
+        Comparison; its ``to_dict()`` is the `compare --json` object.
+
+    Raises:
+        RunDirError: no run directory or no float32 artifact, or a split without split.json.
+        ArtifactError: the float32 artifact does not load.
+        DataError: the log cannot be read.
+        ConfigError: an unknown split, or no session to compare on.
+    """
+    from trainer.dataset import encode_sessions
+    from trainer.readers import read_log
+    from trainer.sessions import DEFAULT_GAP_MINUTES, sessionize
+
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r}: expected one of {list(SPLITS)}")
+    run_dir = Path(run_dir)
+    paths = find_artifacts(run_dir)
+    # The reference must load: without it there is nothing to compare against.
+    loaded = [_load(paths[0], backend, strict=True)] + [_load(p, backend) for p in paths[1:]]
+    ref_scorer, ref = loaded[0]
+
+    log = read_log(data, format, preset=preset)
+    gap = float(ref_scorer.info.provenance.get("session_gap_minutes", DEFAULT_GAP_MINUTES))
+    sessions = sessionize(log, gap)
+    index, split_name, reason, warnings = _choose_sessions(run_dir, sessions, split, data)
+    if len(index) == 0:
+        raise ConfigError(f"{data}: no session with events before its outcome to compare on")
+    spec = ref_scorer.info.spec
+    if spec.uses_context and not log.has_user_ids:
+        warnings.append(f"{data}: the model uses user-history context but this log has no user "
+                        f"ids; context is zero for every session")
+    if "log_price" in spec.features and log.price is None:
+        warnings.append(f"{data}: the model uses prices but this log has none")
+
+    encoded_by_spec: dict = {}  # the artifacts of one run share one spec: encode once
+    for scorer, row in loaded:
+        if scorer is None:
+            continue
+        key = scorer.info.spec
+        if key not in encoded_by_spec:
+            encoded_by_spec[key] = encode_sessions(sessions, index, scorer.encoder)
+        try:
+            row.probability, row.latency_ns = _score_timed(scorer, encoded_by_spec[key])
+            # Recalibration moves probabilities on purpose; the raw output shows what
+            # quantisation alone changed.
+            row.raw_probability = (scorer.score_encoded(encoded_by_spec[key], calibrated=False)
+                                   if row.recalibrated else row.probability)
+        except UbpEdgeError as e:
+            row.reason = f"{row.path}: scoring failed ({e})"
+            continue
+        if not np.isfinite(row.probability).all():
+            row.reason = f"{row.path}: returns non-finite scores"
+            continue
+        row.status = "ok"
+    rows = [row for _, row in loaded]
+    if ref.status != "ok":
+        raise ArtifactError(ref.reason)
+
+    y = sessions.label[index].astype(np.int64)
+    prefix_len = sessions.prefix_len[index].astype(np.int64)
+    for row in rows:
+        row.metrics = _summarise(row, ref, y, prefix_len)
+    return Comparison(run_dir=run_dir, data=str(data), split=split_name, split_reason=reason,
+                      label=y, prefix_len=prefix_len, rows=rows,
+                      n_excluded_empty_prefix=int((~sessions.scorable).sum()),
+                      bad_rows=log.bad.summary(), warnings=warnings)
+
+
+def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike, format: str | None = None,
+                preset: FormatPreset | None = None, split: str = "auto",
+                backend: str = "auto") -> dict:
+    """The `ubp-edge compare --json` object: every artifact of a run against float32.
+
+    Args, Raises: as `run_comparison`.
+
+    Returns:
+        ``{"reference": "float32", "data", "split", "n_sessions", "n_positive",
+        "artifacts": [...], ...}``; each artifact row has the keys of ARTIFACT_KEYS, None
+        where they do not apply (a failed row has no metrics).
+    """
+    return run_comparison(run_dir, data, format, preset, split, backend).to_dict()
+
+
+def gate(comparison: Comparison | dict, max_auc_drop: float | None = None,
+         max_flip_rate: float | None = None) -> list[str]:
+    """Lines naming each artifact outside the budgets; empty when all are within.
+
+    An artifact that failed to load or score cannot show it is within a budget, so with
+    any budget set it fails the gate too.
+    """
+    if max_auc_drop is None and max_flip_rate is None:
+        return []
+    rows = comparison["artifacts"] if isinstance(comparison, dict) else [r.metrics for r in comparison.rows]
+    problems = []
+    for r in rows:
+        name = Path(r["path"]).name
+        if r["status"] != "ok":
+            problems.append(f"{name}: {r['status']}, so it cannot be checked against the budget")
+            continue
+        if max_auc_drop is not None and r["delta_roc_auc"] is not None and -r["delta_roc_auc"] > max_auc_drop:
+            problems.append(f"{name}: ROC-AUC drop {-r['delta_roc_auc']:.4f} > --max-auc-drop "
+                            f"{max_auc_drop:g} (float32 {r['roc_auc'] - r['delta_roc_auc']:.4f}, "
+                            f"this {r['roc_auc']:.4f})")
+        if max_flip_rate is not None and r["flip_rate"] is not None and r["flip_rate"] > max_flip_rate:
+            problems.append(f"{name}: flip rate {r['flip_rate']:.4f} > --max-flip-rate "
+                            f"{max_flip_rate:g}")
+    return problems

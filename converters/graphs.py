@@ -1,0 +1,73 @@
+"""Export graphs built from the trained weights, as TensorFlow concrete functions.
+
+- ``fused``: a tf_keras LSTM without its Masking layer, batch 1, any length ``[1, L, F]``;
+  it converts to the single UNIDIRECTIONAL_SEQUENCE_LSTM op (DESIGN) and is fed unpadded
+  sessions.
+- ``unrolled``: the same LSTM written out step by step in plain ops (FULLY_CONNECTED,
+  LOGISTIC, TANH, MUL, ADD) over a fixed ``T = max_len``, any batch ``[B, T, F]`` plus a
+  ``[B, T, 1]`` mask that holds the state through padding. XNNPACK runs these ops fast on
+  x86 and they quantize without the fused op's restrictions; the file is larger.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def fused_score_function(arrays: dict[str, np.ndarray]):
+    """(concrete function, trackable model) of the fused graph."""
+    import tensorflow as tf
+
+    from trainer.model import arrays_to_model
+
+    model = arrays_to_model(arrays, masking=False)
+    n_features = arrays["lstm_kernel"].shape[0]
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, n_features], tf.float32, name="events")])
+    def score(events):
+        return {"probability": model(events, training=False)}
+
+    return score.get_concrete_function(), model
+
+
+def unrolled_score_function(arrays: dict[str, np.ndarray], max_len: int):
+    """(concrete function, trackable module) of the unrolled graph over ``max_len`` steps."""
+    import tensorflow as tf
+
+    n_features, four_units = arrays["lstm_kernel"].shape
+    units = four_units // 4
+    module = tf.Module()
+    module.kernel = tf.constant(arrays["lstm_kernel"])
+    module.recurrent = tf.constant(arrays["lstm_recurrent_kernel"])
+    module.bias = tf.constant(arrays["lstm_bias"])
+    module.dense_kernel = tf.constant(arrays["dense_kernel"])
+    module.dense_bias = tf.constant(arrays["dense_bias"])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, max_len, n_features], tf.float32, name="events"),
+                                  tf.TensorSpec([None, max_len, 1], tf.float32, name="mask")])
+    def score(events, mask):
+        batch = tf.shape(events)[0]
+        # Input projections of all steps in one matmul; only h @ U stays in the loop.
+        projected = tf.reshape(tf.matmul(tf.reshape(events, [-1, n_features]), module.kernel)
+                               + module.bias, [-1, max_len, four_units])
+        h = tf.zeros([batch, units])
+        c = tf.zeros([batch, units])
+        for t in range(max_len):
+            z = projected[:, t, :] + tf.matmul(h, module.recurrent)
+            # Keras gate order: input, forget, cell candidate, output.
+            i, f, g, o = tf.split(z, 4, axis=1)
+            c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+            h_new = tf.sigmoid(o) * tf.tanh(c_new)
+            m = mask[:, t, :]
+            c = c + m * (c_new - c)
+            h = h + m * (h_new - h)
+        return {"probability": tf.sigmoid(tf.matmul(h, module.dense_kernel) + module.dense_bias)}
+
+    return score.get_concrete_function(), module
+
+
+def score_function(graph: str, arrays: dict[str, np.ndarray], max_len: int):
+    """The concrete function of ``graph`` (``fused`` or ``unrolled``)."""
+    if graph == "fused":
+        return fused_score_function(arrays)
+    return unrolled_score_function(arrays, max_len)
