@@ -7,11 +7,15 @@ far its probabilities move (max/mean |dp|, Spearman), how many decisions flip at
 operating threshold, its size and its per-session latency. An artifact that does not load
 becomes a row with status "failed" and the reason; the others still compare.
 
+Probabilities are what the device returns, i.e. after an artifact's own recalibration
+(Platt scaling written by `convert`); `max_abs_diff_uncalibrated` is the drift of the raw
+model output, which is what quantisation alone changed.
+
 Example:
     >>> from converters.compare import compare_run
     >>> r = compare_run("runs/taobao", "../shared/data/taobao/UserBehavior_sample.csv", "taobao")
-    >>> [(a["precision"], a["delta_roc_auc"]) for a in r["artifacts"]]
-    [('float32', 0.0), ('dynamic', -0.0003...)]
+    >>> [(a["precision"], a["graph"], round(a["delta_roc_auc"], 4)) for a in r["artifacts"]][:3]
+    [('float32', 'fused', 0.0), ('float16', 'fused', -0.0), ('dynamic', 'fused', -0.0002)]
 """
 
 from __future__ import annotations

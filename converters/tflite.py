@@ -253,23 +253,25 @@ def _convert_one(run: _Run, graph: str, function, name: str, config: ConvertConf
         return result
     p_val = scorer.score_encoded(run.validation, calibrated=False)
     result.validation_roc_auc = _roc_auc(run.validation_label, p_val)
+    test_sessions, y_test = _sessions(run.parity, ""), run.parity["label"]
+    result.ece_before = expected_calibration_error(y_test, scorer.score_encoded(test_sessions,
+                                                                                calibrated=False))
+    result.ece_after = result.ece_before
+    platt = None
     if precision.quantized and config.recalibrate:
         platt = _fit_platt(p_val, run.parity["validation_keras_probability"]
                            if "validation_keras_probability" in run.parity else run.reference_validation())
-        p_test = scorer.score_encoded(_sessions(run.parity, ""), calibrated=False)
-        y_test = run.parity["label"]
-        result.ece_before = expected_calibration_error(y_test, p_test)
-        if platt is not None:
-            a, b = platt
-            # The threshold moves through the same monotone map: decisions do not change,
-            # only the probabilities become calibrated again.
-            threshold = float(1 / (1 + np.exp(-(a * _logit(np.array([run.report["threshold"]]))[0] + b))))
-            info = run.info(name, graph, n_cal, tf.__version__, threshold=threshold,
-                            calibration={"method": "platt", "a": a, "b": b})
-            model_bytes = add_metadata(model_bytes, {METADATA_NAME: info.to_bytes()})
-            scorer = Scorer.from_bytes(model_bytes, source="recalibrated model")
-            result.recalibrated = True
-        result.ece_after = expected_calibration_error(y_test, scorer.score_encoded(_sessions(run.parity, "")))
+    if platt is not None:
+        a, b = platt
+        # The threshold moves through the same monotone map: decisions do not change,
+        # only the probabilities are brought back in line with the float32 model's.
+        threshold = float(1 / (1 + np.exp(-(a * _logit(np.array([run.report["threshold"]]))[0] + b))))
+        info = run.info(name, graph, n_cal, tf.__version__, threshold=threshold,
+                        calibration={"method": "platt", "a": a, "b": b})
+        model_bytes = add_metadata(model_bytes, {METADATA_NAME: info.to_bytes()})
+        scorer = Scorer.from_bytes(model_bytes, source="recalibrated model")
+        result.recalibrated = True
+        result.ece_after = expected_calibration_error(y_test, scorer.score_encoded(test_sessions))
     result.status, result.model_bytes, result.size_bytes = "ok", model_bytes, len(model_bytes)
     return result
 

@@ -62,9 +62,8 @@ class Scorer:
         if len(inputs) != expected_inputs or len(outputs) != 1:
             raise ArtifactError(f"{source}: a {info.graph} graph has {expected_inputs} input(s) and "
                                 f"1 output, found {len(inputs)} and {len(outputs)}")
-        # The unrolled graph's second input is the [B, T, 1] mask; tell them apart by rank.
-        events = next(d for d in inputs if len(d["shape_signature"]) == 3 and
-                      d["shape_signature"][2] != 1 or len(inputs) == 1)
+        # The unrolled graph's second input is named "mask" by converters.graphs.
+        events = next((d for d in inputs if "mask" not in d["name"]), inputs[0])
         shape = list(events["shape_signature"])
         if len(shape) != 3 or shape[2] != info.spec.n_features:
             raise ArtifactError(f"{source}: model input {shape} does not take "

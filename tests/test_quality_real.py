@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 def taobao_run(tmp_path_factory, taobao_path):
     run = tmp_path_factory.mktemp("taobao") / "run"
     report = train(TrainConfig(data=str(taobao_path), out=str(run), format="taobao"))
-    [row] = convert_run(run)
-    assert row.status == "ok", row.reason
+    rows = convert_run(run, ["float32", "dynamic", "int8"])
+    assert [r.status for r in rows] == ["ok"] * 3, [r.reason for r in rows]
     return run, report
 
 
@@ -37,3 +37,10 @@ def test_edge_runtime_reproduces_the_keras_test_metrics(taobao_run, taobao_path)
     assert metrics["n_sessions"] == report["test"]["lstm"]["n_sessions"]
     for key in ("roc_auc", "pr_auc", "log_loss", "brier", "f1"):
         assert metrics[key] == pytest.approx(report["test"]["lstm"][key], abs=1e-4), key
+
+
+def test_quantized_taobao_artifacts_meet_the_size_target(taobao_run):
+    run, _ = taobao_run
+    reference = (run / "model-float32.tflite").stat().st_size
+    for precision in ("dynamic", "int8"):
+        assert (run / f"model-{precision}.tflite").stat().st_size <= 0.35 * reference, precision

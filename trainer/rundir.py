@@ -23,6 +23,12 @@ QUARANTINE = "quarantine.jsonl"
 REQUIRED = (CONFIG, SPEC, WEIGHTS, REPORT_JSON, PARITY)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
@@ -32,6 +38,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file 0600; an artifact or report is as readable as any file written.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,6 +68,7 @@ def staged_run_dir(out: str | os.PathLike, overwrite: bool):
         raise RunDirError(f"{out}: run directory exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.stage-", dir=out.parent))
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it 0700
     try:
         yield stage
     except BaseException:

@@ -281,7 +281,7 @@ def _conversion_table(results, run_dir: Path) -> Table:
                       if r.precision == "float32" and r.graph == "fused" and r.size_bytes), None)
     for r in results:
         ece = ""
-        if r.ece_before is not None:
+        if r.ece_after is not None:
             ece = (f"{r.ece_before:.3f}>{r.ece_after:.3f}" if r.recalibrated
                    else f"{r.ece_after:.3f}")
         table.add_row(r.precision if r.graph == "fused" else f"{r.graph}-{r.precision}", r.status,

@@ -1,0 +1,130 @@
+"""Every precision and graph converts (or is an "unsupported" row), loads and scores in the
+edge runtime within its named tolerance; recalibration and --auto behave as documented."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from converters.precisions import PRECISIONS
+from converters.tflite import ConvertConfig, artifact_path, auto_convert, convert_run
+from edge_runtime.errors import ConfigError
+from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
+from trainer import rundir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quantized_run(tmp_path_factory, tiny_run):
+    run = tmp_path_factory.mktemp("quantized") / "run"
+    shutil.copytree(tiny_run, run)
+    rows = convert_run(run, config=ConvertConfig(graphs=("fused", "unrolled"), overwrite=True))
+    return run, {(r.graph, r.precision): r for r in rows}
+
+
+def _test_sessions(run):
+    parity = np.load(run / rundir.PARITY)
+    f, o = parity["features"], parity["offsets"]
+    return [f[o[i]:o[i + 1]] for i in range(len(o) - 1)], parity["keras_probability"]
+
+
+def test_every_precision_and_graph_has_a_row(quantized_run):
+    _, rows = quantized_run
+    assert set(rows) == {(g, p) for g in ("fused", "unrolled") for p in PRECISIONS}
+    for (graph, precision), row in rows.items():
+        assert row.status in ("ok", "unsupported"), (graph, precision, row.reason)
+        if row.status == "unsupported":
+            assert row.reason.startswith("converter:")
+    # DESIGN: 16x8 is refused for the fused op; everything else converts.
+    assert rows[("fused", "16x8")].status == "unsupported"
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in rows[("fused", "16x8")].reason
+    assert all(r.status == "ok" for (g, p), r in rows.items() if p != "16x8")
+
+
+@pytest.mark.parametrize("graph", ["fused", "unrolled"])
+@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "16x8"])
+def test_artifact_loads_scores_and_stays_within_its_tolerance(quantized_run, graph, precision):
+    run, rows = quantized_run
+    path = artifact_path(run, precision, graph)
+    scorer = Scorer.load(path)
+    assert (scorer.info.precision, scorer.info.graph) == (precision, graph)
+    ops = scorer.op_names()
+    assert (FUSED_LSTM_OP in ops) == (graph == "fused")
+    assert "WHILE" not in ops and not any(op.startswith("Flex") for op in ops)
+    sessions, keras = _test_sessions(run)
+    raw = scorer.score_encoded(sessions, calibrated=False)
+    assert np.max(np.abs(raw - keras)) <= PRECISIONS[precision].max_abs_diff
+    assert rows[(graph, precision)].max_abs_diff == pytest.approx(np.max(np.abs(raw - keras)))
+    p = scorer.score_encoded(sessions)
+    assert np.all((p >= 0) & (p <= 1))
+    # One session at a time gives the batch's numbers (the unrolled graph batches by 64).
+    one = np.array([scorer.score_features(x) for x in sessions[:10]], np.float32)
+    np.testing.assert_allclose(one, p[:10], atol=1e-6)
+
+
+def test_int8_io_artifact_has_int8_ports_and_matches_int8(quantized_run):
+    run, _ = quantized_run
+    int8_io = Scorer.load(artifact_path(run, "int8-io"))
+    details = int8_io._interpreter.get_input_details()[0]
+    assert np.dtype(details["dtype"]) == np.int8 and details["quantization"][0] > 0
+    sessions, _ = _test_sessions(run)
+    a = int8_io.score_encoded(sessions, calibrated=False)
+    b = Scorer.load(artifact_path(run, "int8")).score_encoded(sessions, calibrated=False)
+    # Same calibration and weights; only where the (de)quantisation happens differs.
+    assert np.max(np.abs(a - b)) < 0.05
+
+
+def test_calibrated_artifacts_record_their_calibration_set(quantized_run):
+    run, rows = quantized_run
+    scorer = Scorer.load(artifact_path(run, "int8"))
+    assert scorer.info.provenance["calibration_sessions"] == rows[("fused", "int8")].calibration_sessions
+    assert scorer.info.provenance["calibration_source"] == "training"
+    assert Scorer.load(artifact_path(run, "float32")).info.provenance["calibration_sessions"] is None
+
+
+def test_recalibration_keeps_decisions_and_is_stored_in_the_artifact(quantized_run):
+    run, rows = quantized_run
+    recalibrated = [(g, p) for (g, p), r in rows.items() if r.status == "ok" and r.recalibrated]
+    for graph, precision in recalibrated:
+        scorer = Scorer.load(artifact_path(run, precision, graph))
+        cal = scorer.info.calibration
+        assert cal["method"] == "platt" and cal["a"] > 0
+        sessions, _ = _test_sessions(run)
+        raw = scorer.score_encoded(sessions, calibrated=False)
+        p = scorer.score_encoded(sessions)
+        report = json.loads((run / rundir.REPORT_JSON).read_text())
+        # The threshold moved through the same monotone map: no decision changes.
+        np.testing.assert_array_equal(raw >= report["threshold"], p >= scorer.threshold - 1e-7)
+    for (graph, precision), row in rows.items():
+        if row.status == "ok":
+            assert row.ece_before is not None and row.ece_after is not None
+            assert (row.ece_before != row.ece_after) <= row.recalibrated
+        if row.status == "ok" and not row.recalibrated:
+            assert Scorer.load(artifact_path(run, precision, graph)).info.calibration is None
+
+
+def test_auto_picks_the_smallest_precision_within_budget_and_says_why(tmp_path, tiny_run):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    chosen, rows, why = auto_convert(run, max_auc_drop=1.0, overwrite=True)
+    assert chosen.precision == "int8"  # any drop fits a budget of 1.0: the smallest wins
+    assert "int8" in why and "validation ROC-AUC" in why
+    assert artifact_path(run, "int8").exists() and artifact_path(run, "float32").exists()
+    assert not artifact_path(run, "dynamic").exists()
+    chosen, _, why = auto_convert(run, max_auc_drop=0.0, overwrite=True)
+    by_name = {r.precision: r for r in rows}
+    ref = by_name["float32"].validation_roc_auc
+    assert ref - chosen.validation_roc_auc <= 0.0
+    assert "ruled out" in why or chosen.precision == "int8"
+
+
+def test_convert_config_refuses_unknown_names():
+    with pytest.raises(ConfigError, match="unknown precision"):
+        ConvertConfig(precisions=("int4",))
+    with pytest.raises(ConfigError, match="unknown graph"):
+        ConvertConfig(graphs=("looped",))
+    with pytest.raises(ConfigError, match="calibration-sessions"):
+        ConvertConfig(calibration_sessions=0)
