@@ -351,6 +351,21 @@ def convert_run(run_dir: str | os.PathLike, precisions: list[str] | None = None,
     return results
 
 
+def _p50_us(model_bytes: bytes, sessions: list[np.ndarray]) -> float:
+    """Median wall time of scoring one encoded session, after a warm-up, one thread."""
+    import time
+
+    scorer = Scorer.from_bytes(model_bytes, source="candidate")
+    for x in sessions[:20]:
+        scorer.score_features(x)
+    times = []
+    for x in sessions:
+        start = time.perf_counter_ns()
+        scorer.score_features(x)
+        times.append(time.perf_counter_ns() - start)
+    return float(np.median(times)) / 1000.0 if times else float("nan")
+
+
 def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: bool = False,
                  calibration_sessions: int = DEFAULT_CALIBRATION_SESSIONS) -> tuple[ConversionResult, list[ConversionResult], str]:
     """Pick the smallest, fastest fused precision whose validation ROC-AUC stays within
@@ -372,6 +387,8 @@ def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: boo
     if reference.status != "ok":
         raise ArtifactError(f"{run.dir}: the float32 reference failed: {reference.reason}")
     ref_auc = reference.validation_roc_auc or 0.0
+    latency = {name: _p50_us(row.model_bytes, run.validation[:200])
+               for name, row in rows.items() if row.status == "ok"}
     for name in AUTO_ORDER:
         row = rows[name]
         if row.status != "ok":
@@ -380,9 +397,11 @@ def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: boo
         if drop <= max_auc_drop:
             skipped = [f"{n} ({'drop %.4f' % (ref_auc - (rows[n].validation_roc_auc or 0)) if rows[n].status == 'ok' else rows[n].status})"
                        for n in AUTO_ORDER[:AUTO_ORDER.index(name)]]
+            others = ", ".join(f"{n} {us:.0f} us" for n, us in latency.items() if n != name)
             why = (f"{name}: validation ROC-AUC {row.validation_roc_auc:.4f} vs float32 {ref_auc:.4f} "
                    f"(drop {drop:.4f} <= {max_auc_drop}), {row.size_bytes / reference.size_bytes:.2f}x "
-                   f"the float32 size" + (f"; ruled out before it: {', '.join(skipped)}" if skipped else ""))
+                   f"the float32 size, p50 {latency[name]:.0f} us per session here ({others})"
+                   + (f"; ruled out before it: {', '.join(skipped)}" if skipped else ""))
             for chosen in {name, "float32"}:
                 _write(run, rows[chosen], overwrite)
             return row, list(rows.values()), why
