@@ -71,3 +71,35 @@ def score_function(graph: str, arrays: dict[str, np.ndarray], max_len: int):
     if graph == "fused":
         return fused_score_function(arrays)
     return unrolled_score_function(arrays, max_len)
+
+
+def step_function(arrays: dict[str, np.ndarray]):
+    """(concrete function, trackable module) of the one-event graph for live sessions.
+
+    ``event [1, F]``, ``h [1, U]``, ``c [1, U]`` -> ``probability [1, 1]``, new ``h``, new ``c``:
+    the same weights and gate arithmetic as the other graphs, with the LSTM state passed in
+    and out explicitly so a device keeps it per session and pays one step per click.
+    """
+    import tensorflow as tf
+
+    n_features, four_units = arrays["lstm_kernel"].shape
+    units = four_units // 4
+    module = tf.Module()
+    module.kernel = tf.constant(arrays["lstm_kernel"])
+    module.recurrent = tf.constant(arrays["lstm_recurrent_kernel"])
+    module.bias = tf.constant(arrays["lstm_bias"])
+    module.dense_kernel = tf.constant(arrays["dense_kernel"])
+    module.dense_bias = tf.constant(arrays["dense_bias"])
+
+    @tf.function(input_signature=[tf.TensorSpec([1, n_features], tf.float32, name="event"),
+                                  tf.TensorSpec([1, units], tf.float32, name="h"),
+                                  tf.TensorSpec([1, units], tf.float32, name="c")])
+    def step(event, h, c):
+        z = tf.matmul(event, module.kernel) + tf.matmul(h, module.recurrent) + module.bias
+        i, f, g, o = tf.split(z, 4, axis=1)
+        c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h_new = tf.sigmoid(o) * tf.tanh(c_new)
+        p = tf.sigmoid(tf.matmul(h_new, module.dense_kernel) + module.dense_bias)
+        return {"probability": p, "h": h_new, "c": c_new}
+
+    return step.get_concrete_function(), module

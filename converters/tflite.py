@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime import __version__
-from edge_runtime.artifact import METADATA_NAME, ArtifactInfo
+from edge_runtime.artifact import METADATA_NAME, STEP_METADATA_NAME, ArtifactInfo
+from edge_runtime.live import StepModel
 from edge_runtime.errors import ArtifactError, ConfigError, RunDirError
 from edge_runtime.features import FeatureSpec
 from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
-from converters.graphs import score_function
+from converters.graphs import score_function, step_function
 from converters.precisions import GRAPHS, PRECISIONS
 from converters.tflite_metadata import add_metadata
 from trainer import rundir
@@ -84,6 +85,9 @@ class ConversionResult:
     ece_before: float | None = None
     ece_after: float | None = None
     validation_roc_auc: float | None = None
+    step_precision: str | None = None
+    step_max_abs_diff: float | None = None
+    step_sessions_checked: int = 0
     ops: list[str] = field(default_factory=list)
     model_bytes: bytes | None = field(default=None, repr=False)
 
@@ -198,6 +202,14 @@ class _Run:
         self.calibration = _sessions(self.parity, prefix)
         self.validation = _sessions(self.parity, "validation_")
         self.validation_label = self.parity["validation_label"]
+        self._step_function = None
+
+    @property
+    def step_function(self):
+        """The one-event graph's concrete function, built once per run."""
+        if self._step_function is None:
+            self._step_function = step_function(self.arrays)
+        return self._step_function
 
     def reference_validation(self) -> np.ndarray:
         """Float32 Keras probabilities of the validation sessions, for runs that did not store them."""
@@ -220,6 +232,7 @@ class _Run:
                 "test_roc_auc_keras": self.report["test"]["lstm"]["roc_auc"],
                 "calibration_sessions": calibration_sessions,
                 "calibration_source": self.calibration_source if calibration_sessions else None,
+                "step_precision": PRECISIONS[precision].live_precision,
                 "ubp_edge": __version__, "tensorflow": tf_version,
                 "python": platform.python_version()})
 
@@ -251,6 +264,17 @@ def _convert_one(run: _Run, graph: str, function, name: str, config: ConvertConf
     except ArtifactError as e:
         result.reason = f"validation: {e}"
         return result
+    try:
+        model_bytes, result.step_max_abs_diff, result.step_sessions_checked = _with_step_graph(
+            run, model_bytes, scorer, precision)
+    except ArtifactError as e:
+        result.reason = f"step graph: {e}"
+        return result
+    except Exception as e:  # the converter raises many types; the row records why
+        result.reason = f"step graph: converter: {_first_line(e)}"
+        return result
+    result.step_precision = precision.live_precision
+    scorer = Scorer.from_bytes(model_bytes, source="converted model")
     p_val = scorer.score_encoded(run.validation, calibrated=False)
     result.validation_roc_auc = _roc_auc(run.validation_label, p_val)
     test_sessions, y_test = _sessions(run.parity, ""), run.parity["label"]
@@ -299,6 +323,40 @@ def _convert_isolated(run: _Run, graph: str, function, name: str, config: Conver
             return ConversionResult(precision=name, graph=graph, status="unsupported",
                                     reason="converter: the TFLite calibrator aborted the process "
                                            "on this graph")
+
+
+STEP_PARITY_SESSIONS = 100
+
+
+def _with_step_graph(run: _Run, model_bytes: bytes, scorer: Scorer, precision
+                     ) -> tuple[bytes, float, int]:
+    """Convert the one-event graph at the precision's live precision, check that pushing a
+    session's events one at a time reproduces scoring each prefix whole, and embed it.
+
+    Returns:
+        (artifact bytes with the step graph inside, max |p_step - p_prefix|, sessions checked)
+    """
+    import tensorflow as tf
+
+    concrete, module = run.step_function
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    PRECISIONS[precision.live_precision].configure(converter)
+    step_bytes = converter.convert()
+    step = StepModel(step_bytes, "auto", 1, "step graph")
+    sessions = _sessions(run.parity, "")[:STEP_PARITY_SESSIONS]
+    worst = 0.0
+    for x in sessions:
+        h = np.zeros((1, step.units), np.float32)
+        c = np.zeros((1, step.units), np.float32)
+        for t in range(len(x)):
+            p, h, c = step(x[t], h, c)
+            whole = scorer.score_features(x[:t + 1], calibrated=False)
+            worst = max(worst, abs(p - whole))
+    if not np.isfinite(worst) or worst > precision.step_max_abs_diff:
+        raise ArtifactError(f"pushing events one at a time differs from scoring the prefix whole "
+                            f"by up to {worst:.3g} on {len(sessions)} test sessions (allowed "
+                            f"{precision.step_max_abs_diff:g})")
+    return add_metadata(model_bytes, {STEP_METADATA_NAME: step_bytes}), float(worst), len(sessions)
 
 
 def _roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:

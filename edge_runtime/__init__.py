@@ -9,9 +9,10 @@ from edge_runtime.artifact import ArtifactInfo, read_artifact
 from edge_runtime.errors import ArtifactError, ConfigError, DataError, RunDirError, UbpEdgeError
 from edge_runtime.events import EVENT_TYPES
 from edge_runtime.features import CONTEXT_FIELDS, FeatureEncoder, FeatureSpec
+from edge_runtime.live import LiveSession, SessionStore
 from edge_runtime.scorer import Scorer
 
 __version__ = "0.1.0"
 __all__ = ["ArtifactError", "ArtifactInfo", "CONTEXT_FIELDS", "ConfigError", "DataError",
-           "EVENT_TYPES", "FeatureEncoder", "FeatureSpec", "RunDirError", "Scorer",
+           "EVENT_TYPES", "FeatureEncoder", "FeatureSpec", "LiveSession", "RunDirError", "Scorer", "SessionStore",
            "UbpEdgeError", "read_artifact"]

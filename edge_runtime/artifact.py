@@ -16,6 +16,9 @@ from edge_runtime.features import FeatureSpec
 from edge_runtime.tflite_metadata import read_metadata
 
 METADATA_NAME = "ubp_edge"
+# The live one-event graph: a complete .tflite of its own, carried inside the artifact so
+# the user ships one file.
+STEP_METADATA_NAME = "ubp_edge_step"
 ARTIFACT_FORMAT = "ubp-edge-artifact"
 ARTIFACT_VERSION = 1
 

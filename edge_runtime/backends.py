@@ -14,7 +14,7 @@ from edge_runtime.errors import ArtifactError, ConfigError
 BACKENDS: dict[str, tuple[str, str]] = {
     "ai-edge-litert": ("ai_edge_litert.interpreter", "Interpreter"),
     "tflite-runtime": ("tflite_runtime.interpreter", "Interpreter"),
-    "tensorflow": ("tensorflow.lite", "Interpreter"),
+    "tensorflow": ("tensorflow.lite.python.interpreter", "Interpreter"),
 }
 
 

@@ -124,6 +124,7 @@ class EncoderState:
     """What the one-event path remembers about a live session."""
 
     context: np.ndarray
+    context_logs: np.ndarray
     n: int = 0
     first_ts: float = 0.0
     last_ts: float = 0.0
@@ -313,7 +314,8 @@ class FeatureEncoder:
     # ------------------------------------------------------------------ one-event path
     def start(self, context: Mapping | np.ndarray | None = None) -> EncoderState:
         """State for a new live session, with its optional user-history context."""
-        return EncoderState(context=self._context_vector(context))
+        vector = self._context_vector(context)
+        return EncoderState(context=vector, context_logs=np.log1p(np.maximum(vector, 0.0)))
 
     def step(self, state: EncoderState, event: Mapping) -> np.ndarray:
         """Encode one event of a live session and advance the state.
@@ -340,28 +342,49 @@ class FeatureEncoder:
         code = EVENT_CODE.get(kind, kind) if isinstance(kind, str) else int(kind)
         if not isinstance(code, int) or not 0 <= code < len(EVENT_TYPES):
             raise ConfigError(f"event type {kind!r} not in {list(EVENT_TYPES)}")
+        if not math.isfinite(ts):
+            raise ConfigError(f"event ts {event.get('ts')!r} is not a finite number")
         category = event.get("category")
         price = event.get("price")
+        try:
+            price = math.nan if price is None else float(price)
+        except (TypeError, ValueError):
+            raise ConfigError(f"event price {event.get('price')!r} is not a number") from None
+        if self.mean_ is None or self.scale_ is None:
+            raise ConfigError("FeatureEncoder is not fitted: call fit() first")
         first = state.n == 0
+        first_ts = ts if first else state.first_ts
+        dt = 0.0 if first else ts - state.last_ts
+        has_category = category is not None and category != ""
+        carts = state.carts + (code == CART)
+        # The same arithmetic as `_transform`, on scalars: one log1p call for the five logs
+        # (numpy's, as the batch path uses) and math.sin/cos, which equal numpy's here.
+        logs = np.log1p(np.array([min(max(dt, 0.0), self.max_dt_seconds), float(state.n),
+                                  max(ts - first_ts, 0.0), float(carts),
+                                  price if math.isfinite(price) and price >= 0 else 0.0]))
+        angle = ((ts + self.utc_offset_hours * 3600.0) % 86400.0) * (2.0 * math.pi / 86400.0)
+        row = np.zeros(len(ALL_FEATURES))
+        row[code] = 1.0
+        k = len(EVENT_TYPES)
+        row[k] = logs[0]
+        row[k + 1] = math.sin(angle)
+        row[k + 2] = math.cos(angle)
+        row[k + 3] = logs[1]
+        row[k + 4] = logs[2]
+        row[k + 5] = item in state.items
+        row[k + 6] = has_category and category in state.categories
+        row[k + 7] = logs[3]
+        row[k + 8] = logs[4]
+        row[k + 9:] = state.context_logs
         if first:
             state.first_ts = ts
-        dt = 0.0 if first else ts - state.last_ts
-        repeat_item = float(item in state.items)
-        has_category = category is not None and category != ""
-        repeat_category = float(has_category and category in state.categories)
-        carts = state.carts + (code == CART)
-        row = self._transform(
-            np.array([code]), np.array([dt]), np.array([ts]), np.array([float(state.n)]),
-            np.array([ts - state.first_ts]), np.array([repeat_item]), np.array([repeat_category]),
-            np.array([float(carts)]), np.array([np.nan if price is None else float(price)]),
-            state.context[None, :])
         state.n += 1
         state.last_ts = ts
         state.carts = carts
         state.items.add(item)
         if has_category:
             state.categories.add(category)
-        return self._normalise(row)[0]
+        return ((row[self._columns] - self.mean_) / self.scale_).astype(np.float32)
 
 
 def _seen_before(group: np.ndarray, values: np.ndarray) -> np.ndarray:

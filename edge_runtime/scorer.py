@@ -7,11 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.artifact import ArtifactInfo, parse_artifact, read_artifact
+import threading
+
+from edge_runtime.artifact import STEP_METADATA_NAME, ArtifactInfo, parse_artifact, read_artifact
 from edge_runtime.backends import make_interpreter
 from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.events import EVENT_CODE
 from edge_runtime.features import FeatureEncoder
+from edge_runtime.live import LiveSession, StepModel
+from edge_runtime.tflite_metadata import read_metadata
 
 FUSED_LSTM_OP = "UNIDIRECTIONAL_SEQUENCE_LSTM"
 
@@ -41,9 +45,11 @@ class _Port:
 class Scorer:
     """A loaded artifact that scores whole sessions.
 
-    Not thread-safe: an interpreter holds its tensors and LSTM state; use one Scorer per
-    thread. Handles every precision and graph `ubp-edge convert` writes: int8 input/output is
-    quantised here, and an artifact's recalibration (Platt scaling) is applied to its output.
+    Thread safety: a Scorer may be shared between threads; a lock serialises its interpreter
+    calls (an interpreter holds tensors and, for the fused LSTM, state). For scoring in
+    parallel, load one Scorer per thread. Handles every precision and graph `ubp-edge convert`
+    writes: int8 input/output is quantised here, and an artifact's recalibration (Platt
+    scaling) is applied to its output.
 
     Example:
         >>> scorer = Scorer.load("runs/taobao/model-float32.tflite")
@@ -51,8 +57,13 @@ class Scorer:
         array([0.07...], dtype=float32)
     """
 
-    def __init__(self, interpreter, info: ArtifactInfo, backend: str, source: str) -> None:
+    def __init__(self, interpreter, info: ArtifactInfo, backend: str, source: str,
+                 step_model: bytes | None = None, num_threads: int = 1) -> None:
         self.info = info
+        self._step_bytes = step_model
+        self._step: StepModel | None = None
+        self._num_threads = num_threads
+        self._lock = threading.Lock()
         self.backend = backend
         self.source = source
         self.encoder = FeatureEncoder.from_spec(info.spec)
@@ -99,7 +110,8 @@ class Scorer:
             interpreter, name = make_interpreter(model, backend, num_threads)
         except ArtifactError as e:
             raise ArtifactError(f"{source}: {e}") from None
-        return cls(interpreter, info, name, source)
+        step = read_metadata(model).get(STEP_METADATA_NAME)
+        return cls(interpreter, info, name, source, step, num_threads)
 
     @property
     def threshold(self) -> float:
@@ -162,7 +174,8 @@ class Scorer:
         ``calibrated`` False skips the artifact's recalibration (for parity checks).
         """
         x = self._check(x)
-        p = self._invoke_fused(x) if self._mask is None else float(self._invoke_unrolled([x])[0])
+        with self._lock:
+            p = self._invoke_fused(x) if self._mask is None else float(self._invoke_unrolled([x])[0])
         return float(self._calibrate(np.array([p], np.float32))[0]) if calibrated else p
 
     def score_encoded(self, sessions: Iterable[np.ndarray], calibrated: bool = True,
@@ -173,13 +186,46 @@ class Scorer:
         ``batch_size`` sessions, padded to ``max_len`` under a mask.
         """
         sessions = [self._check(x) for x in sessions]
-        if self._mask is None:
-            p = np.array([self._invoke_fused(x) for x in sessions], np.float32)
-        else:
-            parts = [self._invoke_unrolled(sessions[i:i + batch_size])
-                     for i in range(0, len(sessions), batch_size)]
-            p = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+        with self._lock:
+            if self._mask is None:
+                p = np.array([self._invoke_fused(x) for x in sessions], np.float32)
+            else:
+                parts = [self._invoke_unrolled(sessions[i:i + batch_size])
+                         for i in range(0, len(sessions), batch_size)]
+                p = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
         return self._calibrate(p) if calibrated else p
+
+    @property
+    def has_step(self) -> bool:
+        """Whether the artifact carries the one-event graph for live sessions."""
+        return self._step_bytes is not None
+
+    def start_session(self, context: Mapping | None = None) -> LiveSession:
+        """A new live session: push events one at a time, get the updated probability each time.
+
+        Args:
+            context: the user's history before this session (CONTEXT_FIELDS), or None.
+
+        Raises:
+            ArtifactError: the artifact has no step graph (converted by an older ubp-edge).
+        """
+        if self._step is None:
+            if self._step_bytes is None:
+                raise ArtifactError(f"{self.source}: no step graph for live scoring; "
+                                    f"re-run `ubp-edge convert`")
+            with self._lock:
+                if self._step is None:
+                    self._step = StepModel(self._step_bytes, self.backend, self._num_threads,
+                                           self.source)
+        units = self._step.units
+        return LiveSession(encoder=self.encoder, step=self._step, calibrate=self._calibrate_one,
+                           lock=self._lock, state=self.encoder.start(context),
+                           h=np.zeros((1, units), np.float32), c=np.zeros((1, units), np.float32))
+
+    def _calibrate_one(self, p: float) -> float:
+        if self._platt is None:
+            return p
+        return float(self._calibrate(np.array([p], np.float32))[0])
 
     def encode_session(self, events: Sequence[Mapping], context: Mapping | None = None) -> np.ndarray:
         """Encode a time-ordered list of canonical event dicts with the artifact's spec."""

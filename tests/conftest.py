@@ -56,3 +56,16 @@ def tiny_run(tmp_path_factory, synthetic_log) -> Path:
 @pytest.fixture(scope="session")
 def tiny_artifact(tiny_run) -> Path:
     return tiny_run / "model-float32.tflite"
+
+
+@pytest.fixture(scope="session")
+def quantized_run(tmp_path_factory, tiny_run):
+    """A copy of the tiny run converted at every precision, both graphs: (run dir, rows)."""
+    import shutil
+
+    from converters.tflite import ConvertConfig, convert_run
+
+    run = tmp_path_factory.mktemp("quantized") / "run"
+    shutil.copytree(tiny_run, run)
+    rows = convert_run(run, config=ConvertConfig(graphs=("fused", "unrolled"), overwrite=True))
+    return run, {(r.graph, r.precision): r for r in rows}

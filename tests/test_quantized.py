@@ -18,14 +18,6 @@ from trainer import rundir
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def quantized_run(tmp_path_factory, tiny_run):
-    run = tmp_path_factory.mktemp("quantized") / "run"
-    shutil.copytree(tiny_run, run)
-    rows = convert_run(run, config=ConvertConfig(graphs=("fused", "unrolled"), overwrite=True))
-    return run, {(r.graph, r.precision): r for r in rows}
-
-
 def _test_sessions(run):
     parity = np.load(run / rundir.PARITY)
     f, o = parity["features"], parity["offsets"]

@@ -380,6 +380,80 @@ def evaluate(
         out.print(_bad_rows_line(report["bad_rows"], written))
 
 
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option("--model", help="An artifact (.tflite) from `ubp-edge convert`.")],
+    max_sessions: Annotated[int, typer.Option(help="Live sessions held; the least recently used goes first.")] = 10_000,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds of event time without a click before a session is dropped.")] = 1800.0,
+    backend: Annotated[str, typer.Option(help="auto, ai-edge-litert, tflite-runtime or tensorflow.")] = "auto",
+) -> None:
+    """Score a stream: JSON lines of events on stdin, one JSON line per event on stdout.
+
+    Input lines: {"session": KEY, "ts": ..., "event": "view|cart|fav|purchase", "item": ...,
+    ["category", "price", "context"]}. Output: the updated probability per event, an error line
+    for a malformed one (the stream goes on), and a line when a session is evicted or times out.
+    """
+    with user_errors():
+        import sys
+
+        from edge_runtime.scorer import Scorer
+        from edge_runtime.serve import serve_lines
+
+        scorer = Scorer.load(model, backend=backend)
+
+        def emit(line: str) -> None:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+        store = serve_lines(scorer, sys.stdin, emit, max_sessions=max_sessions,
+                            idle_timeout=idle_timeout)
+        stats = store.stats
+        err.print(f"served {stats.pushed:,} events in {stats.started:,} sessions; "
+                  f"{stats.rejected:,} lines rejected, {stats.evicted_lru:,} sessions evicted (LRU), "
+                  f"{stats.expired_idle:,} timed out; {len(store):,} still open", soft_wrap=True)
+
+
+@app.command()
+def doctor(
+    artifact: Annotated[Optional[Path], typer.Argument(help="An artifact to load and score with each backend.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Interpreters this machine has (and their versions), numpy, Python, platform; with an
+    artifact, whether it loads, scores and scores live on each."""
+    with user_errors():
+        _quiet_tensorflow()  # the tensorflow backend is probed too
+        import warnings
+
+        from edge_runtime.artifact import read_artifact
+        from edge_runtime.doctor import doctor as run_doctor
+
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+
+        if artifact is not None:
+            read_artifact(artifact)  # a missing or corrupted file is an error, not a table row
+        report = run_doctor(artifact)
+        if as_json:
+            _print_json(report)
+            return
+        out.print(f"Python {report['python']} on {report['platform']}; numpy {report['numpy']}")
+        table = Table(title=f"backends{'' if artifact is None else f' for {artifact}'}",
+                      box=box.SIMPLE_HEAD)
+        for col in ("backend", "version", "loads", "scores", "live", "p"):
+            table.add_column(col, no_wrap=True)
+        notes = []
+        for row in report["backends"]:
+            def mark(value, importable=row["importable"]):
+                return "" if value is None or not importable else ("yes" if value else "no")
+            table.add_row(row["name"], row["version"] or "not installed", mark(row.get("loads")),
+                          mark(row.get("scores")), mark(row.get("live")),
+                          "" if row.get("probability") is None else f"{row['probability']:.4f}")
+            if row.get("detail"):
+                notes.append(f"{row['name']}: {row['detail']}")
+        out.print(table)
+        for note in notes:
+            out.print(Text(note), soft_wrap=True)
+
+
 METRIC_COLUMNS = (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"), ("log_loss", "logloss"),
                   ("brier", "Brier"), ("mae", "MAE"), ("accuracy", "acc"), ("f1", "F1"))
 

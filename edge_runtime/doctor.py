@@ -1,0 +1,68 @@
+"""`ubp-edge doctor`: which interpreters this device has, and whether an artifact runs on each."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.backends import BACKENDS
+from edge_runtime.errors import UbpEdgeError
+
+# Distribution names, for versions (a module's import name differs from its package name).
+DISTRIBUTIONS = {"ai-edge-litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime",
+                 "tensorflow": "tensorflow-cpu"}
+PROBE_SESSION = [{"ts": 1.7e9, "event": "view", "item": "a", "category": "c", "price": 10.0},
+                 {"ts": 1.7e9 + 35, "event": "view", "item": "a", "category": "c", "price": 10.0},
+                 {"ts": 1.7e9 + 80, "event": "cart", "item": "a", "category": "c", "price": 10.0}]
+
+
+def _version(backend: str) -> str | None:
+    for name in (DISTRIBUTIONS[backend], "tensorflow"):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def doctor(artifact: str | Path | None = None, backends: tuple[str, ...] = tuple(BACKENDS)) -> dict:
+    """Describe the environment and, given an artifact, load and score it with every backend.
+
+    Returns:
+        ``{"python", "platform", "numpy", "backends": [{"name", "importable", "version",
+        "error", "loads", "scores", "live", "probability", "detail"}]}``.
+    """
+    from edge_runtime.scorer import Scorer
+
+    rows = []
+    for name in backends:
+        module, _ = BACKENDS[name]
+        row = {"name": name, "importable": False, "version": None, "error": None}
+        try:
+            importlib.import_module(module)
+            row.update(importable=True, version=_version(name))
+        except ImportError as e:
+            row["error"] = str(e).splitlines()[0]
+        if artifact is not None:
+            row.update(loads=False, scores=False, live=False, probability=None, detail=None)
+            if row["importable"]:
+                try:
+                    scorer = Scorer.load(artifact, backend=name)
+                    row["loads"] = True
+                    p = scorer.score_sessions([PROBE_SESSION])[0]
+                    row.update(scores=bool(np.isfinite(p)), probability=round(float(p), 6))
+                    live = scorer.start_session()
+                    last = [live.push(e) for e in PROBE_SESSION][-1]
+                    row["live"] = bool(abs(last - p) < 1e-3) if scorer.info.precision == "float32" \
+                        else bool(np.isfinite(last))
+                except UbpEdgeError as e:
+                    row["detail"] = str(e)
+        rows.append(row)
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "machine": platform.machine(), "numpy": np.__version__, "backends": rows,
+            "artifact": None if artifact is None else str(artifact)}
