@@ -119,9 +119,14 @@ class FeatureSpec:
             raise ArtifactError(f"feature spec is malformed: {e}") from None
 
 
-@dataclass
+_NO_CONTEXT = np.zeros(len(CONTEXT_FIELDS), np.float64)
+_NO_CONTEXT.setflags(write=False)
+
+
+@dataclass(slots=True)
 class EncoderState:
-    """What the one-event path remembers about a live session."""
+    """What the one-event path remembers about a live session (slots: a store holds
+    thousands of these)."""
 
     context: np.ndarray
     context_logs: np.ndarray
@@ -314,6 +319,9 @@ class FeatureEncoder:
     # ------------------------------------------------------------------ one-event path
     def start(self, context: Mapping | np.ndarray | None = None) -> EncoderState:
         """State for a new live session, with its optional user-history context."""
+        if context is None:
+            # Most live sessions have no context: they share one read-only zero vector.
+            return EncoderState(context=_NO_CONTEXT, context_logs=_NO_CONTEXT)
         vector = self._context_vector(context)
         return EncoderState(context=vector, context_logs=np.log1p(np.maximum(vector, 0.0)))
 

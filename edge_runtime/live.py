@@ -12,13 +12,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from edge_runtime.backends import make_interpreter
 from edge_runtime.errors import ArtifactError, ConfigError
-from edge_runtime.features import EncoderState, FeatureEncoder
+from edge_runtime.features import EncoderState
 
 
 class StepModel:
@@ -56,23 +56,28 @@ class StepModel:
                 interp.get_tensor(self._c_out))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LiveSession:
     """One session being scored click by click.
 
     Create it with `Scorer.start_session`; call `push` with each event (a dict with the
     canonical fields ``ts``, ``event``, ``item`` and optionally ``category`` and ``price``).
+    Slots and one (2, units) array for h and c keep it small: a store holds thousands.
     """
 
-    encoder: FeatureEncoder
-    step: StepModel
-    calibrate: object  # callable: raw probability -> what the device returns
-    lock: threading.Lock
+    scorer: object  # the Scorer: its encoder, step model, calibration and lock
     state: EncoderState
-    h: np.ndarray
-    c: np.ndarray
+    hc: np.ndarray  # row 0: h, row 1: c
     probability: float | None = None
-    events: int = field(default=0)
+    events: int = 0
+
+    @property
+    def h(self) -> np.ndarray:
+        return self.hc[0:1]
+
+    @property
+    def c(self) -> np.ndarray:
+        return self.hc[1:2]
 
     def push(self, event: Mapping) -> float:
         """Add one event; return the purchase probability of the session so far.
@@ -81,12 +86,13 @@ class LiveSession:
             ConfigError: a missing field, a non-numeric ts or an unknown event type; the
                 session is left as it was.
         """
-        x = self.encoder.step(self.state, event)
-        with self.lock:
-            p, h, c = self.step(x, self.h, self.c)
-        self.h, self.c = h, c
+        scorer = self.scorer
+        x = scorer.encoder.step(self.state, event)
+        with scorer._lock:
+            p, h, c = scorer._step(x, self.hc[0:1], self.hc[1:2])
+        self.hc = np.concatenate((h, c))
         self.events += 1
-        self.probability = float(self.calibrate(p))
+        self.probability = float(scorer._calibrate_one(p))
         return self.probability
 
 

@@ -217,10 +217,8 @@ class Scorer:
                 if self._step is None:
                     self._step = StepModel(self._step_bytes, self.backend, self._num_threads,
                                            self.source)
-        units = self._step.units
-        return LiveSession(encoder=self.encoder, step=self._step, calibrate=self._calibrate_one,
-                           lock=self._lock, state=self.encoder.start(context),
-                           h=np.zeros((1, units), np.float32), c=np.zeros((1, units), np.float32))
+        return LiveSession(scorer=self, state=self.encoder.start(context),
+                           hc=np.zeros((2, self._step.units), np.float32))
 
     def _calibrate_one(self, p: float) -> float:
         if self._platt is None:
