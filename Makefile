@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 UBP := $(BIN)/ubp-edge
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench bench-compare clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,18 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# pytest-benchmark suites (encode, score, live step, load) over models/*.tflite, plus every
+# artifact of UBP_EDGE_BENCH_RUN=runs/NAME when set; each run is saved under .benchmarks/.
+bench: install
+	cd benchmarks && ../$(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-autosave \
+		--benchmark-storage=../.benchmarks --benchmark-columns=median,iqr,ops,rounds \
+		--benchmark-sort=name --benchmark-group-by=group .
+
+# Compare the last two saved runs, figure by figure.
+bench-compare: install
+	$(BIN)/pytest-benchmark --storage .benchmarks compare --columns=median,iqr --group-by=group \
+		$$(ls .benchmarks/*/ | sort | tail -n 2 | sed 's/_.*//')
 
 clean:
 	rm -rf demo .pytest_cache

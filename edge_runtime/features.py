@@ -342,7 +342,7 @@ class FeatureEncoder:
         try:
             ts = float(event["ts"])
             kind = event["event"]
-            item = event["item"]
+            item = str(event["item"])  # ids compare as text: 1 and "1" are one item
         except KeyError as e:
             raise ConfigError(f"event {dict(event)!r} has no {e.args[0]!r} field") from None
         except (TypeError, ValueError):
@@ -353,6 +353,7 @@ class FeatureEncoder:
         if not math.isfinite(ts):
             raise ConfigError(f"event ts {event.get('ts')!r} is not a finite number")
         category = event.get("category")
+        category = None if category is None else str(category)
         price = event.get("price")
         try:
             price = math.nan if price is None else float(price)

@@ -477,9 +477,10 @@ def render_metrics_table(report: dict, title: str) -> Table:
     return table
 
 
-from ubp_edge import compare_cmd  # noqa: E402  (after the helpers it imports lazily)
+from ubp_edge import benchmark_cmd, compare_cmd  # noqa: E402  (after the helpers it imports lazily)
 
 app.command("compare")(compare_cmd.compare)
+app.command("benchmark")(benchmark_cmd.benchmark)
 
 
 def main() -> None:

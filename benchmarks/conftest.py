@@ -1,0 +1,40 @@
+"""Fixtures for the pytest-benchmark suites: artifacts and real session lengths.
+
+Artifacts: the reference models in models/ (float32, dynamic), plus every model-*.tflite of
+the run directory in UBP_EDGE_BENCH_RUN when it is set. Sessions: the Taobao sample in
+../shared/data (or UBP_EDGE_DATA) when present, else the embedded synthetic sessions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("UBP_EDGE_DATA", ROOT.parent / "shared" / "data"))
+
+
+def _artifacts() -> list[Path]:
+    paths = sorted((ROOT / "models").glob("*.tflite"))
+    run = os.environ.get("UBP_EDGE_BENCH_RUN")
+    if run:
+        paths += sorted(Path(run).glob("model-*.tflite"))
+    return paths
+
+
+ARTIFACTS = _artifacts()
+
+
+def artifact_id(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}"
+
+
+@pytest.fixture(scope="session")
+def sessions() -> list[list[dict]]:
+    """Session prefixes as event dicts: real Taobao when present, else synthetic."""
+    from ubp_edge.benchmark_cmd import _replayed_sessions, _synthetic_sessions
+
+    taobao = DATA / "taobao" / "UserBehavior_sample.csv"
+    return _replayed_sessions(taobao, "taobao", limit=1000) if taobao.is_file() else _synthetic_sessions()
