@@ -14,6 +14,28 @@ from __future__ import annotations
 import numpy as np
 
 
+def _weights(arrays: dict[str, np.ndarray]):
+    """(module holding the weights as constants, n_features, units)."""
+    import tensorflow as tf
+
+    n_features, four_units = arrays["lstm_kernel"].shape
+    module = tf.Module()
+    module.kernel = tf.constant(arrays["lstm_kernel"])
+    module.recurrent = tf.constant(arrays["lstm_recurrent_kernel"])
+    module.bias = tf.constant(arrays["lstm_bias"])
+    module.dense_kernel = tf.constant(arrays["dense_kernel"])
+    module.dense_bias = tf.constant(arrays["dense_bias"])
+    return module, n_features, four_units // 4
+
+
+def _cell(tf, z, c):
+    """One LSTM step from the pre-activations ``z = x W + h U + b``: (new h, new c).
+    Keras gate order: input, forget, cell candidate, output."""
+    i, f, g, o = tf.split(z, 4, axis=1)
+    c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    return tf.sigmoid(o) * tf.tanh(c_new), c_new
+
+
 def fused_score_function(arrays: dict[str, np.ndarray]):
     """(concrete function, trackable model) of the fused graph."""
     import tensorflow as tf
@@ -34,14 +56,7 @@ def unrolled_score_function(arrays: dict[str, np.ndarray], max_len: int):
     """(concrete function, trackable module) of the unrolled graph over ``max_len`` steps."""
     import tensorflow as tf
 
-    n_features, four_units = arrays["lstm_kernel"].shape
-    units = four_units // 4
-    module = tf.Module()
-    module.kernel = tf.constant(arrays["lstm_kernel"])
-    module.recurrent = tf.constant(arrays["lstm_recurrent_kernel"])
-    module.bias = tf.constant(arrays["lstm_bias"])
-    module.dense_kernel = tf.constant(arrays["dense_kernel"])
-    module.dense_bias = tf.constant(arrays["dense_bias"])
+    module, n_features, units = _weights(arrays)
 
     @tf.function(input_signature=[tf.TensorSpec([None, max_len, n_features], tf.float32, name="events"),
                                   tf.TensorSpec([None, max_len, 1], tf.float32, name="mask")])
@@ -49,15 +64,11 @@ def unrolled_score_function(arrays: dict[str, np.ndarray], max_len: int):
         batch = tf.shape(events)[0]
         # Input projections of all steps in one matmul; only h @ U stays in the loop.
         projected = tf.reshape(tf.matmul(tf.reshape(events, [-1, n_features]), module.kernel)
-                               + module.bias, [-1, max_len, four_units])
+                               + module.bias, [-1, max_len, 4 * units])
         h = tf.zeros([batch, units])
         c = tf.zeros([batch, units])
         for t in range(max_len):
-            z = projected[:, t, :] + tf.matmul(h, module.recurrent)
-            # Keras gate order: input, forget, cell candidate, output.
-            i, f, g, o = tf.split(z, 4, axis=1)
-            c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-            h_new = tf.sigmoid(o) * tf.tanh(c_new)
+            h_new, c_new = _cell(tf, projected[:, t, :] + tf.matmul(h, module.recurrent), c)
             m = mask[:, t, :]
             c = c + m * (c_new - c)
             h = h + m * (h_new - h)
@@ -82,23 +93,14 @@ def step_function(arrays: dict[str, np.ndarray]):
     """
     import tensorflow as tf
 
-    n_features, four_units = arrays["lstm_kernel"].shape
-    units = four_units // 4
-    module = tf.Module()
-    module.kernel = tf.constant(arrays["lstm_kernel"])
-    module.recurrent = tf.constant(arrays["lstm_recurrent_kernel"])
-    module.bias = tf.constant(arrays["lstm_bias"])
-    module.dense_kernel = tf.constant(arrays["dense_kernel"])
-    module.dense_bias = tf.constant(arrays["dense_bias"])
+    module, n_features, units = _weights(arrays)
 
     @tf.function(input_signature=[tf.TensorSpec([1, n_features], tf.float32, name="event"),
                                   tf.TensorSpec([1, units], tf.float32, name="h"),
                                   tf.TensorSpec([1, units], tf.float32, name="c")])
     def step(event, h, c):
         z = tf.matmul(event, module.kernel) + tf.matmul(h, module.recurrent) + module.bias
-        i, f, g, o = tf.split(z, 4, axis=1)
-        c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-        h_new = tf.sigmoid(o) * tf.tanh(c_new)
+        h_new, c_new = _cell(tf, z, c)
         p = tf.sigmoid(tf.matmul(h_new, module.dense_kernel) + module.dense_bias)
         return {"probability": p, "h": h_new, "c": c_new}
 

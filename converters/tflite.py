@@ -25,8 +25,9 @@ from edge_runtime.features import FeatureSpec
 from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
 from converters.graphs import score_function, step_function
 from converters.precisions import GRAPHS, PRECISIONS
-from converters.tflite_metadata import add_metadata
+from converters.tflite_metadata import add_metadata, seal
 from trainer import rundir
+from trainer.model import WEIGHT_NAMES
 
 FORBIDDEN_OPS = ("WHILE",)
 DEFAULT_CALIBRATION_SESSIONS = 300
@@ -122,6 +123,11 @@ def _representative(graph: str, sessions: list[np.ndarray], max_len: int):
     return generate
 
 
+def _labelled(model_bytes: bytes, entries: dict[str, bytes]) -> bytes:
+    """Add metadata entries and re-seal: every intermediate artifact verifies like a final one."""
+    return seal(add_metadata(model_bytes, entries))
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -193,9 +199,16 @@ class _Run:
         self.spec = FeatureSpec.from_dict(rundir.read_json(self.dir / rundir.SPEC))
         self.report = rundir.read_json(self.dir / rundir.REPORT_JSON)
         self.config = rundir.read_json(self.dir / rundir.CONFIG)
-        if self.arrays["lstm_kernel"].shape[0] != self.spec.n_features:
+        if "lstm_kernel" in self.arrays and self.arrays["lstm_kernel"].shape[0] != self.spec.n_features:
             raise RunDirError(f"{self.dir}: weights take {self.arrays['lstm_kernel'].shape[0]} "
                               f"features but the spec lists {self.spec.n_features}")
+        missing = [k for k in ("features", "offsets", "keras_probability", "label",
+                               "validation_features", "validation_offsets", "validation_label")
+                   if k not in self.parity]
+        missing += [f"weights.npz:{k}" for k in WEIGHT_NAMES if k not in self.arrays]
+        if missing:
+            raise RunDirError(f"{self.dir}: run directory written by another version, missing {missing}; "
+                              f"train again")
         prefix = "calibration_" if "calibration_offsets" in self.parity else "validation_"
         # Runs written before training sessions were stored calibrate on validation sessions.
         self.calibration_source = "training" if prefix == "calibration_" else "validation"
@@ -257,7 +270,7 @@ def _convert_one(run: _Run, graph: str, function, name: str, config: ConvertConf
         return result
     result.calibration_sessions = n_cal
     info = run.info(name, graph, n_cal, tf.__version__)
-    model_bytes = add_metadata(model_bytes, {METADATA_NAME: info.to_bytes()})
+    model_bytes = _labelled(model_bytes, {METADATA_NAME: info.to_bytes()})
     try:
         scorer, result.ops, result.max_abs_diff, result.sessions_checked = _validate(
             model_bytes, graph, run.parity, precision.max_abs_diff)
@@ -292,7 +305,7 @@ def _convert_one(run: _Run, graph: str, function, name: str, config: ConvertConf
         threshold = float(1 / (1 + np.exp(-(a * _logit(np.array([run.report["threshold"]]))[0] + b))))
         info = run.info(name, graph, n_cal, tf.__version__, threshold=threshold,
                         calibration={"method": "platt", "a": a, "b": b})
-        model_bytes = add_metadata(model_bytes, {METADATA_NAME: info.to_bytes()})
+        model_bytes = _labelled(model_bytes, {METADATA_NAME: info.to_bytes()})
         scorer = Scorer.from_bytes(model_bytes, source="recalibrated model")
         result.recalibrated = True
         result.ece_after = expected_calibration_error(y_test, scorer.score_encoded(test_sessions))
@@ -356,7 +369,7 @@ def _with_step_graph(run: _Run, model_bytes: bytes, scorer: Scorer, precision
         raise ArtifactError(f"pushing events one at a time differs from scoring the prefix whole "
                             f"by up to {worst:.3g} on {len(sessions)} test sessions (allowed "
                             f"{precision.step_max_abs_diff:g})")
-    return add_metadata(model_bytes, {STEP_METADATA_NAME: step_bytes}), float(worst), len(sessions)
+    return _labelled(model_bytes, {STEP_METADATA_NAME: step_bytes}), float(worst), len(sessions)
 
 
 def _roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:

@@ -120,3 +120,15 @@ def _aligned_buffer_type(schema):
             return super().Pack(builder)
 
     return AlignedBufferT
+
+
+def seal(model: bytes) -> bytes:
+    """Write the artifact's integrity digest (edge_runtime.artifact): the last step of every
+    conversion, so the digest covers the final bytes."""
+    from edge_runtime.artifact import DIGEST_METADATA_NAME, DIGEST_PLACEHOLDER, file_digest
+    from edge_runtime.tflite_metadata import metadata_spans
+
+    model = add_metadata(model, {DIGEST_METADATA_NAME: DIGEST_PLACEHOLDER})
+    start, end = metadata_spans(model)[DIGEST_METADATA_NAME]
+    digest = file_digest(model, (start, end)).encode("ascii")
+    return model[:start] + digest + model[end:]

@@ -6,6 +6,7 @@ threshold, the precision and graph, and the provenance, so one file is all a dev
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,12 +14,37 @@ from pathlib import Path
 
 from edge_runtime.errors import ArtifactError
 from edge_runtime.features import FeatureSpec
-from edge_runtime.tflite_metadata import read_metadata
+from edge_runtime.tflite_metadata import metadata_spans, read_metadata
 
 METADATA_NAME = "ubp_edge"
 # The live one-event graph: a complete .tflite of its own, carried inside the artifact so
 # the user ships one file.
 STEP_METADATA_NAME = "ubp_edge_step"
+# SHA-256 of the whole file with this entry's own 64 bytes zeroed: any flipped or missing
+# byte anywhere (weights included, which a flatbuffer verifier cannot judge) is caught.
+DIGEST_METADATA_NAME = "ubp_edge_sha256"
+DIGEST_PLACEHOLDER = b"0" * 64
+
+
+def file_digest(model: bytes, span: tuple[int, int]) -> str:
+    """SHA-256 of ``model`` with the digest's own bytes replaced by the placeholder."""
+    start, end = span
+    return hashlib.sha256(model[:start] + DIGEST_PLACEHOLDER + model[end:]).hexdigest()
+
+
+def verify_digest(model: bytes, source: str = "artifact") -> None:
+    """Raise ArtifactError unless the artifact's stored digest matches its bytes."""
+    spans = metadata_spans(model)
+    if DIGEST_METADATA_NAME not in spans:
+        raise ArtifactError(f"{source}: no integrity digest (not written by this ubp-edge's "
+                            f"`convert`); convert the run again")
+    start, end = spans[DIGEST_METADATA_NAME]
+    if end - start != len(DIGEST_PLACEHOLDER):
+        raise ArtifactError(f"{source}: corrupted: integrity digest has {end - start} bytes")
+    stored = bytes(model[start:end]).decode("ascii", "replace")
+    if stored != file_digest(model, (start, end)):
+        raise ArtifactError(f"{source}: corrupted: contents do not match the integrity digest "
+                            f"(damaged copy or download?)")
 ARTIFACT_FORMAT = "ubp-edge-artifact"
 ARTIFACT_VERSION = 1
 
@@ -82,8 +108,11 @@ class ArtifactInfo:
 
 
 def parse_artifact(model: bytes, source: str = "artifact") -> ArtifactInfo:
-    """The ArtifactInfo inside a model's bytes; ArtifactError when it is not one of ours."""
+    """The ArtifactInfo inside a model's bytes; ArtifactError when it is not one of ours or
+    when its bytes do not match its integrity digest."""
     entries = read_metadata(model)
+    if METADATA_NAME in entries:
+        verify_digest(model, source)
     if METADATA_NAME not in entries:
         raise ArtifactError(f"{source}: a TFLite model without ubp-edge metadata "
                             f"(not produced by `ubp-edge convert`)")

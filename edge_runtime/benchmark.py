@@ -165,6 +165,15 @@ def _time_live(scorer, sessions: Sequence[Sequence[Mapping]], config: BenchConfi
 
 
 def _peak_rss_mb() -> float:
+    # VmHWM, not getrusage's ru_maxrss: on Linux the latter carries over the parent's peak
+    # across fork + exec, so a probe started from a big process would report the parent.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -186,13 +195,13 @@ def _rss_mb() -> float:
 COLD_PROBE = """
 import time
 start = time.perf_counter()
-import json, resource, sys
+import json, sys
 from edge_runtime import Scorer
+from edge_runtime.benchmark import _peak_rss_mb
 scorer = Scorer.load(sys.argv[1], num_threads=int(sys.argv[2]))
 scorer.score_sessions([[{"ts": 1.7e9, "event": "view", "item": "a", "category": "c", "price": 9.9}]])
 elapsed = time.perf_counter() - start
-print(json.dumps({"cold_start_ms": elapsed * 1000.0,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+print(json.dumps({"cold_start_ms": elapsed * 1000.0, "rss_mb": _peak_rss_mb(),
                   "tensorflow_loaded": "tensorflow" in sys.modules}))
 """
 

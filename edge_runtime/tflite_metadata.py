@@ -96,6 +96,15 @@ def read_metadata(model: bytes) -> dict[str, bytes]:
     Raises ArtifactError if the bytes are not a readable TFLite model.
     """
     data = bytes(model)
+    return {name: data[start:end] for name, (start, end) in metadata_spans(data).items()}
+
+
+def metadata_spans(model: bytes) -> dict[str, tuple[int, int]]:
+    """Every `Model.metadata` entry as name -> (start, end) of its bytes in the file.
+
+    Raises ArtifactError if the bytes are not a readable TFLite model.
+    """
+    data = bytes(model)
     if len(data) < 8:
         raise ArtifactError(f"not a TFLite flatbuffer: only {len(data)} bytes")
     if data[4:8] != FILE_IDENTIFIER:
@@ -116,7 +125,7 @@ def read_metadata(model: bytes) -> dict[str, bytes]:
             tables[name] = [r.table(start + 4 * i, f"Model.{name}[{i}]") for i in range(count)]
     spans = [r.buffer_span(b, f"Model.buffers[{i}]") for i, b in enumerate(tables["buffers"])]
 
-    entries: dict[str, bytes] = {}
+    entries: dict[str, tuple[int, int]] = {}
     for i, meta in enumerate(tables["metadata"]):
         name_field = r.field(meta, _METADATA_NAME)
         if name_field is None:
@@ -133,5 +142,5 @@ def read_metadata(model: bytes) -> dict[str, bytes]:
         if index >= len(spans):
             raise ArtifactError(f"corrupted TFLite file: metadata {name!r} points at buffer "
                                 f"{index}, but the model has {len(spans)} buffers")
-        entries[name] = data[spans[index][0]:spans[index][1]]
+        entries[name] = spans[index]
     return entries

@@ -200,7 +200,7 @@ def test_serve_command_streams_stdin(tiny_artifact):
 
 
 def test_artifact_without_step_graph_says_so(tmp_path, tiny_artifact):
-    from converters.tflite_metadata import add_metadata
+    from converters.tflite_metadata import add_metadata, seal
     from edge_runtime.artifact import STEP_METADATA_NAME
     from edge_runtime.tflite_metadata import read_metadata
 
@@ -208,7 +208,7 @@ def test_artifact_without_step_graph_says_so(tmp_path, tiny_artifact):
     assert STEP_METADATA_NAME in read_metadata(model)
     # An artifact whose step entry is empty bytes cannot run live, and says how to fix it.
     broken = tmp_path / "nostep.tflite"
-    broken.write_bytes(add_metadata(model, {STEP_METADATA_NAME: b""}))
+    broken.write_bytes(seal(add_metadata(model, {STEP_METADATA_NAME: b""})))
     with pytest.raises(ArtifactError, match="step graph"):
         Scorer.load(broken).start_session()
 

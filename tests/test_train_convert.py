@@ -141,7 +141,7 @@ def test_convert_names_what_is_missing(tmp_path, tiny_run):
 
 
 def test_artifact_of_another_version_is_refused(tmp_path, tiny_artifact):
-    from converters.tflite_metadata import add_metadata
+    from converters.tflite_metadata import add_metadata, seal
     from edge_runtime.artifact import METADATA_NAME
     from edge_runtime.tflite_metadata import read_metadata
 
@@ -149,6 +149,22 @@ def test_artifact_of_another_version_is_refused(tmp_path, tiny_artifact):
     meta = json.loads(read_metadata(model)[METADATA_NAME])
     meta["version"] = 99
     other = tmp_path / "other.tflite"
-    other.write_bytes(add_metadata(model, {METADATA_NAME: json.dumps(meta).encode()}))
+    other.write_bytes(seal(add_metadata(model, {METADATA_NAME: json.dumps(meta).encode()})))
     with pytest.raises(ArtifactError, match="version 99"):
         Scorer.load(other)
+    # The same change without re-sealing is a damaged file, and says so.
+    tampered = tmp_path / "tampered.tflite"
+    tampered.write_bytes(add_metadata(model, {METADATA_NAME: json.dumps(meta).encode()}))
+    with pytest.raises(ArtifactError, match="integrity digest"):
+        Scorer.load(tampered)
+
+
+def test_a_flipped_weight_byte_is_refused(tmp_path, tiny_artifact):
+    model = bytearray(tiny_artifact.read_bytes())
+    for position in (len(model) // 3, len(model) // 2, len(model) - 200):
+        damaged = bytearray(model)
+        damaged[position] ^= 0x01
+        path = tmp_path / f"flip{position}.tflite"
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ArtifactError):
+            Scorer.load(path)
