@@ -185,9 +185,10 @@ def _choose_sessions(run_dir: Path, sessions, split: str, data) -> tuple[np.ndar
     """Indices of the sessions to score, the split's name, a sentence on why, warnings."""
     from trainer.rundir import SPLIT
     from trainer.scoring import split_keys
+    from trainer.sessions import key_digests
 
     scorable = np.flatnonzero(sessions.scorable)
-    keys = sessions.key[scorable].astype(str)
+    keys = key_digests(sessions.key[scorable])
     manifest = run_dir / SPLIT
     if split == "all":
         return scorable, "all", "all scorable sessions of the log", []

@@ -23,7 +23,7 @@ from trainer.formats import FormatPreset
 from trainer.metrics import by_prefix_length, classification_metrics
 from trainer.readers import EventLog, read_log
 from trainer.rundir import write_bytes_atomic
-from trainer.sessions import DEFAULT_GAP_MINUTES, Sessions, sessionize
+from trainer.sessions import DEFAULT_GAP_MINUTES, Sessions, key_digests, sessionize
 
 
 @dataclass
@@ -54,7 +54,8 @@ def score_log(scorer: Scorer, data: str | os.PathLike, format: str | None = None
         scorer: the loaded artifact.
         data, format, preset, strict: as `trainer.readers.read_log`.
         gap_minutes: session gap; default the one the artifact was trained with.
-        only_keys: score only the sessions with these keys (e.g. a run's test split).
+        only_keys: score only the sessions whose key digests (trainer.sessions.key_digests)
+            are in this set, e.g. a run's test split.
 
     Returns:
         ScoredLog; ``warnings`` says where the log lacks what the spec expects.
@@ -71,7 +72,7 @@ def score_log(scorer: Scorer, data: str | os.PathLike, format: str | None = None
         warnings.append(f"{data}: the model uses prices but this log has none")
     index = np.flatnonzero(sessions.scorable)
     if only_keys is not None:
-        index = index[np.isin(sessions.key[index].astype(str), np.array(sorted(only_keys), dtype=str))]
+        index = index[np.isin(key_digests(sessions.key[index]), np.array(sorted(only_keys), dtype=str))]
         if len(index) == 0:
             raise ConfigError(f"{data}: none of the {len(only_keys)} requested sessions is in this log")
     probability = scorer.score_encoded(encode_sessions(sessions, index, scorer.encoder))
@@ -79,13 +80,16 @@ def score_log(scorer: Scorer, data: str | os.PathLike, format: str | None = None
 
 
 def split_keys(split_manifest: str | os.PathLike, split: str) -> set[str]:
-    """Session keys of one split of a run's split.json (``train``, ``validation``, ``test``)."""
+    """Session key digests of one split of a run's split.json (``train``, ``validation``, ``test``)."""
     from trainer.rundir import read_json
 
     manifest = read_json(Path(split_manifest))
     if split not in ("train", "validation", "test") or split not in manifest:
         raise ConfigError(f"--split {split!r}: expected train, validation or test")
-    return set(manifest[split]["keys"])
+    if "session_digests" not in manifest[split]:
+        raise ConfigError(f"{split_manifest}: written by another version (no session digests); "
+                          f"train again")
+    return set(manifest[split]["session_digests"])
 
 
 def evaluation_report(scored: ScoredLog, threshold: float) -> dict:

@@ -8,6 +8,7 @@ first event is a purchase have an empty prefix: they are counted, never scored.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,6 +141,12 @@ def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
     return sessions
 
 
+def key_digests(keys: np.ndarray) -> np.ndarray:
+    """A 16-hex-digit SHA-256 digest per session key. Keys of gap sessions hold user ids;
+    what the run directory stores is the digest, which matches a key without revealing it."""
+    return np.array([hashlib.sha256(str(k).encode("utf-8")).hexdigest()[:16] for k in keys], dtype=str)
+
+
 def _unique_keys(keys: list[str]) -> np.ndarray:
     """Keys made unique by a ``#n`` suffix (two sessions of a user in one second)."""
     seen: dict[str, int] = {}
@@ -202,8 +209,10 @@ class Split:
     def manifest(self, sessions: Sessions) -> dict:
         def part(ix: np.ndarray) -> dict:
             return {"sessions": int(len(ix)), "positives": int(sessions.label[ix].sum()),
-                    "keys": [str(k) for k in sessions.key[ix]]}
+                    "session_digests": key_digests(sessions.key[ix]).tolist()}
         return {"rule": "by session start; a session belongs to exactly one split",
+                "session_digests": "first 16 hex digits of SHA-256 of the session key "
+                                   "(trainer.sessions.key_digests); no raw user ids are stored",
                 "validation_from_ts": self.validation_from, "test_from_ts": self.test_from,
                 "train": part(self.train), "validation": part(self.validation),
                 "test": part(self.test)}
