@@ -52,25 +52,34 @@ def write_json_atomic(path: str | os.PathLike, obj: object) -> Path:
 
 
 @contextmanager
-def staged_run_dir(out: str | os.PathLike, overwrite: bool):
-    """Yield a temporary directory beside ``out``; on success it becomes ``out`` in one rename.
+def staged_run_dir(out: str | os.PathLike, overwrite: bool, resume: bool = False):
+    """Yield the staging directory ``.NAME.partial`` beside ``out``; on success it becomes
+    ``out`` in one rename.
 
-    A run that fails or is killed leaves ``out`` as it was (the stage is removed or, after
-    SIGKILL, left as a hidden ``.name.stage-*`` folder that no command reads).
+    A run that fails leaves ``out`` as it was and removes its stage. A run that is killed
+    (SIGKILL, power loss) or interrupted (Ctrl-C) leaves its stage, with the last epoch's
+    checkpoint, for ``resume``; a new run without ``resume`` starts the stage afresh.
 
     Raises:
-        RunDirError: ``out`` exists and is not empty, and ``overwrite`` is False.
+        RunDirError: ``out`` exists and is not empty without ``overwrite``; or ``resume`` with
+            no interrupted run to resume.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunDirError(f"{out}: run directory exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.stage-", dir=out.parent))
-    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it 0700
+    stage = stage_dir(out)
+    if resume and not stage.is_dir():
+        raise RunDirError(f"{out}: nothing to resume (no interrupted run in {stage})")
+    if not resume:
+        shutil.rmtree(stage, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage.mkdir()
     try:
         yield stage
+    except KeyboardInterrupt:
+        raise  # keep the stage: `--resume` continues from its last checkpoint
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -81,6 +90,12 @@ def staged_run_dir(out: str | os.PathLike, overwrite: bool):
     os.replace(stage, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def stage_dir(out: str | os.PathLike) -> Path:
+    """Where a run directory is built before it is renamed into place."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.partial")
 
 
 def check_run_dir(run_dir: str | os.PathLike) -> Path:

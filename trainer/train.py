@@ -7,7 +7,10 @@ split manifest, report with test metrics, and the quarantined rows.
 
 from __future__ import annotations
 
+import io
+import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, RunDirError
 from trainer import rundir
 from trainer.dataset import aggregate_features, encode_sessions, new_encoder, pad, raw_sessions
 from trainer.formats import FormatPreset
@@ -55,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     strict: bool = False
     overwrite: bool = False
+    resume: bool = False
 
     def __post_init__(self) -> None:
         positive = {"units": self.units, "epochs": self.epochs, "batch_size": self.batch_size,
@@ -92,40 +96,87 @@ def _class_weights(y: np.ndarray, mode: ClassWeight) -> dict[int, float]:
     return {0: n / (2.0 * (n - pos)), 1: n / (2.0 * pos)}
 
 
+CHECKPOINT = "checkpoint"
+
+
+def _save_npz(path: Path, arrays: list[np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, *arrays)
+    rundir.write_bytes_atomic(path, buf.getvalue())
+
+
+def _load_npz(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
 def _fit_lstm(config: TrainConfig, x_train, y_train, x_val, y_val, weights: dict[int, float],
-              on_epoch: EpochCallback | None):
+              on_epoch: EpochCallback | None, checkpoint: Path, resume: dict | None = None):
+    """Train with early stopping on validation PR-AUC, checkpointing after every epoch.
+
+    The checkpoint (weights, optimizer state, best weights, history, early-stopping state)
+    is written atomically, state.json last, so a run killed at any moment resumes from its
+    last complete epoch. A resumed run is not bit-identical to an uninterrupted one (the
+    shuffling stream restarts), but it continues the same optimisation.
+    """
     import tensorflow as tf
     import tf_keras as keras
 
     from trainer.model import build_lstm
 
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.seed + (resume["epoch"] if resume else 0))
     tf.config.experimental.enable_op_determinism()
     model = build_lstm(x_train.shape[2], config.units, masking=True)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="roc_auc"),
                            keras.metrics.AUC(curve="PR", name="pr_auc")])
+    checkpoint.mkdir(exist_ok=True)
+    state = {"epoch": 0, "history": {}, "best_score": -1.0, "best_epoch": 0, "wait": 0}
+    best_weights = None
+    if resume:
+        state = resume
+        model.set_weights(_load_npz(checkpoint / "weights.npz"))
+        model.optimizer.build(model.trainable_variables)
+        for variable, value in zip(model.optimizer.variables, _load_npz(checkpoint / "optimizer.npz")):
+            variable.assign(value)
+        best_weights = _load_npz(checkpoint / "best.npz")
 
-    class Report(keras.callbacks.Callback):
+    class Checkpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            nonlocal best_weights
+            logs = dict(logs or {})
+            for key, value in logs.items():
+                state["history"].setdefault(key, []).append(float(value))
+            score = float(logs.get("val_pr_auc", -1.0))
+            if score > state["best_score"]:
+                state.update(best_score=score, best_epoch=epoch + 1, wait=0)
+                best_weights = model.get_weights()
+                _save_npz(checkpoint / "best.npz", best_weights)
+            else:
+                state["wait"] += 1
+            state["epoch"] = epoch + 1
+            _save_npz(checkpoint / "weights.npz", model.get_weights())
+            _save_npz(checkpoint / "optimizer.npz", [v.numpy() for v in model.optimizer.variables])
+            rundir.write_json_atomic(checkpoint / "state.json", state)  # the commit point
             if on_epoch is not None:
-                on_epoch(epoch + 1, config.epochs, dict(logs or {}))
+                on_epoch(epoch + 1, config.epochs, logs)
+            if state["wait"] >= config.patience:
+                self.model.stop_training = True
 
-    stop = keras.callbacks.EarlyStopping(monitor="val_pr_auc", mode="max",
-                                         patience=config.patience, restore_best_weights=True)
-    history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=config.epochs,
-                        batch_size=config.batch_size, class_weight=weights, shuffle=True,
-                        callbacks=[stop, Report()], verbose=0)
+    if state["epoch"] < config.epochs and state["wait"] < config.patience:
+        model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=config.epochs,
+                  initial_epoch=state["epoch"], batch_size=config.batch_size,
+                  class_weight=weights, shuffle=True, callbacks=[Checkpoint()], verbose=0)
+    if best_weights is not None:
+        model.set_weights(best_weights)  # early stopping restores the best epoch
     if weights[1] != weights[0]:
         # Class weights multiply the learned odds by w1/w0; shifting the output bias by
         # -log(w1/w0) restores calibrated probabilities without touching the ranking.
         dense = model.get_layer("purchase")
         kernel, bias = dense.get_weights()
         dense.set_weights([kernel, bias - math.log(weights[1] / weights[0])])
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    best = int(np.argmax(hist["val_pr_auc"])) + 1 if hist.get("val_pr_auc") else len(hist["loss"])
-    return model, hist, best
+    return model, state["history"], state["best_epoch"] or len(state["history"].get("loss", []))
 
 
 def _fit_logreg(x_train, y_train, seed: int, balanced: bool):
@@ -191,7 +242,10 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
     stage = on_stage or (lambda _msg: None)
     timings: dict[str, float] = {}
     out = Path(config.out)
-    with rundir.staged_run_dir(out, config.overwrite) as tmp:
+    with rundir.staged_run_dir(out, config.overwrite, config.resume) as tmp:
+        resume_state = _resume_state(tmp, config) if config.resume else None
+        if not config.resume:
+            rundir.write_json_atomic(tmp / rundir.CONFIG, config.to_dict())
         t0 = time.perf_counter()
         stage("reading the log")
         log = read_log(config.data, config.format, preset=preset, strict=config.strict)
@@ -216,8 +270,11 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
 
         stage("training the LSTM")
         t2 = time.perf_counter()
+        if resume_state:
+            stage(f"training the LSTM (resumed after epoch {resume_state['epoch']})")
         model, history, best_epoch = _fit_lstm(config, x["train"], y["train"], x["validation"],
-                                               y["validation"], weights, on_epoch)
+                                               y["validation"], weights, on_epoch,
+                                               tmp / CHECKPOINT, resume_state)
         timings["train_lstm_s"] = time.perf_counter() - t2
         p_val = model.predict(x["validation"], batch_size=256, verbose=0).reshape(-1)
         p_test = model.predict(x["test"], batch_size=256, verbose=0).reshape(-1)
@@ -264,7 +321,6 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
 
         np.savez(tmp / rundir.WEIGHTS, **weights_to_arrays(model))
         rundir.write_json_atomic(tmp / rundir.SPEC, encoder.spec().to_dict())
-        rundir.write_json_atomic(tmp / rundir.CONFIG, config.to_dict())
         rundir.write_json_atomic(tmp / rundir.SPLIT, split.manifest(sessions))
         # The test sessions as the model saw them, with the Keras probabilities: `convert`
         # checks every artifact against these without reading the log again; validation
@@ -280,7 +336,29 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
         rundir.write_json_atomic(tmp / rundir.REPORT_JSON, report)
         (tmp / rundir.REPORT_MD).write_text(render_report_md(report))
         log.bad.write(tmp / rundir.QUARANTINE)
+        shutil.rmtree(tmp / CHECKPOINT, ignore_errors=True)
     return report
+
+
+# Settings that may differ between a killed run and its --resume.
+RESUME_FREE = ("overwrite", "resume", "strict")
+
+
+def _resume_state(stage: Path, config: TrainConfig) -> dict:
+    """The interrupted run's checkpoint state; ConfigError when it was another configuration."""
+    try:
+        before = json.loads((stage / rundir.CONFIG).read_text())
+        state = json.loads((stage / CHECKPOINT / "state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise RunDirError(f"{config.out}: the interrupted run has no complete checkpoint yet "
+                          f"(killed before its first epoch ended); start it again without --resume") from None
+    now = config.to_dict()
+    changed = {k: (before.get(k), v) for k, v in now.items()
+               if k not in RESUME_FREE and before.get(k) != v}
+    if changed:
+        raise ConfigError(f"--resume with other settings than the interrupted run: "
+                          f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }")
+    return state
 
 
 def render_report_md(report: dict) -> str:

@@ -164,6 +164,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     strict: StrictOpt = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run (killed or Ctrl-C) from its last epoch.")] = False,
 ) -> None:
     """Train the LSTM and a logistic-regression baseline; write a run directory with the report."""
     with user_errors():
@@ -179,7 +180,8 @@ def train(
                                  epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                  max_len=max_len, gap_minutes=gap_minutes, validation=validation,
                                  test=test, class_weight=class_weight, patience=patience,
-                                 use_context=context, seed=seed, strict=strict, overwrite=overwrite)
+                                 use_context=context, seed=seed, strict=strict, overwrite=overwrite,
+                                 resume=resume)
         except ValueError as e:  # an unknown enum value
             raise ConfigError(f"--class-weight: {e}") from None
         preset = _preset(format, column_map, event_map, time_unit, delimiter)
