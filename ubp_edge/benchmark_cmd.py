@@ -202,7 +202,10 @@ def benchmark(
         _quiet_tensorflow()
         config = BenchConfig(threads=threads, min_runs=runs, live_sessions=live_sessions)
         if target.is_dir():
-            paths = find_artifacts(target)
+            # compare's ordering (graph, then precision); it insists on a float32 reference,
+            # which a benchmark does not need.
+            paths = find_artifacts(target) if (target / "model-float32.tflite").exists() \
+                else sorted(target.glob("model-*.tflite"))
             run_dir = target
         elif target.is_file():
             paths, run_dir = [target], target.parent
