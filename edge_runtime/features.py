@@ -232,14 +232,20 @@ class FeatureEncoder:
     def _context_vector(context: Mapping | Sequence | np.ndarray | None) -> np.ndarray:
         if context is None:
             return np.zeros(len(CONTEXT_FIELDS), np.float64)
-        if isinstance(context, Mapping):
-            unknown = set(context) - set(CONTEXT_FIELDS)
-            if unknown:
-                raise ConfigError(f"context keys {sorted(unknown)} not in {list(CONTEXT_FIELDS)}")
-            return np.array([float(context.get(k, 0.0)) for k in CONTEXT_FIELDS], np.float64)
-        vec = np.asarray(context, np.float64).reshape(-1)
+        try:
+            if isinstance(context, Mapping):
+                unknown = set(context) - set(CONTEXT_FIELDS)
+                if unknown:
+                    raise ConfigError(f"context keys {sorted(unknown)} not in {list(CONTEXT_FIELDS)}")
+                vec = np.array([float(context.get(k, 0.0)) for k in CONTEXT_FIELDS], np.float64)
+            else:
+                vec = np.asarray(context, np.float64).reshape(-1)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"context {context!r}: values must be numbers") from None
         if len(vec) != len(CONTEXT_FIELDS):
             raise ConfigError(f"context has {len(vec)} values, expected {len(CONTEXT_FIELDS)}")
+        if not np.isfinite(vec).all():
+            raise ConfigError(f"context {context!r}: values must be finite numbers")
         return vec
 
     # ------------------------------------------------------------------ batch path
@@ -347,8 +353,14 @@ class FeatureEncoder:
             raise ConfigError(f"event {dict(event)!r} has no {e.args[0]!r} field") from None
         except (TypeError, ValueError):
             raise ConfigError(f"event ts {event.get('ts')!r} is not a number") from None
-        code = EVENT_CODE.get(kind, kind) if isinstance(kind, str) else int(kind)
-        if not isinstance(code, int) or not 0 <= code < len(EVENT_TYPES):
+        # A name, or an integer code (numpy ints too); not a bool, float, null or container.
+        if isinstance(kind, str):
+            code = EVENT_CODE.get(kind, -1)
+        elif isinstance(kind, (int, np.integer)) and not isinstance(kind, (bool, np.bool_)):
+            code = int(kind)
+        else:
+            code = -1
+        if not 0 <= code < len(EVENT_TYPES):
             raise ConfigError(f"event type {kind!r} not in {list(EVENT_TYPES)}")
         if not math.isfinite(ts):
             raise ConfigError(f"event ts {event.get('ts')!r} is not a finite number")

@@ -18,7 +18,7 @@ class TimeUnit(str, Enum):
     SECONDS = "s"
     MILLISECONDS = "ms"
     DATETIME = "datetime"  # text such as "2019-10-01 00:00:00 UTC" or ISO 8601
-    AUTO = "auto"  # numeric: ms when values exceed 1e11, else s; text: datetime
+    AUTO = "auto"  # numeric: ms when more values fall in 2000..2100 as ms than as s; text: datetime
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ from edge_runtime.errors import DataError, located
 # Raw text kept per bad row: enough to find and fix it, bounded so a pathological
 # 10 MB line cannot blow up the quarantine file.
 MAX_RAW_CHARS = 2000
+# Characters JSON leaves unescaped but str.splitlines() and some editors break lines at:
+# escaped, so that the file has one row per line whichever way it is split.
+LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 @dataclass
@@ -68,6 +71,6 @@ class BadRows:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         with open(tmp, "w", encoding="utf-8") as f:
             for row in sorted(self.rows, key=lambda r: (r["line"] is None, r["line"] or 0)):
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(json.dumps(row, ensure_ascii=False).translate(LINE_BREAKS) + "\n")
         os.replace(tmp, path)
         return path

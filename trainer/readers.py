@@ -15,6 +15,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from trainer.formats import PRESETS, FormatPreset, TimeUnit, get_preset
 from trainer.quarantine import BadRows
 
 NUMBER_RE = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+LONE_CR = re.compile(rb"\r(?!\n)")
+# Values quoted in a bad row's detail are cut here: a 1 MB field stays a short message.
+MAX_SHOWN_CHARS = 80
 DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S UTC", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S",
                     "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z")
 
@@ -144,7 +148,7 @@ def detect_format(path: str | Path, data: bytes) -> str:
     elif low.startswith("timestamp,visitorid,event,itemid"):
         return "retailrocket"
     else:
-        fields = [f.strip() for f in first.split(",")]
+        fields = [f.strip().strip('"') for f in first.split(",")]  # names may be quoted
         if {"user", "ts", "event", "item"} <= set(fields):
             return "canonical"
         if len(fields) == 5 and fields[3] in PRESETS["taobao"].events and fields[4].isdigit():
@@ -191,7 +195,15 @@ class _Raw:
         if values is not None:
             vals = values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else values
             for i in np.flatnonzero(mask):
-                self.detail[i] = f"{what} {vals[i]!r}" if what else repr(vals[i])
+                shown = _shown(vals[i])
+                self.detail[i] = f"{what} {shown}" if what else shown
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, long text cut to MAX_SHOWN_CHARS characters and marked so."""
+    if isinstance(value, (str, bytes)) and len(value) > MAX_SHOWN_CHARS:
+        return f"{value[:MAX_SHOWN_CHARS]!r}... ({len(value)} characters)"
+    return repr(value)
 
 
 def _physical_line(data: bytes, number: int) -> str:
@@ -210,21 +222,43 @@ def _record_start_lines(data: bytes, delimiter: str) -> np.ndarray:
     reader = csv.reader(io.StringIO(data.decode("utf-8", "replace"), newline=""),
                         delimiter=delimiter)
     starts, end = [], 0
-    for _ in reader:
-        starts.append(end + 1)
-        end = reader.line_num
+    # An unterminated quote makes one field of the rest of the file: lift the csv module's
+    # 128 KiB field limit for this pass (pyarrow has read the same field already).
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(data)))
+    try:
+        for _ in reader:
+            starts.append(end + 1)
+            end = reader.line_num
+    finally:
+        csv.field_size_limit(limit)
     return np.asarray(starts, np.int64)
 
 
-def _csv_header(data: bytes, delimiter: str) -> list[str]:
-    first = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
-    return next(csv.reader([first], delimiter=delimiter))
+def _csv_header(path: Path, data: bytes, delimiter: str) -> list[str]:
+    """The header record's names, as pyarrow reads them (a quoted name may span lines)."""
+    start, end, quotes = 0, data.find(b"\n"), 0
+    while end >= 0:
+        quotes += data.count(b'"', start, end)
+        if quotes % 2 == 0:
+            break
+        start, end = end, data.find(b"\n", end + 1)  # inside a quoted name: read on
+    head = (data if end < 0 else data[:end]).rstrip(b"\r")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(located(path, 1, f"the header is not UTF-8 text: {_shown(head)}")) from None
+    return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
 
 
 def _read_csv(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> _Raw:
-    names = _csv_header(data, preset.delimiter) if preset.header else list(preset.names)
+    if data.count(b"\r") != data.count(b"\r\n"):
+        # pyarrow ends a line at a lone CR (old Mac files): number lines the same way.
+        data = LONE_CR.sub(b"\n", data)
+    names = _csv_header(path, data, preset.delimiter) if preset.header else list(preset.names)
     if preset.header and len(set(names)) != len(names):
         raise DataError(located(path, 1, f"duplicate column names in header {names}"))
+    data, invalid = _replace_invalid_utf8(data)
     skipped: list[tuple[int, str, int]] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -241,7 +275,10 @@ def _read_csv(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> _R
         table = pacsv.read_csv(io.BytesIO(data), read_options=read, parse_options=parse,
                                convert_options=convert)
     except pa.ArrowInvalid as e:
-        raise DataError(f"{path}: not a readable {preset.name} CSV ({e})") from None
+        raise DataError(f"{path}: not a readable {preset.name} CSV ({_one_line(e)})") from None
+    if table.column_names != names:
+        raise DataError(located(path, 1, f"cannot read the header: columns {table.column_names}, "
+                                         f"expected {names}"))
     # pyarrow numbers records (header = 1). Records are physical lines unless a quoted value
     # spans lines; then the csv module maps record numbers to the lines they start on.
     first = 2 if preset.header else 1
@@ -263,9 +300,47 @@ def _read_csv(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> _R
     for col in raw.columns.values():
         blank &= pc.equal(pc.binary_length(col), 0).to_numpy(zero_copy_only=False)
     raw.reject(blank, "blank_line")
+    if invalid:
+        # A record spans its start line up to the next record's; any invalid line in it counts.
+        starts = to_line(records)
+        ends = np.r_[starts[1:] - 1, physical]
+        good = ~np.isin(records, bad_numbers)
+        lines = np.array(sorted(invalid), np.int64)
+        first_bad = np.searchsorted(lines, starts[good], "left")
+        mask = first_bad < np.searchsorted(lines, ends[good], "right")
+        shown = np.array([invalid[lines[min(k, len(lines) - 1)]] for k in first_bad], object)
+        raw.reject(mask, "non_utf8", shown, "invalid UTF-8 bytes")
     for name, col in list(raw.columns.items()):
         raw.columns[name] = _decode_utf8(col, raw, name)
     return raw
+
+
+def _replace_invalid_utf8(data: bytes) -> tuple[bytes, dict[int, bytes]]:
+    """``data`` with invalid UTF-8 replaced by U+FFFD, and {physical line: the bad bytes}.
+
+    pyarrow decodes a malformed row's text before it calls the invalid-row handler, so a
+    short row with a Latin-1 byte would fail the whole file: the parser only sees valid text,
+    and rows on the lines found here are rejected as non_utf8 afterwards."""
+    if data.isascii():  # most logs: no copy, no decoding
+        return data, {}
+    try:
+        data.decode("utf-8")
+        return data, {}
+    except UnicodeDecodeError:
+        pass
+    invalid = {}
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as e:  # a multi-byte sequence never spans a newline
+            invalid[number] = line[max(0, e.start - 8):e.end + 8]
+    return data.decode("utf-8", "replace").encode("utf-8"), invalid
+
+
+def _one_line(error: Exception) -> str:
+    """An exception's message on one line, cut to a readable length."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _decode_utf8(col: pa.Array, raw: _Raw, name: str) -> pa.Array:
@@ -305,10 +380,25 @@ def _read_jsonl(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> 
         table, lines = _jsonl_per_line(data, bad)
     if "events" in table.column_names and preset.name == "otto":
         table, lines = _explode_otto(path, table, lines, bad)
-    columns = {n: table.column(n).combine_chunks() for n in table.column_names}
-    columns = {n: c if not pa.types.is_struct(c.type) else c.cast(pa.string()) for n, c in columns.items()}
-    return _Raw(columns, lines, np.full(table.num_rows, None, object),
-                np.full(table.num_rows, "", object), data)
+    raw = _Raw({n: table.column(n).combine_chunks() for n in table.column_names}, lines,
+               np.full(table.num_rows, None, object), np.full(table.num_rows, "", object), data)
+    _flatten_columns(raw)
+    return raw
+
+
+def _flatten_columns(raw: _Raw) -> None:
+    """Objects and lists become their JSON text, bytes become text (rows that are not UTF-8
+    are rejected), so every column compares and validates like text or numbers."""
+    for name, col in raw.columns.items():
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        if pa.types.is_nested(col.type):
+            col = pa.array([None if v is None else json.dumps(v, default=str, ensure_ascii=False)
+                            for v in col.to_pylist()], pa.string())
+        elif pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type) \
+                or pa.types.is_fixed_size_binary(col.type):
+            col = _decode_utf8(col, raw, name)
+        raw.columns[name] = col
 
 
 def _jsonl_per_line(data: bytes, bad: BadRows) -> tuple[pa.Table, np.ndarray]:
@@ -332,13 +422,18 @@ def _jsonl_per_line(data: bytes, bad: BadRows) -> tuple[pa.Table, np.ndarray]:
             continue
         records.append(obj)
         lines.append(number)
-    try:
-        table = pa.Table.from_pylist(records)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # Mixed types across lines: fall back to text for every scalar.
-        table = pa.Table.from_pylist([{k: v if isinstance(v, list) else (None if v is None else str(v))
-                                       for k, v in r.items()} for r in records])
-    return table, np.asarray(lines, np.int64)
+    columns = {}
+    # Every key of every record (a key the first record lacks is still a column).
+    for name in dict.fromkeys(k for r in records for k in r):
+        values = [r.get(name) for r in records]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowException, OverflowError):
+            # Mixed types across lines (or an integer beyond 64 bits): this column is text.
+            columns[name] = pa.array([v if v is None or isinstance(v, str) else
+                                      json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+                                      for v in values], pa.string())
+    return pa.table(columns), np.asarray(lines, np.int64)
 
 
 def _explode_otto(path: Path, table: pa.Table, lines: np.ndarray, bad: BadRows):
@@ -362,10 +457,12 @@ def _read_parquet(path: Path, data: bytes) -> _Raw:
     try:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({_one_line(e)})") from None
     columns = {n: table.column(n).combine_chunks() for n in table.column_names}
-    return _Raw(columns, np.arange(1, table.num_rows + 1, dtype=np.int64),
-                np.full(table.num_rows, None, object), np.full(table.num_rows, "", object))
+    raw = _Raw(columns, np.arange(1, table.num_rows + 1, dtype=np.int64),
+               np.full(table.num_rows, None, object), np.full(table.num_rows, "", object))
+    _flatten_columns(raw)
+    return raw
 
 
 # --------------------------------------------------------------------------- values
@@ -377,7 +474,8 @@ def _as_text(col: pa.Array) -> pa.Array:
 def _numbers(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(values, valid): numeric columns as float64; text parsed where it looks like a number."""
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-        values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        # safe=False: integers beyond 2**53 (nanosecond times) round instead of raising.
+        values = pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         valid = ~np.isnan(values)
         return np.where(valid, values, 0.0), valid
     text = _as_text(col)
@@ -406,13 +504,17 @@ def _timestamps(raw: _Raw, preset: FormatPreset, source_col: str) -> np.ndarray:
     col = raw.columns[source_col]
     unit = preset.time_unit
     is_text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
-    if unit is TimeUnit.DATETIME or (unit is TimeUnit.AUTO and is_text
-                                     and not pc.any(pc.match_substring_regex(col, NUMBER_RE)).as_py()):
+    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+        # Typed times (Parquet, or ISO text pyarrow's JSON reader parsed): naive ones are UTC.
+        ms = pc.cast(col, pa.timestamp("ms", tz=getattr(col.type, "tz", None)), safe=False)
+        valid = pc.is_valid(ms).to_numpy(zero_copy_only=False)
+        ts = pc.fill_null(pc.cast(ms, pa.int64()), 0).to_numpy(zero_copy_only=False) / 1000.0
+    elif unit is TimeUnit.DATETIME or (unit is TimeUnit.AUTO and is_text
+                                       and not pc.any(pc.match_substring_regex(col, NUMBER_RE)).as_py()):
         ts, valid = _datetimes(col)
     else:
         ts, valid = _numbers(col)
-        if unit is TimeUnit.MILLISECONDS or (unit is TimeUnit.AUTO and valid.any()
-                                             and np.median(ts[valid]) > 1e11):
+        if unit is TimeUnit.MILLISECONDS or (unit is TimeUnit.AUTO and _mostly_ms(ts[valid])):
             ts = ts / 1000.0
     raw.reject(~valid, "bad_timestamp", _as_text(col), f"column {source_col}:")
     if preset.date_column is not None:
@@ -427,6 +529,16 @@ def _timestamps(raw: _Raw, preset: FormatPreset, source_col: str) -> np.ndarray:
     return ts
 
 
+def _mostly_ms(ts: np.ndarray) -> bool:
+    """Whether more numeric times are plausible (2000..2100) as milliseconds than as seconds.
+
+    A count, not a median: a few absurd values (1e400, a stray ms value in a seconds log)
+    must not decide the unit of every row."""
+    as_s = np.count_nonzero((ts >= MIN_TS) & (ts <= MAX_TS))
+    as_ms = np.count_nonzero((ts >= MIN_TS * 1000.0) & (ts <= MAX_TS * 1000.0))
+    return as_ms > as_s
+
+
 def _ids(raw: _Raw, column: str, reason: str | None) -> pa.Array:
     text = pc.utf8_trim_whitespace(_as_text(raw.columns[column]))
     empty = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
@@ -437,6 +549,9 @@ def _ids(raw: _Raw, column: str, reason: str | None) -> pa.Array:
 
 def _canonicalize(path: Path, raw: _Raw, preset: FormatPreset, bad: BadRows,
                   rows_before: int) -> EventLog:
+    if not raw.columns and rows_before:  # no JSON line parsed: there are no columns to check
+        raise DataError(f"{path}: none of its {rows_before} rows parse as {preset.name}; "
+                        f"first: {bad.first_message()}")
     has = {f: src for f, src in preset.columns.items() if src in raw.columns}
     required = ["ts", "item"] + ([] if preset.constant_event else ["event"])
     missing = [preset.columns[f] for f in required if f not in has]
@@ -546,6 +661,9 @@ def read_log(path: str | Path, format: str | None = None, preset: FormatPreset |
     log = _read_one(path, data, preset, bad)
     if preset.name == "diginetica":
         log = _with_diginetica_purchases(path, log, preset)
+    if log.rows_read == 0:
+        raise DataError(f"{path}: no data rows, only a header" if _file_kind(path, data) == "csv"
+                        else f"{path}: no data rows")
     if len(log) == 0:
         raise DataError(f"{path}: none of its {log.rows_read} rows parse as {preset.name}; "
                         f"first: {bad.first_message()}")
