@@ -114,8 +114,8 @@ def parse_artifact(model: bytes, source: str = "artifact") -> ArtifactInfo:
     if METADATA_NAME in entries:
         verify_digest(model, source)
     if METADATA_NAME not in entries:
-        raise ArtifactError(f"{source}: a TFLite model without ubp-edge metadata "
-                            f"(not produced by `ubp-edge convert`)")
+        raise ArtifactError(f"{source}: not a ubp-edge artifact: a TFLite model without ubp-edge "
+                            f"metadata (not produced by `ubp-edge convert`)")
     try:
         d = json.loads(entries[METADATA_NAME].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_runtime.backends import make_interpreter
+from edge_runtime.backends import INTERPRETER_ERRORS, first_line, make_interpreter
 from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.features import EncoderState
 
@@ -28,32 +28,86 @@ class StepModel:
     and then driven by tensor index, which is cheaper per call than a SignatureRunner.
     """
 
-    def __init__(self, model: bytes, backend: str, num_threads: int, source: str) -> None:
+    def __init__(self, model: bytes, backend: str, num_threads: int, source: str,
+                 n_features: int | None = None) -> None:
+        """Load and check the step graph.
+
+        Args:
+            model: the step graph's .tflite bytes.
+            backend, num_threads: as edge_runtime.backends.make_interpreter.
+            source: the artifact's name, for messages.
+            n_features: the width the artifact's FeatureSpec gives an event; None skips the check.
+
+        Raises:
+            ArtifactError: the graph does not load, lacks the event/h/c signature, has tensors
+                of the wrong shape or type, or fails on a blank event.
+        """
+        self.source = source
         try:
             self._interpreter, self.backend = make_interpreter(model, backend, num_threads)
         except ArtifactError as e:
             raise ArtifactError(f"{source}: step graph: {e}") from None
-        signatures = self._interpreter._get_full_signature_list()
         try:
+            signatures = self._interpreter._get_full_signature_list()
             sig = next(iter(signatures.values()))
             inputs, outputs = sig["inputs"], sig["outputs"]
             self._event, self._h_in, self._c_in = inputs["event"], inputs["h"], inputs["c"]
             self._p, self._h_out, self._c_out = outputs["probability"], outputs["h"], outputs["c"]
-        except (StopIteration, KeyError, TypeError):
+        except (StopIteration, KeyError, TypeError, AttributeError):
             raise ArtifactError(f"{source}: step graph lacks the event/h/c signature") from None
-        details = {d["index"]: d for d in self._interpreter.get_input_details()}
-        self.units = int(details[self._h_in]["shape"][1])
-        self.n_features = int(details[self._event]["shape"][1])
+        except INTERPRETER_ERRORS as e:
+            raise ArtifactError(f"{source}: step graph is corrupted: {first_line(e)}") from None
+        try:
+            details = {d["index"]: d for d in (*self._interpreter.get_input_details(),
+                                               *self._interpreter.get_output_details())}
+        except INTERPRETER_ERRORS as e:
+            raise ArtifactError(f"{source}: step graph is corrupted: {first_line(e)}") from None
+        # A damaged signature can name any tensor: check each one's shape and type here, so
+        # that pushing an event cannot fail on them later (or feed an array of the wrong size).
+        ports = {"event": self._event, "h": self._h_in, "c": self._c_in,
+                 "probability": self._p, "h out": self._h_out, "c out": self._c_out}
+        for what, index in ports.items():
+            if index not in details:
+                raise ArtifactError(f"{source}: step graph signature maps {what!r} to tensor "
+                                    f"{index}, which is not an input or output of the graph")
+            if np.dtype(details[index]["dtype"]) != np.float32:
+                raise ArtifactError(f"{source}: step graph tensor {what!r} is "
+                                    f"{np.dtype(details[index]['dtype']).name}, expected float32")
+        shape = {what: [int(v) for v in details[index]["shape"]] for what, index in ports.items()}
+        self.units = shape["h"][1] if len(shape["h"]) == 2 else 0
+        self.n_features = shape["event"][1] if len(shape["event"]) == 2 else 0
+        expected = {"event": [1, n_features if n_features is not None else self.n_features],
+                    "h": [1, self.units], "c": [1, self.units], "probability": [1, 1],
+                    "h out": [1, self.units], "c out": [1, self.units]}
+        for what, want in expected.items():
+            if shape[what] != want or min(want) < 1:
+                raise ArtifactError(f"{source}: step graph tensor {what!r} has shape "
+                                    f"{shape[what]}, expected {want}")
+        self._state_shape = (1, self.units)
+        # One blank event now: a graph that cannot run is refused when the session starts.
+        zeros = np.zeros((1, self.units), np.float32)
+        p, _, _ = self(np.zeros(self.n_features, np.float32), zeros, zeros)
+        if not np.isfinite(p):
+            raise ArtifactError(f"{source}: step graph is corrupted: it scores a blank event {p}")
 
     def __call__(self, x: np.ndarray, h: np.ndarray, c: np.ndarray
                  ) -> tuple[float, np.ndarray, np.ndarray]:
         interp = self._interpreter
-        interp.set_tensor(self._event, x.reshape(1, -1))
-        interp.set_tensor(self._h_in, h)
-        interp.set_tensor(self._c_in, c)
-        interp.invoke()
-        return (float(interp.get_tensor(self._p)[0, 0]), interp.get_tensor(self._h_out),
-                interp.get_tensor(self._c_out))
+        try:
+            interp.set_tensor(self._event, x.reshape(1, -1))
+            interp.set_tensor(self._h_in, h)
+            interp.set_tensor(self._c_in, c)
+            interp.invoke()
+            p = interp.get_tensor(self._p)
+            h, c = interp.get_tensor(self._h_out), interp.get_tensor(self._c_out)
+        except INTERPRETER_ERRORS as e:
+            raise ArtifactError(f"{self.source}: step graph failed to run: {first_line(e)}") from None
+        # Checked at load, but a damaged graph can resize its outputs when it runs.
+        if p.size != 1 or h.shape != self._state_shape or c.shape != self._state_shape:
+            raise ArtifactError(f"{self.source}: step graph failed to run: outputs of shapes "
+                                f"{list(p.shape)}, {list(h.shape)}, {list(c.shape)}, expected "
+                                f"[1, 1], {list(self._state_shape)}, {list(self._state_shape)}")
+        return float(p.reshape(-1)[0]), h, c
 
 
 @dataclass(eq=False, slots=True)
@@ -85,6 +139,7 @@ class LiveSession:
         Raises:
             ConfigError: a missing field, a non-numeric ts or an unknown event type; the
                 session is left as it was.
+            ArtifactError: the step graph fails to run (a damaged artifact).
         """
         scorer = self.scorer
         x = scorer.encoder.step(self.state, event)
@@ -119,6 +174,10 @@ class SessionStore:
         idle_timeout: seconds without an event after which a session is dropped; None keeps
             sessions until they are evicted.
 
+    Raises:
+        ConfigError: max_sessions < 1 or idle_timeout <= 0.
+        ArtifactError: the scorer's artifact has no usable step graph.
+
     Example:
         >>> store = SessionStore(scorer, max_sessions=10_000, idle_timeout=1800)
         >>> p, gone = store.push("kiosk-7:42", {"ts": 1.7e9, "event": "view", "item": "sku1"})
@@ -129,6 +188,9 @@ class SessionStore:
             raise ConfigError(f"max_sessions must be >= 1, got {max_sessions}")
         if idle_timeout is not None and not idle_timeout > 0:
             raise ConfigError(f"idle_timeout must be > 0 seconds or None, got {idle_timeout}")
+        # Load and check the step graph now: a damaged or missing one is refused when the
+        # store is made (before `serve` reads a line), not on the first event.
+        scorer.step_model()
         self.scorer = scorer
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
@@ -163,8 +225,13 @@ class SessionStore:
             self.stats.rejected += 1
             raise ConfigError(f"event {dict(event)!r} has no numeric 'ts'") from None
         with self._lock:
-            removed = self._expire(now)
+            # Nothing changes until the event is known to be good: a rejected line neither
+            # expires sessions (their removal would go unreported, and a NaN or infinite
+            # ts would empty the table) nor starts one. A session that has itself timed out
+            # starts afresh, as if it had been expired first.
             entry = self._sessions.get(key)
+            if entry is not None and self._is_idle(entry[1], now) and key in self._idle_keys(now):
+                entry = None
             if entry is None:
                 live = self.scorer.start_session(context)
                 fresh = True
@@ -175,6 +242,7 @@ class SessionStore:
             except ConfigError:
                 self.stats.rejected += 1
                 raise
+            removed = self._expire(now)
             if fresh:
                 self.stats.started += 1
                 while len(self._sessions) >= self.max_sessions:
@@ -191,14 +259,24 @@ class SessionStore:
         with self._lock:
             return self._expire(now)
 
+    def _is_idle(self, seen: float, now: float) -> bool:
+        return self.idle_timeout is not None and now - seen > self.idle_timeout
+
+    def _idle_keys(self, now: float) -> list[str]:
+        """The keys `_expire(now)` would drop, without dropping them."""
+        keys = []
+        for key, (_, seen) in self._sessions.items():
+            if not self._is_idle(seen, now):
+                break
+            keys.append(key)
+        return keys
+
     def _expire(self, now: float) -> list[tuple[str, str, int]]:
-        if self.idle_timeout is None:
-            return []
         removed = []
         # Least recently used first: the oldest activity is at the front of the table.
         while self._sessions:
             key, (live, seen) = next(iter(self._sessions.items()))
-            if now - seen <= self.idle_timeout:
+            if not self._is_idle(seen, now):
                 break
             del self._sessions[key]
             self.stats.expired_idle += 1

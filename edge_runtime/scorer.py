@@ -10,7 +10,7 @@ import numpy as np
 import threading
 
 from edge_runtime.artifact import STEP_METADATA_NAME, ArtifactInfo, parse_artifact, read_artifact
-from edge_runtime.backends import make_interpreter
+from edge_runtime.backends import INTERPRETER_ERRORS, first_line, make_interpreter
 from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.events import EVENT_CODE
 from edge_runtime.features import FeatureEncoder
@@ -69,7 +69,10 @@ class Scorer:
         self.source = source
         self.encoder = FeatureEncoder.from_spec(info.spec)
         self._interpreter = interpreter
-        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        try:
+            inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        except INTERPRETER_ERRORS as e:
+            raise ArtifactError(f"{source}: corrupted model: {first_line(e)}") from None
         expected_inputs = 2 if info.graph == "unrolled" else 1
         if len(inputs) != expected_inputs or len(outputs) != 1:
             raise ArtifactError(f"{source}: a {info.graph} graph has {expected_inputs} input(s) and "
@@ -80,12 +83,25 @@ class Scorer:
         if len(shape) != 3 or shape[2] != info.spec.n_features:
             raise ArtifactError(f"{source}: model input {shape} does not take "
                                 f"{info.spec.n_features} features as its spec says")
+        for port in (*inputs, *outputs):
+            if np.dtype(port["dtype"]) not in (np.float32, np.int8):
+                raise ArtifactError(f"{source}: model tensor {port['name']!r} is "
+                                    f"{np.dtype(port['dtype']).name}, expected float32 or int8")
+        out_shape = list(outputs[0]["shape_signature"])
+        if len(out_shape) != 2 or out_shape[1] != 1:
+            raise ArtifactError(f"{source}: model output {out_shape} is not one probability "
+                                f"per session ([batch, 1])")
         self._events = _Port(events)
         self._mask = _Port(next(d for d in inputs if d is not events)) if len(inputs) == 2 else None
         self._output = _Port(outputs[0])
         self._shape = tuple(int(v) for v in events["shape"])
         calibration = info.calibration or {}
         self._platt = (float(calibration["a"]), float(calibration["b"])) if calibration else None
+        # One blank event through the graph now: a model that cannot run (a weight without
+        # data, a broken kernel) is refused at load with the file's name, not mid-stream.
+        p = self.score_features(np.zeros((1, info.spec.n_features), np.float32), calibrated=False)
+        if not np.isfinite(p):
+            raise ArtifactError(f"{source}: corrupted model: it scores a blank event {p}")
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", num_threads: int = 1) -> Scorer:
@@ -146,14 +162,23 @@ class Scorer:
         logit = np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
         return (1.0 / (1.0 + np.exp(-(a * logit + b)))).astype(np.float32)
 
+    def _failed(self, e: Exception) -> ArtifactError:
+        return ArtifactError(f"{self.source}: the model failed to run: {first_line(e)}")
+
     def _invoke_fused(self, x: np.ndarray) -> float:
         interp = self._interpreter
-        self._resize((1, len(x), x.shape[1]))
-        # The fused LSTM keeps h and c in variable tensors across invoke(): clear them per session.
-        interp.reset_all_variables()
-        interp.set_tensor(self._events.index, self._events.to_model(x[None]))
-        interp.invoke()
-        return float(self._output.from_model(interp.get_tensor(self._output.index)).reshape(-1)[0])
+        try:
+            self._resize((1, len(x), x.shape[1]))
+            # The fused LSTM keeps h and c in variable tensors across invoke(): clear them per session.
+            interp.reset_all_variables()
+            interp.set_tensor(self._events.index, self._events.to_model(x[None]))
+            interp.invoke()
+            y = interp.get_tensor(self._output.index)
+        except INTERPRETER_ERRORS as e:
+            raise self._failed(e) from None
+        if y.size != 1:  # a damaged graph can compute an output of another size
+            raise self._failed(ValueError(f"output has shape {list(y.shape)}, expected [1, 1]"))
+        return float(self._output.from_model(y).reshape(-1)[0])
 
     def _invoke_unrolled(self, batch: list[np.ndarray]) -> np.ndarray:
         interp = self._interpreter
@@ -163,11 +188,18 @@ class Scorer:
         for i, session in enumerate(batch):
             x[i, :len(session)] = session
             mask[i, :len(session)] = 1.0
-        self._resize((len(batch), steps, width))
-        interp.set_tensor(self._events.index, self._events.to_model(x))
-        interp.set_tensor(self._mask.index, self._mask.to_model(mask))
-        interp.invoke()
-        return self._output.from_model(interp.get_tensor(self._output.index)).reshape(-1)
+        try:
+            self._resize((len(batch), steps, width))
+            interp.set_tensor(self._events.index, self._events.to_model(x))
+            interp.set_tensor(self._mask.index, self._mask.to_model(mask))
+            interp.invoke()
+            y = interp.get_tensor(self._output.index)
+        except INTERPRETER_ERRORS as e:
+            raise self._failed(e) from None
+        if y.size != len(batch):
+            raise self._failed(ValueError(f"output has shape {list(y.shape)}, expected "
+                                          f"[{len(batch)}, 1]"))
+        return self._output.from_model(y).reshape(-1)
 
     def score_features(self, x: np.ndarray, calibrated: bool = True) -> float:
         """Probability of a purchase for one encoded session (L, F), L >= 1.
@@ -208,7 +240,17 @@ class Scorer:
             context: the user's history before this session (CONTEXT_FIELDS), or None.
 
         Raises:
-            ArtifactError: the artifact has no step graph (converted by an older ubp-edge).
+            ArtifactError: the artifact has no step graph (converted by an older ubp-edge), or
+                its step graph is damaged (does not load, wrong shapes, fails on a blank event).
+        """
+        return LiveSession(scorer=self, state=self.encoder.start(context),
+                           hc=np.zeros((2, self.step_model().units), np.float32))
+
+    def step_model(self) -> StepModel:
+        """The artifact's one-event graph, loaded and checked on first use.
+
+        Raises:
+            ArtifactError: as start_session.
         """
         if self._step is None:
             if self._step_bytes is None:
@@ -217,9 +259,8 @@ class Scorer:
             with self._lock:
                 if self._step is None:
                     self._step = StepModel(self._step_bytes, self.backend, self._num_threads,
-                                           self.source)
-        return LiveSession(scorer=self, state=self.encoder.start(context),
-                           hc=np.zeros((2, self._step.units), np.float32))
+                                           self.source, n_features=self.info.spec.n_features)
+        return self._step
 
     def _calibrate_one(self, p: float) -> float:
         if self._platt is None:

@@ -1,9 +1,11 @@
-"""Read the `Model.metadata` entries of a `.tflite` file, standard library only.
+"""Read the `Model.metadata` entries of a `.tflite` file and check its graph, standard
+library only.
 
 The runtime must not depend on the flatbuffers package or TensorFlow, so this is a
 minimal, bounds-checked FlatBuffers walker for the tables we need
 (tensorflow/lite/schema/schema.fbs): Model -> metadata[] -> Metadata{name, buffer}
-and Model -> buffers[] -> Buffer{data, offset, size}. Every offset read from the
+and Model -> buffers[] -> Buffer{data, offset, size}; and, for `check_graph`,
+Model -> subgraphs[] -> tensors[], operators[] and signature_defs[]. Every offset read from the
 file is checked against its length before use, so corrupted input raises
 ArtifactError instead of IndexError/struct.error. There are no pointer-chasing
 loops: each loop runs over a vector whose length was already checked to fit.
@@ -24,6 +26,22 @@ _MODEL_VECTORS = {1: ("operator_codes", 4, True), 2: ("subgraphs", 4, True),
                   7: ("signature_defs", 4, True)}
 _METADATA_NAME, _METADATA_BUFFER = 0, 1
 _BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 0, 1, 2
+_SUBGRAPH_TENSORS, _SUBGRAPH_INPUTS, _SUBGRAPH_OUTPUTS, _SUBGRAPH_OPERATORS = 0, 1, 2, 3
+_TENSOR_SHAPE, _TENSOR_TYPE, _TENSOR_BUFFER, _TENSOR_NAME, _TENSOR_QUANTIZATION = 0, 1, 2, 3, 4
+_TENSOR_SHAPE_SIGNATURE = 7
+_QUANT_SCALE, _QUANT_ZERO_POINT, _QUANT_DIMENSION = 2, 3, 6
+_OPERATOR_INPUTS, _OPERATOR_OUTPUTS = 1, 2
+_SIGNATURE_INPUTS, _SIGNATURE_OUTPUTS, _SIGNATURE_SUBGRAPH = 0, 1, 4
+_TENSOR_MAP_INDEX = 1
+# Integer TensorTypes whose kernels need a scale and zero point: type -> zero point range.
+_QUANTIZED = {9: (-128, 127), 3: (0, 255), 7: (-32768, 32767), 17: (-8, 7)}
+# A scale outside this is damage: below the smallest normal float32, or so large that the
+# quantized tensor would span more than +-1e11. Kernels turn such scales into multipliers
+# that fail a TFLITE_CHECK (an abort) or a shift out of range.
+_SCALE_RANGE = (1.1754944e-38, 1e9)
+# Bytes per element of each TensorType (schema.fbs); types not listed count as 8.
+_TYPE_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8,
+               15: 4, 16: 2, 17: 1, 18: 2}
 
 
 class _Reader:
@@ -144,3 +162,175 @@ def metadata_spans(model: bytes) -> dict[str, tuple[int, int]]:
                                 f"{index}, but the model has {len(spans)} buffers")
         entries[name] = spans[index]
     return entries
+
+
+def check_graph(model: bytes) -> tuple[int, str]:
+    """Check a model's graph before any interpreter sees it; return the bytes its tensors
+    take at their stored shapes, and the largest tensor.
+
+    Each check is for damage that passes the flatbuffer verifier and that fuzzing re-sealed
+    artifacts found to kill the process (SIGSEGV or abort) or to claim gigabytes:
+
+    - tensor shapes: no negative dimension, the same rank as the shape signature and equal
+      to it where that is not -1 (an int8 tensor whose shape was zeroed to [] aborted in its
+      kernel); the total size is returned for the caller to bound (a flipped byte made
+      [1, 16] into [10223617, 16]; the interpreter's get_tensor_details cannot be asked, as
+      it skips tensors whose name is not UTF-8);
+    - quantized tensors (int8, uint8, int16, int4) have one zero point per scale, per-axis
+      scales match their axis, scales are normal floats up to 1e9 and zero points fit the
+      type (a missing, denormal or negative scale aborted in QuantizeMultiplier);
+    - the graph's inputs and outputs are tensors of it (a -1 output corrupted the heap);
+    - every operator reads existing tensors and writes at least one, and writes none that
+      another operator writes, that is an input of the graph or that is a constant (a
+      FULLY_CONNECTED writing the graph's input segfaulted in Invoke);
+    - signatures name existing subgraphs and tensors (a model whose subgraphs were gone
+      segfaulted in the interpreter's constructor).
+
+    Returns:
+        (total bytes, "subgraph S tensor T 'name' [d0, d1, ...]" of the largest tensor)
+
+    Raises:
+        ArtifactError: the bytes are not a readable TFLite model, or one of the above fails.
+    """
+    data = bytes(model)
+    metadata_spans(data)  # the identifier and the top-level tables, checked to fit
+    r = _Reader(data)
+    root = r.table(0, "Model")
+    spans = [r.buffer_span(b, f"Model.buffers[{i}]")
+             for i, b in enumerate(_tables(r, root, 4, "Model.buffers"))]
+    subgraphs = _tables(r, root, 2, "Model.subgraphs")
+    if not subgraphs:
+        raise ArtifactError("corrupted TFLite file: the model has no subgraph")
+    total, largest = 0, (-1, "")
+    n_tensors = []
+    for s, subgraph in enumerate(subgraphs):
+        tensors = _tables(r, subgraph, _SUBGRAPH_TENSORS, f"subgraph {s} tensors")
+        n_tensors.append(len(tensors))
+        graph_inputs = set(_ints(r, subgraph, _SUBGRAPH_INPUTS, f"subgraph {s} inputs"))
+        graph_outputs = _ints(r, subgraph, _SUBGRAPH_OUTPUTS, f"subgraph {s} outputs")
+        for t in (*sorted(graph_inputs), *graph_outputs):
+            if not 0 <= t < len(tensors):  # a -1 output made the interpreter free a bad pointer
+                raise ArtifactError(f"corrupted TFLite file: subgraph {s} has input or output "
+                                    f"tensor {t}, but {len(tensors)} tensors")
+        constants = set()
+        for t, tensor in enumerate(tensors):
+            what = f"subgraph {s} tensor {t}"
+            shape = _ints(r, tensor, _TENSOR_SHAPE, f"{what} shape")
+            signature = _ints(r, tensor, _TENSOR_SHAPE_SIGNATURE, f"{what} shape signature")
+            if any(d < 0 for d in shape) or (signature and (len(signature) != len(shape) or any(
+                    d != -1 and d != n for d, n in zip(signature, shape)))):
+                raise ArtifactError(f"corrupted TFLite file: {what} has shape {shape}"
+                                    + (f" and shape signature {signature}" if signature else ""))
+            pos = r.field(tensor, _TENSOR_TYPE)
+            kind = r.scalar("<b", pos, what) if pos is not None else 0
+            size = _TYPE_BYTES.get(kind, 8)
+            for d in shape:
+                size *= d  # Python ints: a corrupted shape cannot overflow
+            total += size
+            if size > largest[0]:
+                largest = (size, f"{what} {_tensor_name(r, tensor)!r} {shape}")
+            pos = r.field(tensor, _TENSOR_BUFFER)
+            buffer = r.scalar("<I", pos, what) if pos is not None else 0
+            if 0 < buffer < len(spans) and spans[buffer][1] > spans[buffer][0]:
+                constants.add(t)
+            if kind in _QUANTIZED:
+                _check_quantization(r, tensor, shape, _QUANTIZED[kind], what)
+        written: set[int] = set()
+        operators = _tables(r, subgraph, _SUBGRAPH_OPERATORS, f"subgraph {s} operators")
+        for o, operator in enumerate(operators):
+            what = f"subgraph {s} operator {o}"
+            inputs = _ints(r, operator, _OPERATOR_INPUTS, f"{what} inputs")
+            outputs = _ints(r, operator, _OPERATOR_OUTPUTS, f"{what} outputs")
+            if any(not -1 <= t < len(tensors) for t in inputs):  # -1: an omitted optional input
+                raise ArtifactError(f"corrupted TFLite file: {what} reads tensors {inputs}, "
+                                    f"but the graph has {len(tensors)}")
+            if not outputs:
+                raise ArtifactError(f"corrupted TFLite file: {what} has no outputs")
+            for t in outputs:
+                why = ("not a tensor of the graph" if not 0 <= t < len(tensors)
+                       else "written by another operator" if t in written
+                       else "an input of the graph" if t in graph_inputs
+                       else "a constant" if t in constants else None)
+                if why:
+                    raise ArtifactError(f"corrupted TFLite file: {what} writes tensor {t}, "
+                                        f"which is {why}")
+                written.add(t)
+    # A signature naming a subgraph or tensor that is not there crashed the interpreter's
+    # constructor (a zeroed vtable entry had removed Model.subgraphs).
+    for i, signature in enumerate(_tables(r, root, 7, "Model.signature_defs")):
+        pos = r.field(signature, _SIGNATURE_SUBGRAPH)
+        s = r.scalar("<I", pos, "SignatureDef.subgraph_index") if pos is not None else 0
+        if s >= len(subgraphs):
+            raise ArtifactError(f"corrupted TFLite file: signature {i} is of subgraph {s}, but "
+                                f"the model has {len(subgraphs)}")
+        for index in (_SIGNATURE_INPUTS, _SIGNATURE_OUTPUTS):
+            for j, tensor_map in enumerate(_tables(r, signature, index, f"signature {i} tensors")):
+                pos = r.field(tensor_map, _TENSOR_MAP_INDEX)
+                t = r.scalar("<I", pos, "TensorMap.tensor_index") if pos is not None else 0
+                if t >= n_tensors[s]:
+                    raise ArtifactError(f"corrupted TFLite file: signature {i} maps a name to "
+                                        f"tensor {t}, but subgraph {s} has {n_tensors[s]}")
+    return total, largest[1]
+
+
+def _check_quantization(r: _Reader, tensor: int, shape: list[int], zero_range: tuple[int, int],
+                        what: str) -> None:
+    """ArtifactError unless a quantized tensor's scales and zero points are usable."""
+    pos = r.field(tensor, _TENSOR_QUANTIZATION)
+    if pos is None:
+        raise ArtifactError(f"corrupted TFLite file: {what} is quantized but has no scale")
+    quant = r.table(pos, f"{what} quantization")
+    scales = _floats(r, quant, _QUANT_SCALE, f"{what} scale")
+    zero_points = _longs(r, quant, _QUANT_ZERO_POINT, f"{what} zero point")
+    pos = r.field(quant, _QUANT_DIMENSION)
+    axis = r.scalar("<i", pos, what) if pos is not None else 0
+    per_axis = len(scales) > 1
+    if (not scales or len(zero_points) != len(scales)
+            or (per_axis and not (0 <= axis < len(shape) and shape[axis] == len(scales)))):
+        raise ArtifactError(f"corrupted TFLite file: {what} of shape {shape} has {len(scales)} "
+                            f"scales and {len(zero_points)} zero points (axis {axis})")
+    low, high = _SCALE_RANGE
+    if not all(low <= v <= high for v in scales):  # also false for NaN
+        bad = next(v for v in scales if not low <= v <= high)
+        raise ArtifactError(f"corrupted TFLite file: {what} has scale {bad:g}")
+    if not all(zero_range[0] <= z <= zero_range[1] for z in zero_points):
+        raise ArtifactError(f"corrupted TFLite file: {what} has zero points outside {zero_range}")
+
+
+def _tables(r: _Reader, table: int, index: int, what: str) -> list[int]:
+    """The tables of a table's vector-of-tables field (empty when absent), checked to fit."""
+    pos = r.field(table, index)
+    if pos is None:
+        return []
+    start, count = r.vector(pos, 4, what)
+    return [r.table(start + 4 * i, f"{what}[{i}]") for i in range(count)]
+
+
+def _ints(r: _Reader, table: int, index: int, what: str) -> list[int]:
+    """A table's [int32] field (empty when absent), checked to fit."""
+    return _scalars(r, table, index, "<i", what)
+
+
+def _floats(r: _Reader, table: int, index: int, what: str) -> list[float]:
+    return _scalars(r, table, index, "<f", what)
+
+
+def _longs(r: _Reader, table: int, index: int, what: str) -> list[int]:
+    return _scalars(r, table, index, "<q", what)
+
+
+def _scalars(r: _Reader, table: int, index: int, fmt: str, what: str) -> list:
+    pos = r.field(table, index)
+    if pos is None:
+        return []
+    size = struct.calcsize(fmt)
+    start, count = r.vector(pos, size, what)
+    return [r.scalar(fmt, start + size * i, what) for i in range(count)]
+
+
+def _tensor_name(r: _Reader, tensor: int) -> str:
+    pos = r.field(tensor, _TENSOR_NAME)
+    if pos is None:
+        return ""
+    start, length = r.vector(pos, 1, "tensor name")
+    return r.data[start:start + length].decode("utf-8", "replace")
