@@ -101,7 +101,8 @@ class StepModel:
             p = interp.get_tensor(self._p)
             h, c = interp.get_tensor(self._h_out), interp.get_tensor(self._c_out)
         except INTERPRETER_ERRORS as e:
-            raise ArtifactError(f"{self.source}: step graph failed to run: {first_line(e)}") from None
+            raise ArtifactError(f"{self.source}: step graph failed to run: "
+                                f"{first_line(e)}") from None
         # Checked at load, but a damaged graph can resize its outputs when it runs.
         if p.size != 1 or h.shape != self._state_shape or c.shape != self._state_shape:
             raise ArtifactError(f"{self.source}: step graph failed to run: outputs of shapes "

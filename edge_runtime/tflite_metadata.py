@@ -5,10 +5,10 @@ The runtime must not depend on the flatbuffers package or TensorFlow, so this is
 minimal, bounds-checked FlatBuffers walker for the tables we need
 (tensorflow/lite/schema/schema.fbs): Model -> metadata[] -> Metadata{name, buffer}
 and Model -> buffers[] -> Buffer{data, offset, size}; and, for `check_graph`,
-Model -> subgraphs[] -> tensors[], operators[] and signature_defs[]. Every offset read from the
-file is checked against its length before use, so corrupted input raises
-ArtifactError instead of IndexError/struct.error. There are no pointer-chasing
-loops: each loop runs over a vector whose length was already checked to fit.
+Model -> subgraphs[] -> tensors[] and operators[], operator_codes[] and signature_defs[].
+Every offset read from the file is checked against its length before use, so corrupted
+input raises ArtifactError instead of IndexError/struct.error. There are no
+pointer-chasing loops: each loop runs over a vector whose length was already checked to fit.
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ _SUBGRAPH_TENSORS, _SUBGRAPH_INPUTS, _SUBGRAPH_OUTPUTS, _SUBGRAPH_OPERATORS = 0,
 _TENSOR_SHAPE, _TENSOR_TYPE, _TENSOR_BUFFER, _TENSOR_NAME, _TENSOR_QUANTIZATION = 0, 1, 2, 3, 4
 _TENSOR_SHAPE_SIGNATURE = 7
 _QUANT_SCALE, _QUANT_ZERO_POINT, _QUANT_DIMENSION = 2, 3, 6
-_OPERATOR_INPUTS, _OPERATOR_OUTPUTS = 1, 2
+_OPERATOR_OPCODE, _OPERATOR_INPUTS, _OPERATOR_OUTPUTS = 0, 1, 2
+_OPCODE_DEPRECATED_BUILTIN, _OPCODE_BUILTIN = 0, 3
+# BuiltinOperator ADD and SUB; their 8-bit kernels (add.cc, sub.cc) rescale both inputs to
+# 2 * max(input scales) << 20 and abort (TFLITE_CHECK_LT(multiplier, 1.) in
+# QuantizeMultiplierSmallerThanOneExp) unless the output scale is larger than that / 2 ** 20.
+_RESCALING_OPS = {0: "ADD", 41: "SUB"}
+_LEFT_SHIFT = {9: 20, 3: 20}  # int8, uint8
 _SIGNATURE_INPUTS, _SIGNATURE_OUTPUTS, _SIGNATURE_SUBGRAPH = 0, 1, 4
 _TENSOR_MAP_INDEX = 1
 # Integer TensorTypes whose kernels need a scale and zero point: type -> zero point range.
@@ -178,7 +184,9 @@ def check_graph(model: bytes) -> tuple[int, str]:
       it skips tensors whose name is not UTF-8);
     - quantized tensors (int8, uint8, int16, int4) have one zero point per scale, per-axis
       scales match their axis, scales are normal floats up to 1e9 and zero points fit the
-      type (a missing, denormal or negative scale aborted in QuantizeMultiplier);
+      type (a missing, denormal or negative scale aborted in QuantizeMultiplier), and an
+      8-bit ADD or SUB has an output scale its kernel accepts (one 2**-20 of its inputs'
+      aborted in QuantizeMultiplierSmallerThanOneExp);
     - the graph's inputs and outputs are tensors of it (a -1 output corrupted the heap);
     - every operator reads existing tensors and writes at least one, and writes none that
       another operator writes, that is an input of the graph or that is a constant (a
@@ -198,6 +206,7 @@ def check_graph(model: bytes) -> tuple[int, str]:
     root = r.table(0, "Model")
     spans = [r.buffer_span(b, f"Model.buffers[{i}]")
              for i, b in enumerate(_tables(r, root, 4, "Model.buffers"))]
+    opcodes = [_builtin_code(r, c) for c in _tables(r, root, 1, "Model.operator_codes")]
     subgraphs = _tables(r, root, 2, "Model.subgraphs")
     if not subgraphs:
         raise ArtifactError("corrupted TFLite file: the model has no subgraph")
@@ -213,6 +222,7 @@ def check_graph(model: bytes) -> tuple[int, str]:
                 raise ArtifactError(f"corrupted TFLite file: subgraph {s} has input or output "
                                     f"tensor {t}, but {len(tensors)} tensors")
         constants = set()
+        scale_of: dict[int, tuple[int, float]] = {}  # per-tensor quantized: (type, scale)
         for t, tensor in enumerate(tensors):
             what = f"subgraph {s} tensor {t}"
             shape = _ints(r, tensor, _TENSOR_SHAPE, f"{what} shape")
@@ -234,7 +244,9 @@ def check_graph(model: bytes) -> tuple[int, str]:
             if 0 < buffer < len(spans) and spans[buffer][1] > spans[buffer][0]:
                 constants.add(t)
             if kind in _QUANTIZED:
-                _check_quantization(r, tensor, shape, _QUANTIZED[kind], what)
+                scales = _check_quantization(r, tensor, shape, _QUANTIZED[kind], what)
+                if len(scales) == 1:
+                    scale_of[t] = (kind, scales[0])
         written: set[int] = set()
         operators = _tables(r, subgraph, _SUBGRAPH_OPERATORS, f"subgraph {s} operators")
         for o, operator in enumerate(operators):
@@ -255,6 +267,11 @@ def check_graph(model: bytes) -> tuple[int, str]:
                     raise ArtifactError(f"corrupted TFLite file: {what} writes tensor {t}, "
                                         f"which is {why}")
                 written.add(t)
+            pos = r.field(operator, _OPERATOR_OPCODE)
+            opcode = r.scalar("<I", pos, what) if pos is not None else 0
+            if opcode < len(opcodes) and opcodes[opcode] in _RESCALING_OPS:
+                name = _RESCALING_OPS[opcodes[opcode]]
+                _check_rescaling(inputs, outputs, scale_of, f"{what} ({name})")
     # A signature naming a subgraph or tensor that is not there crashed the interpreter's
     # constructor (a zeroed vtable entry had removed Model.subgraphs).
     for i, signature in enumerate(_tables(r, root, 7, "Model.signature_defs")):
@@ -264,7 +281,7 @@ def check_graph(model: bytes) -> tuple[int, str]:
             raise ArtifactError(f"corrupted TFLite file: signature {i} is of subgraph {s}, but "
                                 f"the model has {len(subgraphs)}")
         for index in (_SIGNATURE_INPUTS, _SIGNATURE_OUTPUTS):
-            for j, tensor_map in enumerate(_tables(r, signature, index, f"signature {i} tensors")):
+            for tensor_map in _tables(r, signature, index, f"signature {i} tensors"):
                 pos = r.field(tensor_map, _TENSOR_MAP_INDEX)
                 t = r.scalar("<I", pos, "TensorMap.tensor_index") if pos is not None else 0
                 if t >= n_tensors[s]:
@@ -273,9 +290,30 @@ def check_graph(model: bytes) -> tuple[int, str]:
     return total, largest[1]
 
 
+def _builtin_code(r: _Reader, opcode: int) -> int:
+    """An OperatorCode's BuiltinOperator: the larger of its two fields, as TFLite reads it."""
+    pos = r.field(opcode, _OPCODE_DEPRECATED_BUILTIN)
+    deprecated = r.scalar("<b", pos, "OperatorCode") if pos is not None else 0
+    pos = r.field(opcode, _OPCODE_BUILTIN)
+    return max(deprecated, r.scalar("<i", pos, "OperatorCode") if pos is not None else 0)
+
+
+def _check_rescaling(inputs: list[int], outputs: list[int],
+                     scale_of: dict[int, tuple[int, float]], what: str) -> None:
+    """ArtifactError when a quantized ADD/SUB's output scale would make its kernel abort."""
+    if len(inputs) < 2 or not outputs or not all(t in scale_of for t in (*inputs[:2], outputs[0])):
+        return  # float, or per-axis: not the rescaling path
+    (_, s1), (_, s2), (kind, out) = (scale_of[t] for t in (*inputs[:2], outputs[0]))
+    shift = _LEFT_SHIFT.get(kind)
+    if shift is not None and 2 * max(s1, s2) >= out * 2.0 ** shift:
+        raise ArtifactError(f"corrupted TFLite file: {what} has output scale {out:g}, too small "
+                            f"for input scales {s1:g} and {s2:g} (the kernel would abort)")
+
+
 def _check_quantization(r: _Reader, tensor: int, shape: list[int], zero_range: tuple[int, int],
-                        what: str) -> None:
-    """ArtifactError unless a quantized tensor's scales and zero points are usable."""
+                        what: str) -> list[float]:
+    """The scales of a quantized tensor; ArtifactError unless they and its zero points are
+    usable."""
     pos = r.field(tensor, _TENSOR_QUANTIZATION)
     if pos is None:
         raise ArtifactError(f"corrupted TFLite file: {what} is quantized but has no scale")
@@ -295,6 +333,7 @@ def _check_quantization(r: _Reader, tensor: int, shape: list[int], zero_range: t
         raise ArtifactError(f"corrupted TFLite file: {what} has scale {bad:g}")
     if not all(zero_range[0] <= z <= zero_range[1] for z in zero_points):
         raise ArtifactError(f"corrupted TFLite file: {what} has zero points outside {zero_range}")
+    return scales
 
 
 def _tables(r: _Reader, table: int, index: int, what: str) -> list[int]:
@@ -323,9 +362,8 @@ def _scalars(r: _Reader, table: int, index: int, fmt: str, what: str) -> list:
     pos = r.field(table, index)
     if pos is None:
         return []
-    size = struct.calcsize(fmt)
-    start, count = r.vector(pos, size, what)
-    return [r.scalar(fmt, start + size * i, what) for i in range(count)]
+    start, count = r.vector(pos, struct.calcsize(fmt), what)  # checked to fit
+    return list(struct.unpack_from(f"<{count}{fmt[1:]}", r.data, start))
 
 
 def _tensor_name(r: _Reader, tensor: int) -> str:
