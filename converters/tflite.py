@@ -275,7 +275,13 @@ def _convert_one(run: _Run, graph: str, function, name: str, config: ConvertConf
         scorer, result.ops, result.max_abs_diff, result.sessions_checked = _validate(
             model_bytes, graph, run.parity, precision.max_abs_diff)
     except ArtifactError as e:
-        result.reason = f"validation: {e}"
+        if "corrupted TFLite file" in str(e) or "unusable quantization" in str(e):
+            # Fresh from the converter, so not damage: the converter wrote a graph the kernels
+            # would abort on (seen: 16x8 of the unrolled graph, a tensor of scale 0).
+            result.status = "unsupported"
+            result.reason = f"converter wrote a model the runtime refuses: {e}"
+        else:
+            result.reason = f"validation: {e}"
         return result
     try:
         model_bytes, result.step_max_abs_diff, result.step_sessions_checked = _with_step_graph(

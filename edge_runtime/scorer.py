@@ -79,7 +79,7 @@ class Scorer:
                                 f"1 output, found {len(inputs)} and {len(outputs)}")
         # The unrolled graph's second input is named "mask" by converters.graphs.
         events = next((d for d in inputs if "mask" not in d["name"]), inputs[0])
-        shape = list(events["shape_signature"])
+        shape = [int(v) for v in events["shape_signature"]]
         if len(shape) != 3 or shape[2] != info.spec.n_features:
             raise ArtifactError(f"{source}: model input {shape} does not take "
                                 f"{info.spec.n_features} features as its spec says")
@@ -87,7 +87,7 @@ class Scorer:
             if np.dtype(port["dtype"]) not in (np.float32, np.int8):
                 raise ArtifactError(f"{source}: model tensor {port['name']!r} is "
                                     f"{np.dtype(port['dtype']).name}, expected float32 or int8")
-        out_shape = list(outputs[0]["shape_signature"])
+        out_shape = [int(v) for v in outputs[0]["shape_signature"]]
         if len(out_shape) != 2 or out_shape[1] != 1:
             raise ArtifactError(f"{source}: model output {out_shape} is not one probability "
                                 f"per session ([batch, 1])")

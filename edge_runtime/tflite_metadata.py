@@ -306,17 +306,28 @@ def _check_rescaling(inputs: list[int], outputs: list[int],
     (_, s1), (_, s2), (kind, out) = (scale_of[t] for t in (*inputs[:2], outputs[0]))
     shift = _LEFT_SHIFT.get(kind)
     if shift is not None and 2 * max(s1, s2) >= out * 2.0 ** shift:
-        raise ArtifactError(f"corrupted TFLite file: {what} has output scale {out:g}, too small "
-                            f"for input scales {s1:g} and {s2:g} (the kernel would abort)")
+        raise ArtifactError(f"TFLite model with unusable quantization: {what} has output scale "
+                            f"{out:g}, too small for input scales {s1:g} and {s2:g}; the "
+                            f"integer kernel would abort on it")
 
 
 def _check_quantization(r: _Reader, tensor: int, shape: list[int], zero_range: tuple[int, int],
                         what: str) -> list[float]:
     """The scales of a quantized tensor; ArtifactError unless they and its zero points are
-    usable."""
+    ones the integer kernels can use.
+
+    The message does not say "corrupted": a converter can write such a tensor too (the
+    16x8 quantizer gives an all-zero int16 constant scale 0, and the kernels downstream
+    abort on it).
+    """
+    def unusable(problem: str) -> ArtifactError:
+        return ArtifactError(f"TFLite model with unusable quantization: {what} "
+                             f"{_tensor_name(r, tensor)!r} of shape {shape} {problem}; the "
+                             f"integer kernels would abort on it")
+
     pos = r.field(tensor, _TENSOR_QUANTIZATION)
     if pos is None:
-        raise ArtifactError(f"corrupted TFLite file: {what} is quantized but has no scale")
+        raise unusable("is quantized but has no scale")
     quant = r.table(pos, f"{what} quantization")
     scales = _floats(r, quant, _QUANT_SCALE, f"{what} scale")
     zero_points = _longs(r, quant, _QUANT_ZERO_POINT, f"{what} zero point")
@@ -325,14 +336,12 @@ def _check_quantization(r: _Reader, tensor: int, shape: list[int], zero_range: t
     per_axis = len(scales) > 1
     if (not scales or len(zero_points) != len(scales)
             or (per_axis and not (0 <= axis < len(shape) and shape[axis] == len(scales)))):
-        raise ArtifactError(f"corrupted TFLite file: {what} of shape {shape} has {len(scales)} "
-                            f"scales and {len(zero_points)} zero points (axis {axis})")
+        raise unusable(f"has {len(scales)} scales and {len(zero_points)} zero points (axis {axis})")
     low, high = _SCALE_RANGE
     if not all(low <= v <= high for v in scales):  # also false for NaN
-        bad = next(v for v in scales if not low <= v <= high)
-        raise ArtifactError(f"corrupted TFLite file: {what} has scale {bad:g}")
+        raise unusable(f"has scale {next(v for v in scales if not low <= v <= high):g}")
     if not all(zero_range[0] <= z <= zero_range[1] for z in zero_points):
-        raise ArtifactError(f"corrupted TFLite file: {what} has zero points outside {zero_range}")
+        raise unusable(f"has zero points outside {list(zero_range)}")
     return scales
 
 

@@ -366,7 +366,11 @@ def corrupt(model: bytes, kind: str, seed: int, index: int) -> tuple[bytes, bool
 
 
 def _run_batch(batch: dict[int, Path], kinds: dict[int, str], target: str) -> dict[int, str]:
-    done = _child(batch)
+    try:
+        done = _child(batch)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"cases {min(batch)}..{max(batch)} of the {target} artifact hung the loader "
+                    f"for 120 s (seed {FUZZ_SEED})")
     if done.returncode == 0:
         return _outcomes(done)
     # Died (a negative code is a signal): run the batch one case per process to name it.
