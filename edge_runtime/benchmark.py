@@ -164,30 +164,33 @@ def _time_live(scorer, sessions: Sequence[Sequence[Mapping]], config: BenchConfi
     return result
 
 
-def _peak_rss_mb() -> float:
-    # VmHWM, not getrusage's ru_maxrss: on Linux the latter carries over the parent's peak
-    # across fork + exec, so a probe started from a big process would report the parent.
+def _status_mb(field: str) -> float | None:
+    """A memory figure of /proc/self/status (e.g. VmRSS, VmHWM) in MB; None off Linux."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return None
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM, not getrusage's ru_maxrss: on Linux the latter carries over the parent's peak
+    # across fork + exec, so a probe started from a big process would report the parent.
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return _peak_rss_mb()
+def rss_mb() -> float:
+    """Current resident memory in MB (the peak where the current figure is unavailable)."""
+    current = _status_mb("VmRSS")
+    return current if current is not None else _peak_rss_mb()
 
 
 # The cold-start probe runs as ``python -c`` so that the clock starts before anything of
@@ -212,7 +215,7 @@ def _probe_live(path: str, threads: int, sessions: int) -> dict:
     scorer = Scorer.load(path, num_threads=threads)
     store = SessionStore(scorer, max_sessions=sessions, idle_timeout=None)
     rng = np.random.default_rng(0)
-    loaded = _rss_mb()
+    loaded = rss_mb()
     for i in range(sessions):
         store.push(f"s{i}", {"ts": 1.7e9 + i, "event": "view", "item": str(rng.integers(5000)),
                              "category": str(rng.integers(100)), "price": 19.9})
@@ -220,7 +223,7 @@ def _probe_live(path: str, threads: int, sessions: int) -> dict:
         store.push(f"s{rng.integers(sessions)}", {"ts": 1.7e9 + sessions + i, "event": "view",
                                                   "item": str(rng.integers(5000)),
                                                   "category": str(rng.integers(100))})
-    return {"rss_loaded_mb": loaded, "rss_live_mb": _rss_mb(), "live_sessions": len(store)}
+    return {"rss_loaded_mb": loaded, "rss_live_mb": rss_mb(), "live_sessions": len(store)}
 
 
 def fresh_process(kind: str, path: str, config: BenchConfig) -> dict:

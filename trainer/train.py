@@ -179,13 +179,12 @@ def _fit_lstm(config: TrainConfig, x_train, y_train, x_val, y_val, weights: dict
     return model, state["history"], state["best_epoch"] or len(state["history"].get("loss", []))
 
 
-def _fit_logreg(x_train, y_train, seed: int, balanced: bool):
+def _fit_logreg(x_train, y_train, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     # Unweighted: the baseline's probabilities stay calibrated; only ranking is compared.
-    del balanced
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
     return model.fit(x_train, y_train)
 
@@ -283,8 +282,7 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
         stage("logistic-regression baseline")
         agg = {name: aggregate_features(sessions, idx)[0] for name, idx in
                (("train", split.train), ("validation", split.validation), ("test", split.test))}
-        logreg = _fit_logreg(agg["train"], y["train"], config.seed,
-                             config.class_weight is ClassWeight.BALANCED)
+        logreg = _fit_logreg(agg["train"], y["train"], config.seed)
         q_val = logreg.predict_proba(agg["validation"])[:, 1]
         q_test = logreg.predict_proba(agg["test"])[:, 1]
         lr_threshold = choose_threshold(y["validation"], q_val)
