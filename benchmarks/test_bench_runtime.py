@@ -11,10 +11,9 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import ARTIFACTS, artifact_id
 
 from edge_runtime import Scorer
-
-from conftest import ARTIFACTS, artifact_id
 
 
 def _info(benchmark, scorer: Scorer, path) -> None:

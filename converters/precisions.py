@@ -5,10 +5,10 @@ iterate it; parity tolerances against the Keras model live here and nowhere else
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class OpsSet(str, Enum):
+class OpsSet(StrEnum):
     BUILTINS = "builtins"         # float kernels (with int8 weights for dynamic range)
     INT8 = "int8"                 # full-integer kernels only
     INT16X8 = "16x8"              # int16 activations, int8 weights

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime import __version__
-from edge_runtime.artifact import METADATA_NAME, STEP_METADATA_NAME, ArtifactInfo
-from edge_runtime.live import StepModel
-from edge_runtime.errors import ArtifactError, ConfigError, RunDirError
-from edge_runtime.features import FeatureSpec
-from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
 from converters.graphs import score_function, step_function
 from converters.precisions import GRAPHS, PRECISIONS
 from converters.tflite_metadata import add_metadata, seal
+from edge_runtime import __version__
+from edge_runtime.artifact import METADATA_NAME, STEP_METADATA_NAME, ArtifactInfo
+from edge_runtime.errors import ArtifactError, ConfigError, RunDirError
+from edge_runtime.features import FeatureSpec
+from edge_runtime.live import StepModel
+from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
 from trainer import rundir
 from trainer.model import WEIGHT_NAMES
 
@@ -238,7 +238,7 @@ class _Run:
             threshold=float(self.report["threshold"] if threshold is None else threshold),
             provenance={
                 "run_dir": self.dir.name,
-                "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "training_data": Path(self.config["data"]).name,
                 "training_format": self.report["data"]["format"],
                 "session_gap_minutes": float(self.config["gap_minutes"]),
@@ -444,7 +444,8 @@ def _p50_us(model_bytes: bytes, sessions: list[np.ndarray]) -> float:
 
 
 def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: bool = False,
-                 calibration_sessions: int = DEFAULT_CALIBRATION_SESSIONS) -> tuple[ConversionResult, list[ConversionResult], str]:
+                 calibration_sessions: int = DEFAULT_CALIBRATION_SESSIONS
+                 ) -> tuple[ConversionResult, list[ConversionResult], str]:
     """Pick the smallest, fastest fused precision whose validation ROC-AUC stays within
     ``max_auc_drop`` of float32 (int8, then dynamic, then float16, then float32).
 
@@ -472,7 +473,8 @@ def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: boo
             continue
         drop = ref_auc - (row.validation_roc_auc or 0.0)
         if drop <= max_auc_drop:
-            skipped = [f"{n} ({'drop %.4f' % (ref_auc - (rows[n].validation_roc_auc or 0)) if rows[n].status == 'ok' else rows[n].status})"
+            skipped = [f"{n} (" + (f"drop {ref_auc - (rows[n].validation_roc_auc or 0):.4f}"
+                                   if rows[n].status == "ok" else rows[n].status) + ")"
                        for n in AUTO_ORDER[:AUTO_ORDER.index(name)]]
             others = ", ".join(f"{n} {us:.0f} us" for n, us in latency.items() if n != name)
             why = (f"{name}: validation ROC-AUC {row.validation_roc_auc:.4f} vs float32 {ref_auc:.4f} "

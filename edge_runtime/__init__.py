@@ -14,5 +14,6 @@ from edge_runtime.scorer import Scorer
 
 __version__ = "0.1.0"
 __all__ = ["ArtifactError", "ArtifactInfo", "CONTEXT_FIELDS", "ConfigError", "DataError",
-           "EVENT_TYPES", "FeatureEncoder", "FeatureSpec", "LiveSession", "RunDirError", "Scorer", "SessionStore",
+           "EVENT_TYPES", "FeatureEncoder", "FeatureSpec", "LiveSession", "RunDirError", "Scorer",
+           "SessionStore",
            "UbpEdgeError", "read_artifact"]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-
-import threading
 
 from edge_runtime.artifact import STEP_METADATA_NAME, ArtifactInfo, parse_artifact, read_artifact
 from edge_runtime.backends import INTERPRETER_ERRORS, first_line, make_interpreter
@@ -317,4 +316,4 @@ class Scorer:
         """
         sessions = list(sessions)
         contexts = [None] * len(sessions) if contexts is None else list(contexts)
-        return self.score_encoded(self.encode_session(s, c) for s, c in zip(sessions, contexts))
+        return self.score_encoded(self.encode_session(s, c) for s, c in zip(sessions, contexts, strict=False))

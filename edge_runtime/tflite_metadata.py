@@ -228,7 +228,7 @@ def check_graph(model: bytes) -> tuple[int, str]:
             shape = _ints(r, tensor, _TENSOR_SHAPE, f"{what} shape")
             signature = _ints(r, tensor, _TENSOR_SHAPE_SIGNATURE, f"{what} shape signature")
             if any(d < 0 for d in shape) or (signature and (len(signature) != len(shape) or any(
-                    d != -1 and d != n for d, n in zip(signature, shape)))):
+                    d != -1 and d != n for d, n in zip(signature, shape, strict=False)))):
                 raise ArtifactError(f"corrupted TFLite file: {what} has shape {shape}"
                                     + (f" and shape signature {signature}" if signature else ""))
             pos = r.field(tensor, _TENSOR_TYPE)

@@ -23,8 +23,7 @@ import pytest
 
 from converters.tflite_metadata import add_metadata, seal
 from edge_runtime import Scorer
-from edge_runtime.artifact import (DIGEST_METADATA_NAME, METADATA_NAME, STEP_METADATA_NAME,
-                                   file_digest)
+from edge_runtime.artifact import DIGEST_METADATA_NAME, METADATA_NAME, STEP_METADATA_NAME, file_digest
 from edge_runtime.errors import ArtifactError
 from edge_runtime.tflite_metadata import metadata_spans, read_metadata
 

@@ -34,7 +34,8 @@ def test_benchmark_json_has_every_figure_for_every_artifact(tmp_path, tiny_run):
     assert {"cpu", "cores", "python", "numpy", "ai_edge_litert"} <= set(result["machine"])
     [row] = result["rows"]
     assert tuple(row) == ROW_KEYS
-    assert (row["engine"], row["precision"], row["graph"], row["status"]) == ("ubp-edge", "float32", "fused", "ok")
+    assert (row["engine"], row["precision"], row["graph"], row["status"]) == (
+        "ubp-edge", "float32", "fused", "ok")
     for key in OURS:
         assert isinstance(row[key], (int, float)) and row[key] > 0, key
     assert row["session_p50_us"] <= row["session_p95_us"] <= row["session_p99_us"]
@@ -52,7 +53,8 @@ def test_benchmark_peers_rows_are_null_where_a_figure_does_not_apply(tmp_path, t
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)["rows"]
     peers = [r for r in rows if r["engine"] != "ubp-edge"]
-    assert {(r["engine"], r["precision"]) for r in peers} >= {("numpy", "float32"), ("keras-function", "float32")}
+    assert {(r["engine"], r["precision"]) for r in peers} >= {("numpy", "float32"),
+                                                              ("keras-function", "float32")}
     for r in peers:
         assert tuple(r) == ROW_KEYS
         if r["status"] == "ok":

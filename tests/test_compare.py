@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converters.compare import (ARTIFACT_KEYS, BUCKET_KEYS, RESULT_KEYS, compare_run,
-                                parse_artifact_name)
+from converters.compare import ARTIFACT_KEYS, BUCKET_KEYS, RESULT_KEYS, compare_run, parse_artifact_name
 from trainer.metrics import PREFIX_BUCKETS, expected_calibration_error
 from ubp_edge.cli import app
 

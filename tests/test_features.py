@@ -10,8 +10,15 @@ import pytest
 
 from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.events import EVENT_TYPES
-from edge_runtime.features import (ALL_FEATURES, CONTEXT_FEATURES, CONTEXT_FIELDS, SPEC_VERSION,
-                                   FeatureEncoder, FeatureSpec, default_features)
+from edge_runtime.features import (
+    ALL_FEATURES,
+    CONTEXT_FEATURES,
+    CONTEXT_FIELDS,
+    SPEC_VERSION,
+    FeatureEncoder,
+    FeatureSpec,
+    default_features,
+)
 from trainer.dataset import new_encoder, prefix_fields
 from trainer.readers import read_log
 from trainer.sessions import sessionize

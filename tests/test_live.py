@@ -40,7 +40,7 @@ def taobao_sessions(taobao_path):
     lengths = np.diff(sessions.offsets)
     chosen = [s for s in range(len(sessions)) if 2 <= lengths[s] <= 20][:40]
     return [(_events(log, sessions, s, 20), dict(zip(("prior_sessions", "prior_purchases",
-                                                      "open_cart_items"), sessions.context[s])))
+                                                      "open_cart_items"), sessions.context[s], strict=True)))
             for s in chosen]
 
 
@@ -69,7 +69,7 @@ def test_float32_live_parity_on_synthetic_sessions(tiny_artifact, synthetic_log)
     for s in range(0, 300, 3):
         events = _events(log, sessions, s, scorer.info.spec.max_len)
         live = scorer.start_session(dict(zip(("prior_sessions", "prior_purchases", "open_cart_items"),
-                                             sessions.context[s])))
+                                             sessions.context[s], strict=True)))
         pushed = [live.push(e) for e in events]
         whole = [scorer.score_sessions([events[:t + 1]], [live.state.context])[0]
                  for t in range(len(events))]
@@ -82,7 +82,8 @@ def test_a_bad_event_leaves_the_live_session_as_it_was(tiny_artifact):
     p = live.push({"ts": 1.7e9, "event": "view", "item": "a"})
     h = live.h.copy()
     for bad in ({"ts": 1.7e9 + 5, "event": "teleport", "item": "a"}, {"event": "view", "item": "a"},
-                {"ts": "soon", "event": "view", "item": "a"}, {"ts": float("nan"), "event": "view", "item": "a"}):
+                {"ts": "soon", "event": "view", "item": "a"},
+                {"ts": float("nan"), "event": "view", "item": "a"}):
         with pytest.raises(ConfigError):
             live.push(bad)
     assert live.events == 1 and live.probability == p
@@ -249,10 +250,12 @@ def test_tflite_runtime_backend_scores_float32_artifacts(tiny_artifact):
         "import json, sys\n"
         "from edge_runtime import Scorer\n"
         "s = Scorer.load(sys.argv[1], backend='tflite-runtime')\n"
-        "ev = [{'ts': 1.7e9, 'event': 'view', 'item': 'a'}, {'ts': 1.7e9 + 9, 'event': 'cart', 'item': 'a'}]\n"
+        "ev = [{'ts': 1.7e9, 'event': 'view', 'item': 'a'},\n"
+        "      {'ts': 1.7e9 + 9, 'event': 'cart', 'item': 'a'}]\n"
         "live = s.start_session()\n"
         "pushed = [live.push(e) for e in ev]\n"
-        "print(json.dumps({'backend': s.backend, 'whole': float(s.score_sessions([ev])[0]), 'live': pushed[-1],\n"
+        "print(json.dumps({'backend': s.backend, 'whole': float(s.score_sessions([ev])[0]),\n"
+        "                  'live': pushed[-1],\n"
         "                  'tensorflow': 'tensorflow' in sys.modules}))\n")
     done = subprocess.run([str(python), "-c", script, str(tiny_artifact)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)

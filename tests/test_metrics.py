@@ -7,8 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from trainer.metrics import (METRIC_KEYS, PREFIX_BUCKETS, by_prefix_length, choose_threshold,
-                             classification_metrics)
+from trainer.metrics import (
+    METRIC_KEYS,
+    PREFIX_BUCKETS,
+    by_prefix_length,
+    choose_threshold,
+    classification_metrics,
+)
 
 Y = np.array([0, 0, 1, 1, 1])
 P = np.array([0.1, 0.6, 0.4, 0.8, 0.9])

@@ -36,8 +36,7 @@ from hypothesis import strategies as st
 
 from edge_runtime.errors import ConfigError, DataError
 from edge_runtime.events import CART, EVENT_TYPES, MAX_TS, MIN_TS, PURCHASE
-from edge_runtime.features import (ALL_FEATURES, CONTEXT_FIELDS, FeatureEncoder, FeatureSpec,
-                                   default_features)
+from edge_runtime.features import ALL_FEATURES, CONTEXT_FIELDS, FeatureEncoder, FeatureSpec, default_features
 from trainer.dataset import encode_sessions, new_encoder
 from trainer.readers import EventLog, read_log
 from trainer.sessions import sessionize
@@ -589,7 +588,7 @@ def test_training_encoding_equals_live_events_of_the_log(scratch, case, max_len,
     k = len(enc.features)
     enc.mean_, enc.scale_ = np.linspace(-1, 1, k), np.linspace(0.5, 2, k)
     log = s.log
-    for x, session in zip(encode_sessions(s, idx, enc), idx):
+    for x, session in zip(encode_sessions(s, idx, enc), idx, strict=True):
         state = enc.start(s.context[session])
         rows = []
         for e in s.prefix_events(int(session)):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from converters.precisions import PRECISIONS
-from converters.tflite import ConvertConfig, artifact_path, auto_convert, convert_run
+from converters.tflite import ConvertConfig, artifact_path, auto_convert
 from edge_runtime.errors import ConfigError
 from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
 from trainer import rundir

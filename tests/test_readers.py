@@ -30,7 +30,7 @@ GOOD_ROWS = [
 
 def event_mix(log: EventLog) -> dict[str, int]:
     counts = np.bincount(log.event, minlength=len(EVENT_TYPES))
-    return {name: int(c) for name, c in zip(EVENT_TYPES, counts)}
+    return {name: int(c) for name, c in zip(EVENT_TYPES, counts, strict=True)}
 
 
 def write_canonical(tmp_path, rows: list[bytes], name: str = "log.csv", trailing: bytes = b"\n"):

@@ -207,7 +207,7 @@ def check_run(run: dict, stream: list[tuple[str, str]], scorer: Scorer) -> dict:
     want, stats = expected_output(lines)
     assert len(got) == len(want), (len(got), len(want))
     threshold = scorer.threshold
-    for position, (g, w) in enumerate(zip(got, want)):
+    for position, (g, w) in enumerate(zip(got, want, strict=True)):
         if "line" in w:
             assert set(g) == {"line", "error"} and g["line"] == w["line"], (position, g, w)
             kind = stream[w["line"] - 1][0]

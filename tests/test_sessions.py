@@ -69,7 +69,7 @@ def session_with(s: Sessions, user: str, t: int) -> int:
 
 
 def ctx(s: Sessions, k: int) -> dict:
-    return dict(zip(CONTEXT_FIELDS, s.context[k].tolist()))
+    return dict(zip(CONTEXT_FIELDS, s.context[k].tolist(), strict=True))
 
 
 def check_structure(s: Sessions) -> None:
@@ -250,7 +250,7 @@ def test_random_logs_match_reference_sessionization(tmp_path):
         ts[rng.random(n) < 0.2] = 600  # plenty of ties
         events = rng.choice(EVENT_TYPES, n, p=[0.7, 0.1, 0.1, 0.1])
         rows = [ev(u, int(t), e, item=f"i{i}") for i, (u, t, e) in
-                enumerate(zip(users, ts, events))]
+                enumerate(zip(users, ts, events, strict=True))]
         log = write_log(tmp_path, rows, name=f"r{trial}.csv")
         s = sessionize(log, gap_minutes=20)
         check_structure(s)

@@ -115,7 +115,7 @@ def test_purchases_are_of_carted_or_revisited_items(default_log):
     event, item, user = default_log["event"], default_log["item"], default_log["user"]
     bounds = _session_bounds(default_log)
     carted_by_user: dict[str, set[str]] = {}
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         carted = carted_by_user.setdefault(str(user[a]), set())
         views: dict[str, int] = {}
         for k in range(a, b):
@@ -134,7 +134,7 @@ def test_order_carries_signal_beyond_counts(default_log):
     event, item = default_log["event"], default_log["item"]
     bounds = _session_bounds(default_log)
     last_on_cart = {True: [], False: []}
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         ev = event[a:b]
         purchases = np.flatnonzero(ev == "purchase")
         end = int(purchases[0]) if len(purchases) else len(ev)

@@ -29,7 +29,8 @@ def test_run_directory_holds_everything_convert_and_a_person_need(tiny_run):
         assert 0.0 <= m["roc_auc"] <= 1.0 and 0.0 <= m["brier"] <= 1.0
     split = json.loads((tiny_run / rundir.SPLIT).read_text())
     keys = [set(split[p]["session_digests"]) for p in ("train", "validation", "test")]
-    assert all(len(k) == split[p]["sessions"] for k, p in zip(keys, ("train", "validation", "test")))
+    assert all(len(k) == split[p]["sessions"]
+               for k, p in zip(keys, ("train", "validation", "test"), strict=True))
     assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
     assert split["validation_from_ts"] <= split["test_from_ts"]
     spec = FeatureSpec.from_dict(json.loads((tiny_run / rundir.SPEC).read_text()))

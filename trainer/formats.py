@@ -8,13 +8,13 @@ which column holds what, how the time is written, which event values mean what.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.events import CANONICAL_FIELDS, EVENT_TYPES, REQUIRED_FIELDS
 
 
-class TimeUnit(str, Enum):
+class TimeUnit(StrEnum):
     SECONDS = "s"
     MILLISECONDS = "ms"
     DATETIME = "datetime"  # text such as "2019-10-01 00:00:00 UTC" or ISO 8601
@@ -82,7 +82,8 @@ CANONICAL_EVENTS = {name: name for name in EVENT_TYPES}
 PRESETS: dict[str, FormatPreset] = {p.name: p for p in [
     FormatPreset(
         name="taobao",
-        description="Alibaba Taobao UserBehavior: user_id,item_id,category_id,behavior_type,timestamp (no header)",
+        description="Alibaba Taobao UserBehavior: user_id,item_id,category_id,behavior_type,timestamp "
+                    "(no header)",
         header=False,
         names=("user_id", "item_id", "category_id", "behavior_type", "timestamp"),
         columns={"user": "user_id", "item": "item_id", "category": "category_id",

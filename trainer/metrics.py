@@ -37,8 +37,14 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> di
 
     AUCs are None when only one class is present.
     """
-    from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss,
-                                 f1_score, log_loss, roc_auc_score)
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        brier_score_loss,
+        f1_score,
+        log_loss,
+        roc_auc_score,
+    )
 
     y = np.asarray(y, np.int64)
     p = np.clip(np.asarray(p, np.float64), 0.0, 1.0)

@@ -39,7 +39,7 @@ def weights_to_arrays(model) -> dict[str, np.ndarray]:
     lstm, dense = model.get_layer("lstm"), model.get_layer("purchase")
     kernel, recurrent, bias = lstm.get_weights()
     dense_kernel, dense_bias = dense.get_weights()
-    return dict(zip(WEIGHT_NAMES, (kernel, recurrent, bias, dense_kernel, dense_bias)))
+    return dict(zip(WEIGHT_NAMES, (kernel, recurrent, bias, dense_kernel, dense_bias), strict=True))
 
 
 def arrays_to_model(arrays: dict[str, np.ndarray], masking: bool):

@@ -468,7 +468,9 @@ def _read_parquet(path: Path, data: bytes) -> _Raw:
 # --------------------------------------------------------------------------- values
 
 def _as_text(col: pa.Array) -> pa.Array:
-    return col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) else col.cast(pa.string())
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col
+    return col.cast(pa.string())
 
 
 def _numbers(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -700,7 +702,8 @@ def _with_diginetica_purchases(path: Path, views: EventLog, preset: FormatPreset
                               parse_options=pacsv.ParseOptions(delimiter=";"),
                               convert_options=pacsv.ConvertOptions(column_types={
                                   "itemId": pa.string(), "categoryId": pa.string()}))
-        lookup = dict(zip(cats.column("itemId").to_pylist(), cats.column("categoryId").to_pylist()))
+        lookup = dict(zip(cats.column("itemId").to_pylist(), cats.column("categoryId").to_pylist(),
+                          strict=True))
         items = merged.item.names
         cat_names = np.array([lookup.get(i, "") for i in items], object)
         merged.category = Ids.encode(pa.array(cat_names[merged.item.codes], pa.string()))

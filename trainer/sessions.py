@@ -110,7 +110,7 @@ def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
     if gap is None:
         key = log.session.names[log.session.codes[first]]
     else:
-        key = _unique_keys([f"{u}@{int(s)}" for u, s in zip(log.user.names[user_code], start)])
+        key = _unique_keys([f"{u}@{int(s)}" for u, s in zip(log.user.names[user_code], start, strict=True)])
 
     # Reorder sessions by start time so that splits and reports read chronologically.
     by_start = np.lexsort((key.astype(str), start))

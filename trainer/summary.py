@@ -14,7 +14,7 @@ from trainer.sessions import sessionize
 
 
 def _utc(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def summarize_log(path: str | os.PathLike, preset: FormatPreset | None = None,
@@ -38,6 +38,6 @@ def summarize_log(path: str | os.PathLike, preset: FormatPreset | None = None,
                          else f"per-user inactivity gap of {gap_minutes:g} min"),
         **sessions.summary(),
         "time_span_utc": [_utc(float(log.ts.min())), _utc(float(log.ts.max()))],
-        "event_mix": {name: int(c) for name, c in zip(EVENT_TYPES, counts)},
+        "event_mix": {name: int(c) for name, c in zip(EVENT_TYPES, counts, strict=True)},
     }
     return summary, log

@@ -230,7 +230,7 @@ def _simulate_session(
             x = r() * sum(weights)
             acc = 0.0
             item = items[-1]
-            for i, w in zip(items, weights):
+            for i, w in zip(items, weights, strict=True):
                 acc += w
                 if x < acc:
                     item = i
@@ -438,7 +438,7 @@ def write_canonical_csv(events: dict[str, np.ndarray], path: str | os.PathLike) 
         np.asarray(events["event"]).astype(str).tolist(),
         np.asarray(events["item"]).astype(str).tolist(),
         np.asarray(events["category"]).astype(str).tolist(),
-        price.tolist(),
+        price.tolist(), strict=True,
     )
 
     dest = Path(path)

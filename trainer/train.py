@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from trainer.readers import read_log
 from trainer.sessions import sessionize, time_split
 
 
-class ClassWeight(str, Enum):
+class ClassWeight(StrEnum):
     NONE = "none"
     BALANCED = "balanced"
 
@@ -138,7 +138,8 @@ def _fit_lstm(config: TrainConfig, x_train, y_train, x_val, y_val, weights: dict
         state = resume
         model.set_weights(_load_npz(checkpoint / "weights.npz"))
         model.optimizer.build(model.trainable_variables)
-        for variable, value in zip(model.optimizer.variables, _load_npz(checkpoint / "optimizer.npz")):
+        saved = _load_npz(checkpoint / "optimizer.npz")
+        for variable, value in zip(model.optimizer.variables, saved, strict=True):
             variable.assign(value)
         best_weights = _load_npz(checkpoint / "best.npz")
 

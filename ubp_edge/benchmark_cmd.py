@@ -4,7 +4,7 @@ and, with ``--peers``, of other engines running the same weights on the same ses
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -25,7 +25,7 @@ def _synthetic_sessions(n_users: int = 150) -> list[list[dict]]:
     ev = generate_events(n_users=n_users, days=5, seed=11)
     sessions, current, last = [], [], (None, -1e18)
     for user, ts, event, item, category, price in zip(ev["user"], ev["ts"], ev["event"], ev["item"],
-                                                      ev["category"], ev["price"]):
+                                                      ev["category"], ev["price"], strict=True):
         if current and (user != last[0] or ts - last[1] > 1800):
             sessions.append(current)
             current = []
@@ -178,14 +178,14 @@ def _table(result: dict, config_sessions: int):
 
 def benchmark(
     target: Annotated[Path, typer.Argument(help="An artifact, or a run directory (every model-*.tflite in it).")],
-    data: Annotated[Optional[Path], typer.Option(help="Replay this log's session lengths (default: the embedded synthetic sessions).")] = None,
-    format: Annotated[Optional[str], typer.Option("--format", "-f", help="The log's format (default: detected).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Replay this log's session lengths (default: the embedded synthetic sessions).")] = None,
+    format: Annotated[str | None, typer.Option("--format", "-f", help="The log's format (default: detected).")] = None,
     threads: Annotated[int, typer.Option(help="Interpreter threads.")] = 1,
     peers: Annotated[bool, typer.Option("--peers", help="Also Keras, ONNX Runtime and NumPy on the same weights (needs the run directory).")] = False,
     runs: Annotated[int, typer.Option(help="Timed calls per latency figure, at least.")] = 2000,
     live_sessions: Annotated[int, typer.Option(help="Live sessions held for the memory figure.")] = 10_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Write a Markdown table and latency CDF plots here.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a Markdown table and latency CDF plots here.")] = None,
 ) -> None:
     """Measure every artifact on this machine: size, cold start, latency per session and per
     event, throughput, memory; one thread unless told otherwise."""

@@ -12,7 +12,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich import box
@@ -49,13 +49,13 @@ def _quiet_tensorflow() -> None:
 
 
 # ----------------------------------------------------------------------------- shared options
-FormatOpt = Annotated[Optional[str], typer.Option(
+FormatOpt = Annotated[str | None, typer.Option(
     "--format", "-f", help="taobao, rees46, diginetica, otto, retailrocket, canonical, or csv "
                            "(with --map); default: detected from the first line.")]
-MapOpt = Annotated[Optional[str], typer.Option(
+MapOpt = Annotated[str | None, typer.Option(
     "--map", help="--format csv: canonical=source columns, e.g. "
                   "user=visitorid,time=timestamp,event=event,item=itemid[,session=..,category=..,price=..]")]
-EventsOpt = Annotated[Optional[str], typer.Option(
+EventsOpt = Annotated[str | None, typer.Option(
     "--events", help="--format csv: canonical=source event values, e.g. "
                      "view=pv,cart=addtocart,purchase=buy|transaction")]
 TimeUnitOpt = Annotated[str, typer.Option("--time-unit", help="--format csv: s, ms, datetime or auto.")]
@@ -96,7 +96,7 @@ def data_inspect(
     format: FormatOpt = None, column_map: MapOpt = None, event_map: EventsOpt = None,
     time_unit: TimeUnitOpt = "auto", delimiter: DelimiterOpt = ",",
     gap_minutes: Annotated[float, typer.Option(help="Session inactivity gap (logs without session ids).")] = 30.0,
-    quarantine: Annotated[Optional[Path], typer.Option(help="Write bad rows here (JSONL).")] = None,
+    quarantine: Annotated[Path | None, typer.Option(help="Write bad rows here (JSONL).")] = None,
     strict: StrictOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Rows, bad rows by reason, users, sessions, purchases, time span and event mix of a log."""
@@ -227,13 +227,13 @@ def _render_train_report(report: dict, out_dir: Path) -> None:
 @app.command()
 def convert(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `ubp-edge train`.")],
-    precision: Annotated[Optional[str], typer.Option(
+    precision: Annotated[str | None, typer.Option(
         help="Comma-separated: float32, float16, dynamic, int8, int8-io, 16x8 (default: all).")] = None,
     graph: Annotated[str, typer.Option(help="Comma-separated graphs: fused (one LSTM op), unrolled.")] = "fused",
     calibration_sessions: Annotated[int, typer.Option(help="Training sessions for int8/16x8 calibration.")] = 300,
     recalibrate: Annotated[bool, typer.Option(help="Platt-scale quantized outputs on validation sessions where it helps.")] = True,
     auto: Annotated[bool, typer.Option("--auto", help="Pick the smallest, fastest precision within --max-auc-drop on validation.")] = False,
-    max_auc_drop: Annotated[Optional[float], typer.Option(help="With --auto: the ROC-AUC budget against float32.")] = None,
+    max_auc_drop: Annotated[float | None, typer.Option(help="With --auto: the ROC-AUC budget against float32.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing artifacts.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -313,10 +313,10 @@ def _load_scorer(model: Path, backend: str):
 def score(
     model: Annotated[Path, typer.Option("--model", help="An artifact (.tflite) from `ubp-edge convert`.")],
     data: Annotated[Path, typer.Option("--data", help="The event log to score.")],
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Scores file (.jsonl or .csv); default: stdout as JSONL.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Scores file (.jsonl or .csv); default: stdout as JSONL.")] = None,
     format: FormatOpt = None, column_map: MapOpt = None, event_map: EventsOpt = None,
     time_unit: TimeUnitOpt = "auto", delimiter: DelimiterOpt = ",",
-    gap_minutes: Annotated[Optional[float], typer.Option(help="Session gap; default: the model's.")] = None,
+    gap_minutes: Annotated[float | None, typer.Option(help="Session gap; default: the model's.")] = None,
     backend: Annotated[str, typer.Option(help="auto, ai-edge-litert, tflite-runtime or tensorflow.")] = "auto",
     strict: StrictOpt = False,
 ) -> None:
@@ -351,11 +351,11 @@ def evaluate(
     data: Annotated[Path, typer.Option("--data", help="A labelled event log.")],
     format: FormatOpt = None, column_map: MapOpt = None, event_map: EventsOpt = None,
     time_unit: TimeUnitOpt = "auto", delimiter: DelimiterOpt = ",",
-    gap_minutes: Annotated[Optional[float], typer.Option(help="Session gap; default: the model's.")] = None,
+    gap_minutes: Annotated[float | None, typer.Option(help="Session gap; default: the model's.")] = None,
     backend: Annotated[str, typer.Option(help="auto, ai-edge-litert, tflite-runtime or tensorflow.")] = "auto",
-    quarantine: Annotated[Optional[Path], typer.Option(help="Write bad rows here (JSONL).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Only this split (train, validation, test) of --run-dir's split.json.")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="The run directory whose split --split names.")] = None,
+    quarantine: Annotated[Path | None, typer.Option(help="Write bad rows here (JSONL).")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split (train, validation, test) of --run-dir's split.json.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="The run directory whose split --split names.")] = None,
     strict: StrictOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Metrics of an artifact on a log's labelled sessions, scored through the edge runtime."""
@@ -417,7 +417,7 @@ def serve(
 
 @app.command()
 def doctor(
-    artifact: Annotated[Optional[Path], typer.Argument(help="An artifact to load and score with each backend.")] = None,
+    artifact: Annotated[Path | None, typer.Argument(help="An artifact to load and score with each backend.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Interpreters this machine has (and their versions), numpy, Python, platform; with an

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,25 +21,25 @@ def compare(
     run_dir: Annotated[Path, typer.Argument(help="A run directory with model-float32.tflite and "
                                                  "other artifacts from `ubp-edge convert`.")],
     data: Annotated[Path, typer.Option("--data", help="A labelled event log to score.")],
-    format: Annotated[Optional[str], typer.Option(
+    format: Annotated[str | None, typer.Option(
         "--format", "-f", help="taobao, rees46, diginetica, otto, retailrocket, canonical, or csv "
                                "(with --map); default: detected from the first line.")] = None,
-    column_map: Annotated[Optional[str], typer.Option(
+    column_map: Annotated[str | None, typer.Option(
         "--map", help="--format csv: canonical=source columns, e.g. user=visitorid,time=timestamp,"
                       "event=event,item=itemid")] = None,
-    event_map: Annotated[Optional[str], typer.Option(
+    event_map: Annotated[str | None, typer.Option(
         "--events", help="--format csv: canonical=source event values, e.g. cart=addtocart")] = None,
     time_unit: Annotated[str, typer.Option("--time-unit", help="--format csv: s, ms, datetime or auto.")] = "auto",
     delimiter: Annotated[str, typer.Option("--delimiter", help="--format csv: field separator.")] = ",",
     split: Annotated[str, typer.Option("--split", help=SPLIT_HELP)] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
-    report: Annotated[Optional[Path], typer.Option(
+    report: Annotated[Path | None, typer.Option(
         "--report", help="Write DIR/compare.md and its PNG plots (ROC, PR, reliability, "
                          "AUC by prefix length, scatter).")] = None,
-    max_auc_drop: Annotated[Optional[float], typer.Option(
+    max_auc_drop: Annotated[float | None, typer.Option(
         "--max-auc-drop", help="Exit 1 if an artifact's ROC-AUC is more than this below float32's "
                                "(or an artifact failed).")] = None,
-    max_flip_rate: Annotated[Optional[float], typer.Option(
+    max_flip_rate: Annotated[float | None, typer.Option(
         "--max-flip-rate", help="Exit 1 if an artifact flips more than this share of decisions "
                                 "(0.01 = 1%) (or an artifact failed).")] = None,
     backend: Annotated[str, typer.Option(
@@ -82,7 +82,7 @@ def compare(
                                 f"{result['n_sessions']:,} sessions, {result['n_positive']:,} with a purchase")
             for i, col in enumerate(COLUMNS):
                 table.add_column(col, justify="left" if i < 3 else "right")
-            for a, cells in zip(result["artifacts"], summary_rows(result)):
+            for a, cells in zip(result["artifacts"], summary_rows(result), strict=True):
                 table.add_row(*cells, style=None if a["status"] == "ok" else "red")
             # Piped or captured output has no terminal to wrap for: print the table whole
             # rather than Rich's 80-column default with every cell cut to an ellipsis.
