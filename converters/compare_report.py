@@ -16,7 +16,7 @@ import numpy as np
 from converters.compare import ECE_BINS, REFERENCE, ArtifactRow, Comparison
 from edge_runtime.errors import ConfigError
 from trainer.metrics import PREFIX_BUCKETS
-from trainer.rundir import write_bytes_atomic
+from trainer.files import write_bytes_atomic
 
 PLOTS = ("roc.png", "pr.png", "reliability.png", "auc_by_prefix.png", "scatter.png")
 REPORT_MD = "compare.md"

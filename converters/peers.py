@@ -409,7 +409,7 @@ def build_peers(run_dir: str | os.PathLike, threads: int = 1,
         route: list[str] = []
 
         def onnx_float_peer() -> Peer:
-            from trainer.rundir import write_bytes_atomic
+            from trainer.files import write_bytes_atomic
 
             model_bytes, how = _onnx_float(arrays, keras, keras_error)
             route.append(how)

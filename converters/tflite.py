@@ -27,6 +27,7 @@ from edge_runtime.features import FeatureSpec
 from edge_runtime.live import StepModel
 from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
 from trainer import rundir
+from trainer.files import write_bytes_atomic
 from trainer.model import WEIGHT_NAMES
 
 FORBIDDEN_OPS = ("WHILE",)
@@ -389,7 +390,7 @@ def _write(run: _Run, result: ConversionResult, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         result.status, result.reason = "failed", f"{out} exists; pass --overwrite to replace it"
         return
-    rundir.write_bytes_atomic(out, result.model_bytes)
+    write_bytes_atomic(out, result.model_bytes)
     result.path = str(out)
 
 

@@ -27,6 +27,28 @@ class RunDirError(UbpEdgeError):
     """A run directory is missing, incomplete, or would be overwritten without --overwrite."""
 
 
+def first_line(e: BaseException, *, with_type: bool = False, limit: int = 300) -> str:
+    """An exception's message as one readable line: its first non-blank line, white space
+    folded, cut to ``limit`` characters; the type's name when the message is empty.
+
+    Interpreter, converter and reader messages can run to pages (a C++ stack, a whole MLIR
+    dump); a one-line error or a table row needs only their first line.
+
+    Args:
+        e: the exception.
+        with_type: prefix the exception's type name (``ValueError: ...``), for rows whose
+            reader cannot otherwise tell a missing package from a converter failure.
+        limit: the most characters kept; a longer line ends in ``...``.
+    """
+    lines = [" ".join(line.split()) for line in str(e).splitlines()]
+    text = next((line for line in lines if line), "")
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if not text:
+        return type(e).__name__
+    return f"{type(e).__name__}: {text}" if with_type else text
+
+
 def located(path: object, line: int | None, message: str) -> str:
     """Format `path:line: message` (or `path: message`) for a one-line error."""
     where = f"{path}:{line}" if line is not None else f"{path}"

@@ -6,12 +6,49 @@ The user's article names MSE, MAE and accuracy; `brier` is the MSE of the probab
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 PREFIX_BUCKETS: tuple[tuple[str, int, int], ...] = (
     ("1", 1, 1), ("2", 2, 2), ("3", 3, 3), ("4-5", 4, 5), ("6-10", 6, 10), ("11+", 11, 1 << 62))
-METRIC_KEYS = ("roc_auc", "pr_auc", "log_loss", "brier", "mae", "accuracy", "f1")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One quality figure: its JSON key, how tables and reports name it, which way is better.
+
+    Attributes:
+        key: the key in every JSON report (``evaluate --json``, ``compare --json``, report.json).
+        label: its name in reports and wide tables (``log-loss``).
+        short: its name in narrow terminal tables (``logloss``).
+        description: one line for help texts and report legends.
+        higher_is_better: True for scores (AUC, F1), False for losses and errors.
+    """
+
+    key: str
+    label: str
+    short: str
+    description: str
+    higher_is_better: bool
+
+
+# The one table of metric names: the CLI's tables, the training report and `compare` read it.
+METRICS: dict[str, Metric] = {m.key: m for m in (
+    Metric("roc_auc", "ROC-AUC", "ROC-AUC", "area under the ROC curve: how well scores rank buyers "
+           "above browsers", True),
+    Metric("pr_auc", "PR-AUC", "PR-AUC", "average precision: ranking quality where buyers are rare",
+           True),
+    Metric("log_loss", "log-loss", "logloss", "binary cross-entropy of the probabilities", False),
+    Metric("brier", "Brier (MSE)", "Brier", "mean squared error of the probabilities (the "
+           "article's MSE)", False),
+    Metric("mae", "MAE", "MAE", "mean absolute error of the probabilities", False),
+    Metric("accuracy", "accuracy", "acc", "share of sessions decided right at the threshold", True),
+    Metric("f1", "F1", "F1", "F1 of the purchase decision at the threshold", True),
+    Metric("ece", "ECE", "ECE", "expected calibration error over 10 equal-width bins", False),
+)}
+# What classification_metrics returns, in table order (ECE is computed apart: it needs bins).
+METRIC_KEYS: tuple[str, ...] = ("roc_auc", "pr_auc", "log_loss", "brier", "mae", "accuracy", "f1")
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -30,6 +67,14 @@ def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
 
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
+
+
+def roc_auc_or_none(y: np.ndarray, p: np.ndarray) -> float | None:
+    """ROC-AUC of probabilities ``p`` for 0/1 labels ``y``; None unless both classes occur."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y)
+    return _finite(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:

@@ -19,10 +19,10 @@ import numpy as np
 from edge_runtime.errors import ConfigError
 from edge_runtime.scorer import Scorer
 from trainer.dataset import encode_sessions
+from trainer.files import write_bytes_atomic
 from trainer.formats import FormatPreset
 from trainer.metrics import by_prefix_length, classification_metrics
 from trainer.readers import EventLog, read_log
-from trainer.rundir import write_bytes_atomic
 from trainer.sessions import DEFAULT_GAP_MINUTES, Sessions, key_digests, sessionize
 
 

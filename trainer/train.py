@@ -22,6 +22,7 @@ import numpy as np
 from edge_runtime.errors import ConfigError, RunDirError
 from trainer import rundir
 from trainer.dataset import aggregate_features, encode_sessions, new_encoder, pad, raw_sessions
+from trainer.files import write_bytes_atomic, write_json_atomic
 from trainer.formats import FormatPreset
 from trainer.metrics import by_prefix_length, choose_threshold, classification_metrics
 from trainer.readers import read_log
@@ -102,7 +103,7 @@ CHECKPOINT = "checkpoint"
 def _save_npz(path: Path, arrays: list[np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, *arrays)
-    rundir.write_bytes_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def _load_npz(path: Path) -> list[np.ndarray]:
@@ -159,7 +160,7 @@ def _fit_lstm(config: TrainConfig, x_train, y_train, x_val, y_val, weights: dict
             state["epoch"] = epoch + 1
             _save_npz(checkpoint / "weights.npz", model.get_weights())
             _save_npz(checkpoint / "optimizer.npz", [v.numpy() for v in model.optimizer.variables])
-            rundir.write_json_atomic(checkpoint / "state.json", state)  # the commit point
+            write_json_atomic(checkpoint / "state.json", state)  # the commit point
             if on_epoch is not None:
                 on_epoch(epoch + 1, config.epochs, logs)
             if state["wait"] >= config.patience:
@@ -245,7 +246,7 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
     with rundir.staged_run_dir(out, config.overwrite, config.resume) as tmp:
         resume_state = _resume_state(tmp, config) if config.resume else None
         if not config.resume:
-            rundir.write_json_atomic(tmp / rundir.CONFIG, config.to_dict())
+            write_json_atomic(tmp / rundir.CONFIG, config.to_dict())
         t0 = time.perf_counter()
         stage("reading the log")
         log = read_log(config.data, config.format, preset=preset, strict=config.strict)
@@ -319,8 +320,8 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
         from trainer.model import weights_to_arrays
 
         np.savez(tmp / rundir.WEIGHTS, **weights_to_arrays(model))
-        rundir.write_json_atomic(tmp / rundir.SPEC, encoder.spec().to_dict())
-        rundir.write_json_atomic(tmp / rundir.SPLIT, split.manifest(sessions))
+        write_json_atomic(tmp / rundir.SPEC, encoder.spec().to_dict())
+        write_json_atomic(tmp / rundir.SPLIT, split.manifest(sessions))
         # The test sessions as the model saw them, with the Keras probabilities: `convert`
         # checks every artifact against these without reading the log again; validation
         # sessions pick and recalibrate quantized artifacts; training sessions calibrate int8.
@@ -332,7 +333,7 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
                  validation_keras_probability=p_val,
                  **_ragged("calibration_", [encoded["train"][i] for i in calibration]),
                  calibration_label=y["train"][calibration])
-        rundir.write_json_atomic(tmp / rundir.REPORT_JSON, report)
+        write_json_atomic(tmp / rundir.REPORT_JSON, report)
         (tmp / rundir.REPORT_MD).write_text(render_report_md(report))
         log.bad.write(tmp / rundir.QUARANTINE)
         shutil.rmtree(tmp / CHECKPOINT, ignore_errors=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.rundir import write_bytes_atomic
+from trainer.files import write_bytes_atomic
 
 COLUMNS = (("engine", "engine"), ("precision", "precision"), ("graph", "graph"),
            ("size_bytes", "size (KiB)"), ("cold_start_ms", "cold start (ms)"), ("rss_mb", "RSS (MB)"),
