@@ -31,7 +31,9 @@ demo: install
 	$(UBP) score --model demo/run/model-float32.tflite --data demo/holdout.csv --out demo/holdout-scores.jsonl
 	$(UBP) evaluate demo/run/model-float32.tflite --data demo/holdout.csv
 
+# Lint first (ruff, configured in pyproject.toml): a style error fails the build like a test.
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # pytest-benchmark suites (encode, score, live step, load) over models/*.tflite, plus every

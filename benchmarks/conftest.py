@@ -2,7 +2,8 @@
 
 Artifacts: the reference models in models/ (float32, dynamic), plus every model-*.tflite of
 the run directory in UBP_EDGE_BENCH_RUN when it is set. Sessions: the Taobao sample in
-../shared/data (or UBP_EDGE_DATA) when present, else the embedded synthetic sessions.
+../shared/data (or UBP_EDGE_DATA) when present, else the embedded synthetic sessions; both
+come from `benchmarks.sessions`, as `ubp-edge benchmark`'s do.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def artifact_id(path: Path) -> str:
 @pytest.fixture(scope="session")
 def sessions() -> list[list[dict]]:
     """Session prefixes as event dicts: real Taobao when present, else synthetic."""
-    from ubp_edge.benchmark_cmd import _replayed_sessions, _synthetic_sessions
+    from benchmarks.sessions import replayed_sessions, synthetic_sessions
+    from trainer.logsource import EventLogSource
 
     taobao = DATA / "taobao" / "UserBehavior_sample.csv"
-    return _replayed_sessions(taobao, "taobao", limit=1000) if taobao.is_file() else _synthetic_sessions()
+    if taobao.is_file():
+        return replayed_sessions(EventLogSource(taobao, format="taobao"), limit=1000)
+    return synthetic_sessions()

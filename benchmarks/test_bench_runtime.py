@@ -11,8 +11,8 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import ARTIFACTS, artifact_id
 
+from benchmarks.conftest import ARTIFACTS, artifact_id
 from edge_runtime import Scorer
 
 

@@ -11,9 +11,15 @@ Probabilities are what the device returns, i.e. after an artifact's own recalibr
 (Platt scaling written by `convert`); `max_abs_diff_uncalibrated` is the drift of the raw
 model output, which is what quantisation alone changed.
 
+The log arrives as one `trainer.logsource.EventLogSource`; reading it, sessionizing it with
+the reference artifact's gap and the warnings about what it lacks are
+`trainer.scoring.scorable_sessions`, the same step `score` and `evaluate` take.
+
 Example:
     >>> from converters.compare import compare_run
-    >>> r = compare_run("runs/taobao", "../shared/data/taobao/UserBehavior_sample.csv", "taobao")
+    >>> from trainer.logsource import EventLogSource
+    >>> source = EventLogSource("../shared/data/taobao/UserBehavior_sample.csv", format="taobao")
+    >>> r = compare_run("runs/taobao", source)
     >>> [(a["precision"], a["graph"], round(a["delta_roc_auc"], 4)) for a in r["artifacts"]][:3]
     [('float32', 'fused', 0.0), ('float16', 'fused', -0.0), ('dynamic', 'fused', -0.0002)]
 """
@@ -22,30 +28,49 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from converters.precisions import GRAPHS, PRECISIONS
-from converters.tflite import artifact_path
 from edge_runtime.errors import ArtifactError, ConfigError, RunDirError, UbpEdgeError
 from edge_runtime.scorer import Scorer
-from trainer.formats import FormatPreset
-from trainer.metrics import PREFIX_BUCKETS, classification_metrics, expected_calibration_error
+from edge_runtime.timing import time_calls
+from trainer.logsource import EventLogSource
+from trainer.metrics import (
+    METRICS,
+    PREFIX_BUCKETS,
+    classification_metrics,
+    expected_calibration_error,
+    roc_auc_or_none,
+)
+from trainer.rundir import SPLIT_NAMES
+
+# `ubp-edge --help` imports this module (for SPLITS and REFERENCE): trainer.scoring (pyarrow)
+# and converters.tflite are imported where they are used.
+if TYPE_CHECKING:
+    from trainer.scoring import ScorableSessions
 
 REFERENCE = "float32"
 REFERENCE_GRAPH = "fused"
-SPLITS = ("auto", "all", "train", "validation", "test")
-METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "accuracy", "f1")
+# --split: which sessions are compared, and what each choice means (`compare --help`).
+SPLITS: dict[str, str] = {
+    "auto": "the run's test split when the log holds it, else every scorable session",
+    "all": "every scorable session of the log",
+    **{name: f"the run's {name} split" for name in SPLIT_NAMES},
+}
+# The quality figures of each row, in JSON order: keys of trainer.metrics.METRICS.
+COMPARED_METRICS: tuple[str, ...] = tuple(METRICS[k].key for k in (
+    "roc_auc", "pr_auc", "log_loss", "brier", "ece", "accuracy", "f1"))
 AGREEMENT = ("flip_rate", "max_abs_diff", "mean_abs_diff", "spearman")
 ECE_BINS = 10
 WARMUP_SESSIONS = 20
 
 # Every artifact row has exactly these keys, in this order, whatever its status.
 ARTIFACT_KEYS = ("precision", "graph", "path", "status", "reason", "threshold", "recalibrated",
-                 "size_bytes", "size_ratio", *[k for m in METRICS for k in (m, f"delta_{m}")],
+                 "size_bytes", "size_ratio", *[k for m in COMPARED_METRICS for k in (m, f"delta_{m}")],
                  *AGREEMENT, "max_abs_diff_uncalibrated", "p50_us", "by_prefix_length")
 BUCKET_KEYS = ("n_sessions", "roc_auc", "delta_roc_auc")
 RESULT_KEYS = ("reference", "run_dir", "data", "split", "split_reason", "n_sessions",
@@ -133,6 +158,8 @@ def find_artifacts(run_dir: Path) -> list[Path]:
     Raises:
         RunDirError: no run directory, or no float32 reference in it.
     """
+    from converters.tflite import artifact_path
+
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory (create one with `ubp-edge train`)")
     reference = artifact_path(run_dir, REFERENCE, REFERENCE_GRAPH)
@@ -153,6 +180,8 @@ def _table_order(path: Path) -> tuple:
 
 def _load(path: Path, backend: str, strict: bool = False) -> tuple[Scorer | None, ArtifactRow]:
     """Load one artifact; a fault becomes a failed row (or, with ``strict``, is raised)."""
+    from converters.tflite import artifact_path
+
     precision, graph = parse_artifact_name(path)
     row = ArtifactRow(path=path, precision=precision, graph=graph)
     try:
@@ -181,31 +210,33 @@ def _load(path: Path, backend: str, strict: bool = False) -> tuple[Scorer | None
     return scorer, row
 
 
-def _choose_sessions(run_dir: Path, sessions, split: str, data) -> tuple[np.ndarray, str, str, list[str]]:
-    """Indices of the sessions to score, the split's name, a sentence on why, warnings."""
+def _choose_sessions(run_dir: Path, scorable: ScorableSessions,
+                     split: str) -> tuple[np.ndarray, str, str, list[str]]:
+    """Which of the scorable sessions to compare on: (mask over ``scorable.index``, the split's
+    name, a sentence on why, warnings)."""
     from trainer.rundir import SPLIT
     from trainer.scoring import split_keys
-    from trainer.sessions import key_digests
 
-    scorable = np.flatnonzero(sessions.scorable)
-    keys = key_digests(sessions.key[scorable])
+    everything = np.ones(len(scorable.index), bool)
     manifest = run_dir / SPLIT
+    data = scorable.source.path
     if split == "all":
-        return scorable, "all", "all scorable sessions of the log", []
+        return everything, "all", "all scorable sessions of the log", []
     if split == "auto":
         if not manifest.is_file():
-            return scorable, "all", f"all scorable sessions ({manifest.name} absent)", []
+            return everything, "all", f"all scorable sessions ({manifest.name} absent)", []
         wanted = split_keys(manifest, "test")
-        present = np.isin(keys, np.array(sorted(wanted), dtype=str))
+        present = scorable.digest_mask(wanted)
         if wanted and int(present.sum()) == len(wanted):
-            return scorable[present], "test", f"the run's test split ({len(wanted):,} sessions of " \
-                                              f"{manifest.name})", []
-        return scorable, "all", ("all scorable sessions (the log does not hold the run's test "
-                                 f"split: {int(present.sum()):,} of its {len(wanted):,} sessions found)"), []
+            return present, "test", f"the run's test split ({len(wanted):,} sessions of " \
+                                    f"{manifest.name})", []
+        return everything, "all", ("all scorable sessions (the log does not hold the run's test "
+                                   f"split: {int(present.sum()):,} of its {len(wanted):,} sessions "
+                                   f"found)"), []
     if not manifest.is_file():
         raise RunDirError(f"{run_dir}: --split {split} needs {manifest.name}, which is absent")
     wanted = split_keys(manifest, split)
-    present = np.isin(keys, np.array(sorted(wanted), dtype=str))
+    present = scorable.digest_mask(wanted)
     if not present.any():
         raise ConfigError(f"{data}: none of the {len(wanted):,} {split} sessions of {manifest} is "
                           f"in this log; use --split all for another log")
@@ -213,21 +244,13 @@ def _choose_sessions(run_dir: Path, sessions, split: str, data) -> tuple[np.ndar
     if int(present.sum()) < len(wanted):
         warnings.append(f"{data}: only {int(present.sum()):,} of the {len(wanted):,} {split} "
                         f"sessions of {manifest} are in this log")
-    return scorable[present], split, f"the run's {split} split ({int(present.sum()):,} sessions)", warnings
+    return present, split, f"the run's {split} split ({int(present.sum()):,} sessions)", warnings
 
 
 def _score_timed(scorer: Scorer, encoded: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and per-session wall time (ns), after a short warm-up."""
-    for x in encoded[:WARMUP_SESSIONS]:
-        scorer.score_features(x)
-    probability = np.empty(len(encoded), np.float32)
-    latency = np.empty(len(encoded), np.int64)
-    clock = time.perf_counter_ns
-    for i, x in enumerate(encoded):
-        t0 = clock()
-        probability[i] = scorer.score_features(x)
-        latency[i] = clock() - t0
-    return probability, latency
+    """Probabilities and per-session wall time (ns), each session once, after a short warm-up."""
+    timings = time_calls(scorer.score_features, encoded, warmup=min(WARMUP_SESSIONS, len(encoded)))
+    return np.asarray(timings.results, np.float32), timings.ns
 
 
 def _num(x) -> float | None:
@@ -238,16 +261,10 @@ def _delta(a, b) -> float | None:
     return None if a is None or b is None else float(a) - float(b)
 
 
-def _roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return _num(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
-
-
 def _quality(y: np.ndarray, p: np.ndarray, threshold: float) -> dict:
     m = classification_metrics(y, p, threshold)
     m["ece"] = _num(expected_calibration_error(y, p, ECE_BINS))
-    return {k: m[k] for k in METRICS}
+    return {k: m[k] for k in COMPARED_METRICS}
 
 
 def _summarise(row: ArtifactRow, ref: ArtifactRow, y: np.ndarray, prefix_len: np.ndarray) -> dict:
@@ -262,7 +279,7 @@ def _summarise(row: ArtifactRow, ref: ArtifactRow, y: np.ndarray, prefix_len: np
         return out
     p, p_ref = row.probability.astype(np.float64), ref.probability.astype(np.float64)
     mine, theirs = _quality(y, p, row.threshold), _quality(y, p_ref, ref.threshold)
-    for k in METRICS:
+    for k in COMPARED_METRICS:
         out[k], out[f"delta_{k}"] = mine[k], _delta(mine[k], theirs[k])
     diff = np.abs(p - p_ref)
     out["flip_rate"] = float(np.mean((p >= row.threshold) != (p_ref >= ref.threshold))) if len(p) else None
@@ -275,7 +292,7 @@ def _summarise(row: ArtifactRow, ref: ArtifactRow, y: np.ndarray, prefix_len: np
     buckets = {}
     for name, lo, hi in PREFIX_BUCKETS:
         sel = (prefix_len >= lo) & (prefix_len <= hi)
-        auc, auc_ref = _roc_auc(y[sel], p[sel]), _roc_auc(y[sel], p_ref[sel])
+        auc, auc_ref = roc_auc_or_none(y[sel], p[sel]), roc_auc_or_none(y[sel], p_ref[sel])
         buckets[name] = {"n_sessions": int(sel.sum()), "roc_auc": auc,
                          "delta_roc_auc": _delta(auc, auc_ref)}
     out["by_prefix_length"] = buckets
@@ -290,17 +307,16 @@ def _spearman(p: np.ndarray, q: np.ndarray) -> float | None:
     return _num(spearmanr(p, q).statistic)
 
 
-def run_comparison(run_dir: str | os.PathLike, data: str | os.PathLike, format: str | None = None,
-                   preset: FormatPreset | None = None, split: str = "auto",
+def run_comparison(run_dir: str | os.PathLike, source: EventLogSource, split: str = "auto",
                    backend: str = "auto") -> Comparison:
     """Score one log with every artifact of a run and compare each with float32.
 
     Args:
         run_dir: a run directory holding ``model-float32.tflite`` and possibly others.
-        data: a labelled event log.
-        format, preset: as `trainer.readers.read_log`.
-        split: ``auto`` (the run's test split when the log holds all of it, else every
-            scorable session), ``all``, ``train``, ``validation`` or ``test``.
+        source: a labelled event log and how to read it; sessions are split with the
+            reference artifact's gap unless ``source.gap_minutes`` says otherwise.
+        split: a key of SPLITS: ``auto`` (the run's test split when the log holds all of it,
+            else every scorable session), ``all``, ``train``, ``validation`` or ``test``.
         backend: the interpreter backend for every artifact (as `Scorer.load`).
 
     Returns:
@@ -312,9 +328,7 @@ def run_comparison(run_dir: str | os.PathLike, data: str | os.PathLike, format: 
         DataError: the log cannot be read.
         ConfigError: an unknown split, or no session to compare on.
     """
-    from trainer.dataset import encode_sessions
-    from trainer.readers import read_log
-    from trainer.sessions import DEFAULT_GAP_MINUTES, sessionize
+    from trainer.scoring import scorable_sessions
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r}: expected one of {list(SPLITS)}")
@@ -324,55 +338,48 @@ def run_comparison(run_dir: str | os.PathLike, data: str | os.PathLike, format: 
     loaded = [_load(paths[0], backend, strict=True)] + [_load(p, backend) for p in paths[1:]]
     ref_scorer, ref = loaded[0]
 
-    log = read_log(data, format, preset=preset)
-    gap = float(ref_scorer.info.provenance.get("session_gap_minutes", DEFAULT_GAP_MINUTES))
-    sessions = sessionize(log, gap)
-    index, split_name, reason, warnings = _choose_sessions(run_dir, sessions, split, data)
-    if len(index) == 0:
-        raise ConfigError(f"{data}: no session with events before its outcome to compare on")
-    spec = ref_scorer.info.spec
-    if spec.uses_context and not log.has_user_ids:
-        warnings.append(f"{data}: the model uses user-history context but this log has no user "
-                        f"ids; context is zero for every session")
-    if "log_price" in spec.features and log.price is None:
-        warnings.append(f"{data}: the model uses prices but this log has none")
+    scorable = scorable_sessions(source, ref_scorer)
+    mask, split_name, reason, split_warnings = _choose_sessions(run_dir, scorable, split)
+    chosen = scorable.select(mask, split_warnings)
+    if len(chosen.index) == 0:
+        raise ConfigError(f"{source.path}: no session with events before its outcome to compare on")
 
-    encoded_by_spec: dict = {}  # the artifacts of one run share one spec: encode once
     for scorer, row in loaded:
-        if scorer is None:
-            continue
-        key = scorer.info.spec
-        if key not in encoded_by_spec:
-            encoded_by_spec[key] = encode_sessions(sessions, index, scorer.encoder)
-        try:
-            row.probability, row.latency_ns = _score_timed(scorer, encoded_by_spec[key])
-            # Recalibration moves probabilities on purpose; the raw output shows what
-            # quantisation alone changed.
-            row.raw_probability = (scorer.score_encoded(encoded_by_spec[key], calibrated=False)
-                                   if row.recalibrated else row.probability)
-        except UbpEdgeError as e:
-            row.reason = f"{row.path}: scoring failed ({e})"
-            continue
-        if not np.isfinite(row.probability).all():
-            row.reason = f"{row.path}: returns non-finite scores"
-            continue
-        row.status = "ok"
+        if scorer is not None:
+            _score_row(scorer, row, chosen)
     rows = [row for _, row in loaded]
     if ref.status != "ok":
         raise ArtifactError(ref.reason)
 
-    y = sessions.label[index].astype(np.int64)
-    prefix_len = sessions.prefix_len[index].astype(np.int64)
+    y = chosen.sessions.label[chosen.index].astype(np.int64)
+    prefix_len = chosen.sessions.prefix_len[chosen.index].astype(np.int64)
     for row in rows:
         row.metrics = _summarise(row, ref, y, prefix_len)
-    return Comparison(run_dir=run_dir, data=str(data), split=split_name, split_reason=reason,
+    return Comparison(run_dir=run_dir, data=str(source.path), split=split_name, split_reason=reason,
                       label=y, prefix_len=prefix_len, rows=rows,
-                      n_excluded_empty_prefix=int((~sessions.scorable).sum()),
-                      bad_rows=log.bad.summary(), warnings=warnings)
+                      n_excluded_empty_prefix=int((~chosen.sessions.scorable).sum()),
+                      bad_rows=chosen.log.bad.summary(), warnings=chosen.warnings)
 
 
-def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike, format: str | None = None,
-                preset: FormatPreset | None = None, split: str = "auto",
+def _score_row(scorer: Scorer, row: ArtifactRow, chosen: ScorableSessions) -> None:
+    """Score the chosen sessions with one artifact into its row; a fault leaves it failed."""
+    encoded = chosen.encoded(scorer)  # once per FeatureSpec: a run's artifacts share one
+    try:
+        row.probability, row.latency_ns = _score_timed(scorer, encoded)
+        # Recalibration moves probabilities on purpose; the raw output shows what
+        # quantisation alone changed.
+        row.raw_probability = (scorer.score_encoded(encoded, calibrated=False)
+                               if row.recalibrated else row.probability)
+    except UbpEdgeError as e:
+        row.reason = f"{row.path}: scoring failed ({e})"
+        return
+    if not np.isfinite(row.probability).all():
+        row.reason = f"{row.path}: returns non-finite scores"
+        return
+    row.status = "ok"
+
+
+def compare_run(run_dir: str | os.PathLike, source: EventLogSource, split: str = "auto",
                 backend: str = "auto") -> dict:
     """The `ubp-edge compare --json` object: every artifact of a run against float32.
 
@@ -383,7 +390,7 @@ def compare_run(run_dir: str | os.PathLike, data: str | os.PathLike, format: str
         "artifacts": [...], ...}``; each artifact row has the keys of ARTIFACT_KEYS, None
         where they do not apply (a failed row has no metrics).
     """
-    return run_comparison(run_dir, data, format, preset, split, backend).to_dict()
+    return run_comparison(run_dir, source, split, backend).to_dict()
 
 
 def gate(comparison: Comparison | dict, max_auc_drop: float | None = None,

@@ -15,12 +15,17 @@ import numpy as np
 
 from converters.compare import ECE_BINS, REFERENCE, ArtifactRow, Comparison
 from edge_runtime.errors import ConfigError
-from trainer.metrics import PREFIX_BUCKETS
 from trainer.files import write_bytes_atomic
+from trainer.metrics import METRICS, PREFIX_BUCKETS
+
+# Metric names in the page, the terminal table and the plots: the metric table's labels.
+AUC, PR_AUC, ECE = METRICS["roc_auc"].label, METRICS["pr_auc"].label, METRICS["ece"].label
+# The "All metrics" table of compare.md: each figure and its delta against float32.
+DETAIL_METRICS = ("log_loss", "brier", "accuracy", "f1")
 
 PLOTS = ("roc.png", "pr.png", "reliability.png", "auc_by_prefix.png", "scatter.png")
 REPORT_MD = "compare.md"
-COLUMNS = ("precision", "graph", "status", "size", "ratio", "ROC-AUC", "ΔAUC", "PR-AUC", "ECE",
+COLUMNS = ("precision", "graph", "status", "size", "ratio", AUC, "ΔAUC", PR_AUC, ECE,
            "flip rate", "max|Δp|", "p50 µs")
 _DPI = 110
 
@@ -101,16 +106,14 @@ def markdown(result: dict, command: str, plots: tuple[str, ...] = PLOTS) -> str:
         "## All metrics",
         "",
         _markdown_table(
-            ["artifact", "log-loss", "Δ", "Brier", "Δ", "accuracy", "Δ", "F1", "Δ",
+            ["artifact", *[h for k in DETAIL_METRICS for h in (METRICS[k].label, "Δ")],
              "mean|Δp|", "Spearman"],
-            [[_artifact_label(a), _fmt(a["log_loss"], ".4f"), _fmt(a["delta_log_loss"], ".4f", True),
-              _fmt(a["brier"], ".4f"), _fmt(a["delta_brier"], ".4f", True),
-              _fmt(a["accuracy"], ".4f"), _fmt(a["delta_accuracy"], ".4f", True),
-              _fmt(a["f1"], ".4f"), _fmt(a["delta_f1"], ".4f", True),
+            [[_artifact_label(a),
+              *[c for k in DETAIL_METRICS for c in (_fmt(a[k], ".4f"), _fmt(a[f"delta_{k}"], ".4f", True))],
               _fmt(a["mean_abs_diff"], ".1e"), _fmt(a["spearman"], ".6f")] for a in ok],
             right_from=1),
         "",
-        "## ROC-AUC by prefix length (events before the outcome)",
+        f"## {AUC} by prefix length (events before the outcome)",
         "",
     ]
     buckets = [name for name, _, _ in PREFIX_BUCKETS]
@@ -137,7 +140,7 @@ def markdown(result: dict, command: str, plots: tuple[str, ...] = PLOTS) -> str:
         "roc.png": "ROC curves",
         "pr.png": "Precision-recall curves",
         "reliability.png": f"Reliability diagram ({ECE_BINS} equal-width bins)",
-        "auc_by_prefix.png": "ROC-AUC by prefix length",
+        "auc_by_prefix.png": f"{AUC} by prefix length",
         "scatter.png": f"Each artifact's probability against {REFERENCE}'s",
     }
     parts += ["## Plots", ""]
@@ -210,7 +213,7 @@ def plot_roc(c: Comparison) -> bytes:
             break
         fpr, tpr, _ = roc_curve(c.label, r.probability)
         auc = r.metrics["roc_auc"]
-        ax.plot(fpr, tpr, label=f"{r.label} (ROC-AUC {auc:.4f})", **styles[r.name])
+        ax.plot(fpr, tpr, label=f"{r.label} ({AUC} {auc:.4f})", **styles[r.name])
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
            title=f"ROC: {REFERENCE} vs each artifact\n{_subtitle(c)}")
     ax.grid(alpha=0.3)
@@ -231,7 +234,7 @@ def plot_pr(c: Comparison) -> bytes:
         if len(np.unique(c.label)) < 2:
             break
         precision, recall, _ = precision_recall_curve(c.label, r.probability)
-        ax.step(recall, precision, where="post", label=f"{r.label} (PR-AUC {r.metrics['pr_auc']:.4f})",
+        ax.step(recall, precision, where="post", label=f"{r.label} ({PR_AUC} {r.metrics['pr_auc']:.4f})",
                 **styles[r.name])
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
            title=f"Precision-recall: {REFERENCE} vs each artifact\n{_subtitle(c)}")
@@ -260,7 +263,7 @@ def plot_reliability(c: Comparison) -> bytes:
         n, mean_p, mean_y = _bins(r.probability.astype(np.float64), c.label.astype(np.float64))
         keep = n > 0
         top.plot(mean_p[keep], mean_y[keep], marker="o", markersize=4,
-                 label=f"{r.label} (ECE {r.metrics['ece']:.4f})", **styles[r.name])
+                 label=f"{r.label} ({ECE} {r.metrics['ece']:.4f})", **styles[r.name])
     top.set(ylabel="share of sessions with a purchase", xlim=(0, 1), ylim=(0, 1),
             title=f"Reliability ({ECE_BINS} equal-width bins)\n{_subtitle(c)}")
     top.grid(alpha=0.3)
@@ -298,11 +301,11 @@ def plot_auc_by_prefix(c: Comparison) -> bytes:
     bottom.axhline(0, color="black", linewidth=0.8)
     counts = c.reference.metrics["by_prefix_length"]
     bottom.set_xticks(x, [f"{b}\nn={counts[b]['n_sessions']:,}" for b in buckets])
-    top.set(ylabel="ROC-AUC", title=f"ROC-AUC by prefix length (events before the outcome)\n"
+    top.set(ylabel=AUC, title=f"{AUC} by prefix length (events before the outcome)\n"
                                     f"{_subtitle(c)}")
     top.grid(alpha=0.3)
     top.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    bottom.set(xlabel="prefix length (events)", ylabel=f"ΔROC-AUC vs {REFERENCE}")
+    bottom.set(xlabel="prefix length (events)", ylabel=f"Δ{AUC} vs {REFERENCE}")
     bottom.grid(alpha=0.3, axis="y")
     bottom.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     if not others:

@@ -7,6 +7,12 @@
   LOGISTIC, TANH, MUL, ADD) over a fixed ``T = max_len``, any batch ``[B, T, F]`` plus a
   ``[B, T, 1]`` mask that holds the state through padding. XNNPACK runs these ops fast on
   x86 and they quantize without the fused op's restrictions; the file is larger.
+- ``step``: one event with the LSTM state in and out, for live sessions; every artifact
+  carries it (edge_runtime.live.StepModel runs it).
+
+Seams: `score_function(graph, weights, max_len)` and `step_function(weights)`, each a
+(concrete function, trackable) pair for `converters.tflite.to_tflite`. TensorFlow is imported
+inside them.
 """
 
 from __future__ import annotations
@@ -78,7 +84,13 @@ def unrolled_score_function(arrays: dict[str, np.ndarray], max_len: int):
 
 
 def score_function(graph: str, arrays: dict[str, np.ndarray], max_len: int):
-    """The concrete function of ``graph`` (``fused`` or ``unrolled``)."""
+    """The (concrete function, trackable) of export graph ``graph``.
+
+    Args:
+        graph: ``fused`` or ``unrolled`` (converters.precisions.GRAPHS).
+        arrays: the run's weights (trainer.model.WEIGHT_NAMES).
+        max_len: the unrolled graph's steps (FeatureSpec.max_len).
+    """
     if graph == "fused":
         return fused_score_function(arrays)
     return unrolled_score_function(arrays, max_len)

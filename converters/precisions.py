@@ -57,7 +57,12 @@ class Precision:
         return self.optimize
 
     def configure(self, converter, representative_dataset=None) -> None:
-        """Set a `tf.lite.TFLiteConverter`'s options for this precision."""
+        """Set a `tf.lite.TFLiteConverter`'s options for this precision.
+
+        Args:
+            converter: the converter, before ``convert()``.
+            representative_dataset: the calibration generator (calibrated precisions only).
+        """
         import tensorflow as tf
 
         if self.optimize:

@@ -5,6 +5,19 @@ Facts this follows (DESIGN, measured): only a tf_keras LSTM converted with
 UNIDIRECTIONAL_SEQUENCE_LSTM op; a Masking layer blocks fusion, so the export graph is a
 clone without it that takes unpadded sessions; no artifact ships without a parity check,
 because a broken conversion can load and still return garbage.
+
+One artifact goes through named stages (`_convert_one`): convert (`to_tflite`), label (the
+ArtifactInfo and the integrity digest), validate in the project's own runtime (edge_runtime's
+Scorer on ai-edge-litert: ops, parity with Keras), add the live step graph (checked event by
+event), then measure and, for quantised precisions, recalibrate (edge_runtime.calibration).
+Calibrated precisions run in a child process, because the TFLite calibrator can abort the
+process.
+
+Seams: `convert_run` and `auto_convert` (the CLI's `convert`), `ConvertConfig`,
+`ConversionResult`, `artifact_path`, `ConversionRun` (a trainer.rundir.RunDirectory with the
+converter's own needs: export graphs, Keras reference, artifact provenance) and `to_tflite`.
+What TensorFlow prints while converting is captured (edge_runtime.native_logs) and kept on
+a failed row's ``native_log``; ``--verbose`` lets it through.
 """
 
 from __future__ import annotations
@@ -12,23 +25,33 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import tempfile
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from converters.graphs import score_function, step_function
-from converters.precisions import GRAPHS, PRECISIONS
-from converters.tflite_metadata import add_metadata, seal
+from converters.metadata_writer import add_metadata, seal
+from converters.precisions import GRAPHS, PRECISIONS, Precision
 from edge_runtime import __version__
 from edge_runtime.artifact import METADATA_NAME, STEP_METADATA_NAME, ArtifactInfo
-from edge_runtime.errors import ArtifactError, ConfigError, RunDirError
-from edge_runtime.features import FeatureSpec
+from edge_runtime.calibration import PlattCalibration
+from edge_runtime.errors import ArtifactError, ConfigError, MalformedModelError, first_line
 from edge_runtime.live import StepModel
+from edge_runtime.native_logs import (
+    capture_process_stderr,
+    is_verbose,
+    native_log_of,
+    quiet_native,
+    set_verbose,
+)
 from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
-from trainer import rundir
+from edge_runtime.timing import time_calls
 from trainer.files import write_bytes_atomic
-from trainer.model import WEIGHT_NAMES
+from trainer.metrics import expected_calibration_error, roc_auc_or_none
+from trainer.rundir import RunDirectory
 
 FORBIDDEN_OPS = ("WHILE",)
 DEFAULT_CALIBRATION_SESSIONS = 300
@@ -67,6 +90,7 @@ class ConvertConfig:
 
     @property
     def precision_names(self) -> tuple[str, ...]:
+        """The precisions to convert, in table order when none were named."""
         return self.precisions or tuple(PRECISIONS)
 
 
@@ -92,30 +116,136 @@ class ConversionResult:
     step_sessions_checked: int = 0
     ops: list[str] = field(default_factory=list)
     model_bytes: bytes | None = field(default=None, repr=False)
+    # What the TFLite converter or calibrator printed when this row did not convert (kept
+    # off the terminal unless --verbose; edge_runtime.native_logs). Not in to_dict.
+    native_log: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
+        """The row as JSON-ready values (`convert --json`), without the model's bytes."""
         d = asdict(self)
         d.pop("model_bytes")
+        d.pop("native_log")
         return d
 
 
 def artifact_path(run_dir: Path, precision: str, graph: str = "fused") -> Path:
+    """Where `convert` writes the artifact of ``precision`` and ``graph`` in ``run_dir``."""
     return run_dir / f"model-{precision}.tflite" if graph == "fused" else \
         run_dir / f"model-{graph}-{precision}.tflite"
 
 
-def _sessions(parity: dict, prefix: str) -> list[np.ndarray]:
-    features, offsets = parity[f"{prefix}features"], parity[f"{prefix}offsets"]
-    return [features[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+class ConversionRun(RunDirectory):
+    """A run directory as the converter reads it: the RunDirectory, plus the export graphs,
+    the float32 Keras reference on validation sessions and the provenance of its artifacts.
+
+    Raises:
+        RunDirError: as RunDirectory.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        super().__init__(run_dir)
+        self.calibration = self.sessions(self.calibration_part)
+        self.validation = self.sessions("validation")
+        self.test = self.sessions("test")
+
+    @property
+    def calibration_source(self) -> str:
+        """``training``, or ``validation`` for runs written before training sessions were
+        stored (they calibrate on validation sessions)."""
+        return "training" if self.calibration_part == "calibration" else "validation"
+
+    def score_function(self, graph: str):
+        """The (concrete function, trackable) of export graph ``graph`` (converters.graphs)."""
+        with quiet_native():  # importing and tracing TensorFlow prints banners to fd 2
+            return score_function(graph, self.weights, self.spec.max_len)
+
+    @cached_property
+    def step_function(self):
+        """The one-event graph's (concrete function, trackable), built once per run."""
+        with quiet_native():
+            return step_function(self.weights)
+
+    def validation_reference(self) -> np.ndarray:
+        """Float32 Keras probabilities of the validation sessions: as stored by `train`, or
+        computed from the weights for runs that did not store them."""
+        stored = self.keras_probability("validation")
+        if stored is not None:
+            return stored
+        from trainer.model import arrays_to_model
+
+        with quiet_native():
+            model = arrays_to_model(self.weights, masking=False)
+        return np.array([float(model(x[None], training=False)[0, 0]) for x in self.validation])
+
+    def info(self, precision: str, graph: str, calibration_sessions: int | None,
+             calibration: PlattCalibration | None = None) -> ArtifactInfo:
+        """The self-description of one artifact of this run.
+
+        Args:
+            precision, graph: the artifact's.
+            calibration_sessions: sessions the calibrator saw (None: not calibrated).
+            calibration: the recalibration; its map also moves the run's threshold.
+        """
+        import tensorflow as tf
+
+        threshold = float(self.report["threshold"])
+        return ArtifactInfo(
+            spec=self.spec, precision=precision, graph=graph,
+            calibration=None if calibration is None else calibration.to_dict(),
+            threshold=threshold if calibration is None else calibration.apply_threshold(threshold),
+            provenance={
+                "run_dir": self.dir.name,
+                "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "training_data": Path(self.config["data"]).name,
+                "training_format": self.report["data"]["format"],
+                "session_gap_minutes": float(self.config["gap_minutes"]),
+                "test_roc_auc_keras": self.report["test"]["lstm"]["roc_auc"],
+                "calibration_sessions": calibration_sessions,
+                "calibration_source": self.calibration_source if calibration_sessions else None,
+                "step_precision": PRECISIONS[precision].live_precision,
+                "ubp_edge": __version__, "tensorflow": tf.__version__,
+                "python": platform.python_version()})
+
+
+def to_tflite(function, precision: str, representative=None) -> bytes:
+    """Convert a concrete function at ``precision``, with what TensorFlow prints captured.
+
+    Args:
+        function: (concrete function, trackable) from converters.graphs.
+        precision: a name of PRECISIONS.
+        representative: the calibration generator for calibrated precisions.
+
+    Returns:
+        The `.tflite` bytes.
+
+    Raises:
+        Exception: whatever the TFLite converter raises (many types); the captured native
+            output is on it (edge_runtime.native_logs.native_log_of).
+    """
+    import tensorflow as tf
+
+    concrete, trackable = function
+    with quiet_native():
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], trackable)
+        PRECISIONS[precision].configure(converter, representative)
+        return converter.convert()
 
 
 def _representative(graph: str, sessions: list[np.ndarray], max_len: int):
-    """The calibration generator: dicts keyed by input name (a list in the wrong order fails)."""
+    """The calibration generator over ``sessions``, in the form the graph's inputs need.
+
+    The fused graph has one input, so a sample is a one-element list. The unrolled graph's
+    two are given as a dict keyed by input name: the converter orders them its own way
+    (mask first, as measured with TF 2.21), and only the calibrator knows which. A dict costs
+    a deprecated tf.lite.Interpreter that TensorFlow's calibrator builds to look the names
+    up (its deprecation warning and XNNPACK banner are captured with the rest of the
+    calibration child's stderr); a list avoids it where there is no order to get wrong.
+    """
     def generate():
         for x in sessions:
             x = x[-max_len:]
             if graph == "fused":
-                yield {"events": x[None].astype(np.float32)}
+                yield [x[None].astype(np.float32)]
             else:
                 events = np.zeros((1, max_len, x.shape[1]), np.float32)
                 mask = np.zeros((1, max_len, 1), np.float32)
@@ -129,12 +259,7 @@ def _labelled(model_bytes: bytes, entries: dict[str, bytes]) -> bytes:
     return seal(add_metadata(model_bytes, entries))
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _validate(model_bytes: bytes, graph: str, parity: dict, tolerance: float
+def _validate(model_bytes: bytes, graph: str, run: ConversionRun, tolerance: float
               ) -> tuple[Scorer, list[str], float, int]:
     """Load in edge_runtime, check ops, compare with the Keras probabilities; raise on failure."""
     scorer = Scorer.from_bytes(model_bytes, source="converted model")
@@ -145,10 +270,10 @@ def _validate(model_bytes: bytes, graph: str, parity: dict, tolerance: float
         raise ArtifactError(f"graph has ops the edge runtime must not need: {bad_ops}")
     if graph == "fused" and FUSED_LSTM_OP not in ops:
         raise ArtifactError(f"the LSTM was not fused into {FUSED_LSTM_OP}; ops: {sorted(set(ops))}")
-    got = scorer.score_encoded(_sessions(parity, ""), calibrated=False)
+    got = scorer.score_encoded(run.test, calibrated=False)
     if not np.isfinite(got).all():
         raise ArtifactError("the converted model returns non-finite scores")
-    expected = parity["keras_probability"]
+    expected = run.keras_probability("test")
     diff = float(np.max(np.abs(got - expected))) if len(got) else 0.0
     if diff > tolerance:
         raise ArtifactError(f"scores differ from the Keras model by up to {diff:.3g} "
@@ -156,177 +281,92 @@ def _validate(model_bytes: bytes, graph: str, parity: dict, tolerance: float
     return scorer, ops, diff, len(got)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
-def _fit_platt(p: np.ndarray, p_reference: np.ndarray) -> tuple[float, float] | None:
-    """Platt scaling sigmoid(a * logit(p) + b) that maps a quantised artifact's validation
-    probabilities back onto the float32 model's, or None when quantisation did not shift them
-    enough to matter (cross-entropy to the float32 probabilities improves by < 1e-4).
-
-    The target is the float32 output, not the labels: recalibration undoes what quantisation
-    did and leaves the float model's own calibration alone.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    z = _logit(p).reshape(-1, 1)
-    target = np.clip(np.asarray(p_reference, np.float64), 1e-7, 1 - 1e-7)
-    # Soft labels as two weighted copies of every session: y=1 with weight p_ref, y=0 with 1-p_ref.
-    fit = LogisticRegression(C=1e6, max_iter=1000).fit(
-        np.vstack([z, z]), np.r_[np.ones(len(z)), np.zeros(len(z))],
-        sample_weight=np.r_[target, 1 - target])
-
-    def cross_entropy(q: np.ndarray) -> float:
-        q = np.clip(q, 1e-7, 1 - 1e-7)
-        return float(-np.mean(target * np.log(q) + (1 - target) * np.log(1 - q)))
-
-    before = cross_entropy(np.asarray(p, np.float64))
-    after = cross_entropy(fit.predict_proba(z)[:, 1])
-    return (float(fit.coef_[0, 0]), float(fit.intercept_[0])) if after < before - 1e-4 else None
-
-
-class _Run:
-    """Everything of a run directory the converter reads, loaded once."""
-
-    def __init__(self, run_dir: str | os.PathLike) -> None:
-        self.dir = rundir.check_run_dir(run_dir)
-        try:
-            self.arrays = dict(np.load(self.dir / rundir.WEIGHTS, allow_pickle=False))
-            self.parity = dict(np.load(self.dir / rundir.PARITY, allow_pickle=False))
-        except (OSError, ValueError) as e:
-            raise RunDirError(f"{self.dir}: weights or parity sessions unreadable ({e})") from None
-        self.spec = FeatureSpec.from_dict(rundir.read_json(self.dir / rundir.SPEC))
-        self.report = rundir.read_json(self.dir / rundir.REPORT_JSON)
-        self.config = rundir.read_json(self.dir / rundir.CONFIG)
-        if "lstm_kernel" in self.arrays and self.arrays["lstm_kernel"].shape[0] != self.spec.n_features:
-            raise RunDirError(f"{self.dir}: weights take {self.arrays['lstm_kernel'].shape[0]} "
-                              f"features but the spec lists {self.spec.n_features}")
-        missing = [k for k in ("features", "offsets", "keras_probability", "label",
-                               "validation_features", "validation_offsets", "validation_label")
-                   if k not in self.parity]
-        missing += [f"weights.npz:{k}" for k in WEIGHT_NAMES if k not in self.arrays]
-        if missing:
-            raise RunDirError(f"{self.dir}: run directory written by another version, missing {missing}; "
-                              f"train again")
-        prefix = "calibration_" if "calibration_offsets" in self.parity else "validation_"
-        # Runs written before training sessions were stored calibrate on validation sessions.
-        self.calibration_source = "training" if prefix == "calibration_" else "validation"
-        self.calibration = _sessions(self.parity, prefix)
-        self.validation = _sessions(self.parity, "validation_")
-        self.validation_label = self.parity["validation_label"]
-        self._step_function = None
-
-    @property
-    def step_function(self):
-        """The one-event graph's concrete function, built once per run."""
-        if self._step_function is None:
-            self._step_function = step_function(self.arrays)
-        return self._step_function
-
-    def reference_validation(self) -> np.ndarray:
-        """Float32 Keras probabilities of the validation sessions, for runs that did not store them."""
-        from trainer.model import arrays_to_model
-
-        model = arrays_to_model(self.arrays, masking=False)
-        return np.array([float(model(x[None], training=False)[0, 0]) for x in self.validation])
-
-    def info(self, precision: str, graph: str, calibration_sessions: int | None, tf_version: str,
-             threshold: float | None = None, calibration: dict | None = None) -> ArtifactInfo:
-        return ArtifactInfo(
-            spec=self.spec, precision=precision, graph=graph, calibration=calibration,
-            threshold=float(self.report["threshold"] if threshold is None else threshold),
-            provenance={
-                "run_dir": self.dir.name,
-                "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "training_data": Path(self.config["data"]).name,
-                "training_format": self.report["data"]["format"],
-                "session_gap_minutes": float(self.config["gap_minutes"]),
-                "test_roc_auc_keras": self.report["test"]["lstm"]["roc_auc"],
-                "calibration_sessions": calibration_sessions,
-                "calibration_source": self.calibration_source if calibration_sessions else None,
-                "step_precision": PRECISIONS[precision].live_precision,
-                "ubp_edge": __version__, "tensorflow": tf_version,
-                "python": platform.python_version()})
-
-
-def _convert_one(run: _Run, graph: str, function, name: str, config: ConvertConfig) -> ConversionResult:
-    """Convert, label, validate and (for quantised precisions) recalibrate one artifact in memory."""
-    import tensorflow as tf
-
-    from trainer.metrics import expected_calibration_error
-
+def _convert_one(run: ConversionRun, graph: str, function, name: str, config: ConvertConfig
+                 ) -> ConversionResult:
+    """Convert, label, validate, add the step graph and (for quantised precisions)
+    recalibrate one artifact in memory; a stage that fails ends the row with its reason."""
     precision = PRECISIONS[name]
     result = ConversionResult(precision=name, graph=graph, status="failed")
-    concrete, trackable = function
     n_cal = min(config.calibration_sessions, len(run.calibration)) if precision.needs_calibration else None
     try:
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], trackable)
-        precision.configure(converter, _representative(graph, run.calibration[:n_cal or 0],
-                                                       run.spec.max_len))
-        model_bytes = converter.convert()
+        model_bytes = to_tflite(function, name, _representative(graph, run.calibration[:n_cal or 0],
+                                                                run.spec.max_len))
     except Exception as e:  # the converter raises many types; the row records why
-        result.status, result.reason = "unsupported", f"converter: {_first_line(e)}"
+        result.status, result.reason = "unsupported", f"converter: {first_line(e)}"
+        result.native_log = native_log_of(e)
         return result
     result.calibration_sessions = n_cal
-    info = run.info(name, graph, n_cal, tf.__version__)
-    model_bytes = _labelled(model_bytes, {METADATA_NAME: info.to_bytes()})
+    model_bytes = _labelled(model_bytes, {METADATA_NAME: run.info(name, graph, n_cal).to_bytes()})
     try:
         scorer, result.ops, result.max_abs_diff, result.sessions_checked = _validate(
-            model_bytes, graph, run.parity, precision.max_abs_diff)
+            model_bytes, graph, run, precision.max_abs_diff)
+    except MalformedModelError as e:
+        # Fresh from the converter, so not damage: the converter wrote a graph the kernels
+        # would abort on (seen: 16x8 of the unrolled graph, a tensor of scale 0).
+        result.status = "unsupported"
+        result.reason = f"converter wrote a model the runtime refuses: {e}"
+        return result
     except ArtifactError as e:
-        if "corrupted TFLite file" in str(e) or "unusable quantization" in str(e):
-            # Fresh from the converter, so not damage: the converter wrote a graph the kernels
-            # would abort on (seen: 16x8 of the unrolled graph, a tensor of scale 0).
-            result.status = "unsupported"
-            result.reason = f"converter wrote a model the runtime refuses: {e}"
-        else:
-            result.reason = f"validation: {e}"
+        result.reason, result.native_log = f"validation: {e}", native_log_of(e)
         return result
     try:
         model_bytes, result.step_max_abs_diff, result.step_sessions_checked = _with_step_graph(
             run, model_bytes, scorer, precision)
     except ArtifactError as e:
-        result.reason = f"step graph: {e}"
+        result.reason, result.native_log = f"step graph: {e}", native_log_of(e)
         return result
     except Exception as e:  # the converter raises many types; the row records why
-        result.reason = f"step graph: converter: {_first_line(e)}"
+        result.reason = f"step graph: converter: {first_line(e)}"
+        result.native_log = native_log_of(e)
         return result
     result.step_precision = precision.live_precision
-    scorer = Scorer.from_bytes(model_bytes, source="converted model")
-    p_val = scorer.score_encoded(run.validation, calibrated=False)
-    result.validation_roc_auc = _roc_auc(run.validation_label, p_val)
-    test_sessions, y_test = _sessions(run.parity, ""), run.parity["label"]
-    result.ece_before = expected_calibration_error(y_test, scorer.score_encoded(test_sessions,
-                                                                                calibrated=False))
-    result.ece_after = result.ece_before
-    platt = None
-    if precision.quantized and config.recalibrate:
-        platt = _fit_platt(p_val, run.parity["validation_keras_probability"]
-                           if "validation_keras_probability" in run.parity else run.reference_validation())
-    if platt is not None:
-        a, b = platt
-        # The threshold moves through the same monotone map: decisions do not change,
-        # only the probabilities are brought back in line with the float32 model's.
-        threshold = float(1 / (1 + np.exp(-(a * _logit(np.array([run.report["threshold"]]))[0] + b))))
-        info = run.info(name, graph, n_cal, tf.__version__, threshold=threshold,
-                        calibration={"method": "platt", "a": a, "b": b})
-        model_bytes = _labelled(model_bytes, {METADATA_NAME: info.to_bytes()})
-        scorer = Scorer.from_bytes(model_bytes, source="recalibrated model")
-        result.recalibrated = True
-        result.ece_after = expected_calibration_error(y_test, scorer.score_encoded(test_sessions))
+    model_bytes = _measure_and_recalibrate(run, model_bytes, result, n_cal,
+                                           recalibrate=precision.quantized and config.recalibrate)
     result.status, result.model_bytes, result.size_bytes = "ok", model_bytes, len(model_bytes)
     return result
 
 
-def _convert_in_child(run_dir: str, graph: str, name: str, config: ConvertConfig) -> ConversionResult:
-    """Entry point of the child process that converts one calibrated precision."""
-    run = _Run(run_dir)
-    return _convert_one(run, graph, score_function(graph, run.arrays, run.spec.max_len), name, config)
+def _measure_and_recalibrate(run: ConversionRun, model_bytes: bytes, result: ConversionResult,
+                             n_cal: int | None, recalibrate: bool) -> bytes:
+    """Fill the row's validation ROC-AUC and test ECE; with ``recalibrate``, fit a Platt map
+    toward the float32 model's validation probabilities and, where it helps, store it (and
+    the threshold moved through it) in the artifact. Returns the artifact's bytes."""
+    scorer = Scorer.from_bytes(model_bytes, source="converted model")
+    p_val = scorer.score_encoded(run.validation, calibrated=False)
+    result.validation_roc_auc = roc_auc_or_none(run.labels("validation"), p_val)
+    y_test = run.labels("test")
+    result.ece_before = expected_calibration_error(y_test, scorer.score_encoded(run.test,
+                                                                                calibrated=False))
+    result.ece_after = result.ece_before
+    platt = PlattCalibration.fit(p_val, run.validation_reference()) if recalibrate else None
+    if platt is None:
+        return model_bytes
+    # The threshold moves through the same monotone map (ConversionRun.info): decisions do
+    # not change, only the probabilities are brought back in line with the float32 model's.
+    info = run.info(result.precision, result.graph, n_cal, calibration=platt)
+    model_bytes = _labelled(model_bytes, {METADATA_NAME: info.to_bytes()})
+    scorer = Scorer.from_bytes(model_bytes, source="recalibrated model")
+    result.recalibrated = True
+    result.ece_after = expected_calibration_error(y_test, scorer.score_encoded(run.test))
+    return model_bytes
 
 
-def _convert_isolated(run: _Run, graph: str, function, name: str, config: ConvertConfig) -> ConversionResult:
+def _convert_in_child(run_dir: str, graph: str, name: str, config: ConvertConfig, verbose: bool,
+                      log_path: str) -> ConversionResult:
+    """Entry point of the child process that converts one calibrated precision.
+
+    Unless verbose, the child's whole stderr goes to ``log_path``, which the parent reads:
+    the calibrator's lines stay off the terminal, and the last words of an abort are kept.
+    """
+    set_verbose(verbose)
+    if not verbose:
+        capture_process_stderr(log_path)
+    run = ConversionRun(run_dir)
+    return _convert_one(run, graph, run.score_function(graph), name, config)
+
+
+def _convert_isolated(run: ConversionRun, graph: str, function, name: str, config: ConvertConfig
+                      ) -> ConversionResult:
     """Calibrated precisions run the TFLite calibrator, which can abort the whole process on a
     graph it cannot take (measured: 16x8 on the unrolled graph, SIGABRT). They convert in a child
     process, so a crash becomes an "unsupported" row and the other precisions go on."""
@@ -336,19 +376,28 @@ def _convert_isolated(run: _Run, graph: str, function, name: str, config: Conver
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        try:
-            return pool.submit(_convert_in_child, str(run.dir), graph, name, config).result()
-        except BrokenProcessPool:
-            return ConversionResult(precision=name, graph=graph, status="unsupported",
-                                    reason="converter: the TFLite calibrator aborted the process "
-                                           "on this graph")
+    fd, log_path = tempfile.mkstemp(prefix="ubp-edge-convert-", suffix=".log")
+    os.close(fd)
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                result = pool.submit(_convert_in_child, str(run.dir), graph, name, config,
+                                     is_verbose(), log_path).result()
+            except BrokenProcessPool:
+                result = ConversionResult(precision=name, graph=graph, status="unsupported",
+                                          reason="converter: the TFLite calibrator aborted the "
+                                                 "process on this graph")
+        if result.status != "ok":
+            result.native_log = Path(log_path).read_text(errors="replace") or None
+    finally:
+        os.unlink(log_path)
+    return result
 
 
 STEP_PARITY_SESSIONS = 100
 
 
-def _with_step_graph(run: _Run, model_bytes: bytes, scorer: Scorer, precision
+def _with_step_graph(run: ConversionRun, model_bytes: bytes, scorer: Scorer, precision: Precision
                      ) -> tuple[bytes, float, int]:
     """Convert the one-event graph at the precision's live precision, check that pushing a
     session's events one at a time reproduces scoring each prefix whole, and embed it.
@@ -356,14 +405,9 @@ def _with_step_graph(run: _Run, model_bytes: bytes, scorer: Scorer, precision
     Returns:
         (artifact bytes with the step graph inside, max |p_step - p_prefix|, sessions checked)
     """
-    import tensorflow as tf
-
-    concrete, module = run.step_function
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
-    PRECISIONS[precision.live_precision].configure(converter)
-    step_bytes = converter.convert()
+    step_bytes = to_tflite(run.step_function, precision.live_precision)
     step = StepModel(step_bytes, "auto", 1, "step graph")
-    sessions = _sessions(run.parity, "")[:STEP_PARITY_SESSIONS]
+    sessions = run.test[:STEP_PARITY_SESSIONS]
     worst = 0.0
     for x in sessions:
         h = np.zeros((1, step.units), np.float32)
@@ -379,13 +423,7 @@ def _with_step_graph(run: _Run, model_bytes: bytes, scorer: Scorer, precision
     return _labelled(model_bytes, {STEP_METADATA_NAME: step_bytes}), float(worst), len(sessions)
 
 
-def _roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
-
-
-def _write(run: _Run, result: ConversionResult, overwrite: bool) -> None:
+def _write(run: ConversionRun, result: ConversionResult, overwrite: bool) -> None:
     out = artifact_path(run.dir, result.precision, result.graph)
     if out.exists() and not overwrite:
         result.status, result.reason = "failed", f"{out} exists; pass --overwrite to replace it"
@@ -417,10 +455,10 @@ def convert_run(run_dir: str | os.PathLike, precisions: list[str] | None = None,
         >>> [(r.precision, r.status, r.size_bytes) for r in rows]
     """
     config = config or ConvertConfig(precisions=tuple(precisions or ()), overwrite=overwrite)
-    run = _Run(run_dir)
+    run = ConversionRun(run_dir)
     results = []
     for graph in config.graphs:
-        function = score_function(graph, run.arrays, run.spec.max_len)
+        function = run.score_function(graph)
         for name in config.precision_names:
             result = _convert_isolated(run, graph, function, name, config)
             if result.status == "ok":
@@ -429,19 +467,15 @@ def convert_run(run_dir: str | os.PathLike, precisions: list[str] | None = None,
     return results
 
 
+AUTO_LATENCY_SESSIONS = 200  # validation sessions timed per candidate
+AUTO_WARMUP = 20  # untimed calls first
+
+
 def _p50_us(model_bytes: bytes, sessions: list[np.ndarray]) -> float:
     """Median wall time of scoring one encoded session, after a warm-up, one thread."""
-    import time
-
     scorer = Scorer.from_bytes(model_bytes, source="candidate")
-    for x in sessions[:20]:
-        scorer.score_features(x)
-    times = []
-    for x in sessions:
-        start = time.perf_counter_ns()
-        scorer.score_features(x)
-        times.append(time.perf_counter_ns() - start)
-    return float(np.median(times)) / 1000.0 if times else float("nan")
+    p50 = time_calls(scorer.score_features, sessions, warmup=AUTO_WARMUP).p50_us
+    return float("nan") if p50 is None else p50
 
 
 def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: bool = False,
@@ -452,37 +486,63 @@ def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: boo
 
     Writes the float32 reference and the chosen artifact.
 
+    Args:
+        run_dir: a directory written by `trainer.train.train`.
+        max_auc_drop: the validation ROC-AUC a candidate may lose against float32 (>= 0).
+        overwrite: replace existing artifacts.
+        calibration_sessions: as ConvertConfig.
+
     Returns:
         (chosen, every candidate's row, the reason in one sentence with the figures).
+
+    Raises:
+        ConfigError: ``max_auc_drop`` < 0.
+        RunDirError: the run directory is missing or incomplete.
+        ArtifactError: the float32 reference did not convert.
+
+    Example:
+        >>> chosen, rows, why = auto_convert("runs/taobao", max_auc_drop=0.005)
     """
     if not max_auc_drop >= 0:
         raise ConfigError(f"--max-auc-drop must be >= 0, got {max_auc_drop}")
     config = ConvertConfig(precisions=AUTO_ORDER, calibration_sessions=calibration_sessions,
                            overwrite=overwrite)
-    run = _Run(run_dir)
-    function = score_function("fused", run.arrays, run.spec.max_len)
+    run = ConversionRun(run_dir)
+    function = run.score_function("fused")
     rows = {name: _convert_isolated(run, "fused", function, name, config) for name in AUTO_ORDER}
     reference = rows["float32"]
     if reference.status != "ok":
         raise ArtifactError(f"{run.dir}: the float32 reference failed: {reference.reason}")
     ref_auc = reference.validation_roc_auc or 0.0
-    latency = {name: _p50_us(row.model_bytes, run.validation[:200])
+    latency = {name: _p50_us(row.model_bytes, run.validation[:AUTO_LATENCY_SESSIONS])
                for name, row in rows.items() if row.status == "ok"}
     for name in AUTO_ORDER:
         row = rows[name]
-        if row.status != "ok":
-            continue
-        drop = ref_auc - (row.validation_roc_auc or 0.0)
-        if drop <= max_auc_drop:
-            skipped = [f"{n} (" + (f"drop {ref_auc - (rows[n].validation_roc_auc or 0):.4f}"
-                                   if rows[n].status == "ok" else rows[n].status) + ")"
-                       for n in AUTO_ORDER[:AUTO_ORDER.index(name)]]
-            others = ", ".join(f"{n} {us:.0f} us" for n, us in latency.items() if n != name)
-            why = (f"{name}: validation ROC-AUC {row.validation_roc_auc:.4f} vs float32 {ref_auc:.4f} "
-                   f"(drop {drop:.4f} <= {max_auc_drop}), {row.size_bytes / reference.size_bytes:.2f}x "
-                   f"the float32 size, p50 {latency[name]:.0f} us per session here ({others})"
-                   + (f"; ruled out before it: {', '.join(skipped)}" if skipped else ""))
+        if row.status == "ok" and ref_auc - (row.validation_roc_auc or 0.0) <= max_auc_drop:
             for chosen in {name, "float32"}:
                 _write(run, rows[chosen], overwrite)
-            return row, list(rows.values()), why
+            return row, list(rows.values()), _auto_reason(name, rows, latency, max_auc_drop)
     raise ArtifactError("no precision converted")  # float32 always qualifies; kept for safety
+
+
+def _auto_reason(name: str, rows: dict[str, ConversionResult], latency: dict[str, float],
+                 max_auc_drop: float) -> str:
+    """`--auto`'s one sentence: the chosen precision's figures against float32, and why each
+    smaller precision before it was ruled out."""
+    row, reference = rows[name], rows["float32"]
+    ref_auc = reference.validation_roc_auc or 0.0
+    drop = ref_auc - (row.validation_roc_auc or 0.0)
+
+    def ruled_out(n: str) -> str:
+        other = rows[n]
+        return (f"{n} (drop {ref_auc - (other.validation_roc_auc or 0):.4f})" if other.status == "ok"
+                else f"{n} ({other.status})")
+
+    skipped = [ruled_out(n) for n in AUTO_ORDER[:AUTO_ORDER.index(name)]]
+    others = ", ".join(f"{n} {us:.0f} us" for n, us in latency.items() if n != name)
+    figures = (f"validation ROC-AUC {row.validation_roc_auc:.4f} vs float32 {ref_auc:.4f} "
+               f"(drop {drop:.4f} <= {max_auc_drop})")
+    size = f"{row.size_bytes / reference.size_bytes:.2f}x the float32 size"
+    speed = f"p50 {latency[name]:.0f} us per session here ({others})"
+    why = f"{name}: {figures}, {size}, {speed}"
+    return why + (f"; ruled out before it: {', '.join(skipped)}" if skipped else "")

@@ -3,10 +3,24 @@
     >>> from edge_runtime import Scorer
     >>> scorer = Scorer.load("model-float32.tflite")
     >>> scorer.score_sessions([[{"ts": 1.5e9, "event": "view", "item": "42"}]])
+
+Modules: `events` (the canonical vocabulary), `features` (FeatureSpec, FeatureEncoder),
+`tflite_reader` (metadata and graph check of a `.tflite`), `artifact` (ArtifactInfo, the
+digest), `calibration` (PlattCalibration), `backends` (interpreters), `native_logs` (what
+native libraries print), `scorer` (Scorer), `live` (LiveSession, SessionStore), `serve`,
+`doctor`, `timing`, `errors`.
 """
 
 from edge_runtime.artifact import ArtifactInfo, read_artifact
-from edge_runtime.errors import ArtifactError, ConfigError, DataError, RunDirError, UbpEdgeError
+from edge_runtime.calibration import PlattCalibration
+from edge_runtime.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    MalformedModelError,
+    RunDirError,
+    UbpEdgeError,
+)
 from edge_runtime.events import EVENT_TYPES
 from edge_runtime.features import CONTEXT_FIELDS, FeatureEncoder, FeatureSpec
 from edge_runtime.live import LiveSession, SessionStore
@@ -14,6 +28,6 @@ from edge_runtime.scorer import Scorer
 
 __version__ = "0.1.0"
 __all__ = ["ArtifactError", "ArtifactInfo", "CONTEXT_FIELDS", "ConfigError", "DataError",
-           "EVENT_TYPES", "FeatureEncoder", "FeatureSpec", "LiveSession", "RunDirError", "Scorer",
-           "SessionStore",
-           "UbpEdgeError", "read_artifact"]
+           "EVENT_TYPES", "FeatureEncoder", "FeatureSpec", "LiveSession", "MalformedModelError",
+           "PlattCalibration", "RunDirError", "Scorer", "SessionStore", "UbpEdgeError",
+           "read_artifact"]

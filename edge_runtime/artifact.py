@@ -1,7 +1,12 @@
 """What a ubp-edge artifact carries inside its `.tflite` file, and how to read it back.
 
 The JSON under the metadata name ``ubp_edge`` holds the FeatureSpec, the decision
-threshold, the precision and graph, and the provenance, so one file is all a device needs.
+threshold, the precision and graph, the provenance and the recalibration, so one file is all
+a device needs. Entries are read with edge_runtime.tflite_reader and written, at conversion,
+with converters.metadata_writer.
+
+Seams: `ArtifactInfo` (to_dict / from_dict / to_bytes), `read_artifact(path)` and
+`parse_artifact(bytes)`, the digest helpers `file_digest` / `verify_digest`.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_runtime.calibration import PlattCalibration
 from edge_runtime.errors import ArtifactError
 from edge_runtime.features import FeatureSpec
-from edge_runtime.tflite_metadata import metadata_spans, read_metadata
+from edge_runtime.tflite_reader import metadata_spans, read_metadata
 
 METADATA_NAME = "ubp_edge"
 # The live one-event graph: a complete .tflite of its own, carried inside the artifact so
@@ -27,13 +33,29 @@ DIGEST_PLACEHOLDER = b"0" * 64
 
 
 def file_digest(model: bytes, span: tuple[int, int]) -> str:
-    """SHA-256 of ``model`` with the digest's own bytes replaced by the placeholder."""
+    """SHA-256 of ``model`` with the digest's own bytes replaced by the placeholder.
+
+    Args:
+        model: the artifact's bytes.
+        span: (start, end) of the digest entry's bytes (edge_runtime.tflite_reader.metadata_spans).
+
+    Returns:
+        The hex digest, 64 characters.
+    """
     start, end = span
     return hashlib.sha256(model[:start] + DIGEST_PLACEHOLDER + model[end:]).hexdigest()
 
 
 def verify_digest(model: bytes, source: str = "artifact") -> None:
-    """Raise ArtifactError unless the artifact's stored digest matches its bytes."""
+    """Check that the artifact's stored digest matches its bytes.
+
+    Args:
+        model: the artifact's bytes.
+        source: the file's name, for messages.
+
+    Raises:
+        ArtifactError: no digest, a digest of the wrong size, or one that does not match.
+    """
     spans = metadata_spans(model)
     if DIGEST_METADATA_NAME not in spans:
         raise ArtifactError(f"{source}: no integrity digest (not written by this ubp-edge's "
@@ -45,6 +67,8 @@ def verify_digest(model: bytes, source: str = "artifact") -> None:
     if stored != file_digest(model, (start, end)):
         raise ArtifactError(f"{source}: corrupted: contents do not match the integrity digest "
                             f"(damaged copy or download?)")
+
+
 ARTIFACT_FORMAT = "ubp-edge-artifact"
 ARTIFACT_VERSION = 1
 
@@ -60,8 +84,9 @@ class ArtifactInfo:
         graph: ``fused`` (one UNIDIRECTIONAL_SEQUENCE_LSTM op) or ``unrolled``.
         provenance: source run, training data, versions, calibration size, creation time.
         calibration: Platt scaling ``{"method": "platt", "a": .., "b": ..}`` applied to the
-            model's output, fitted on validation sessions where quantisation shifted the
-            probabilities; None when the output is used as is.
+            model's output (edge_runtime.calibration.PlattCalibration.to_dict), fitted on
+            validation sessions where quantisation shifted the probabilities; None when the
+            output is used as is.
     """
 
     spec: FeatureSpec
@@ -72,16 +97,28 @@ class ArtifactInfo:
     calibration: dict | None = None
 
     def to_dict(self) -> dict:
+        """The JSON object stored under METADATA_NAME (format and version included)."""
         return {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
                 "feature_spec": self.spec.to_dict(), "threshold": self.threshold,
                 "precision": self.precision, "graph": self.graph, "provenance": self.provenance,
                 "calibration": self.calibration}
 
     def to_bytes(self) -> bytes:
+        """`to_dict` as UTF-8 JSON with sorted keys: the metadata entry's payload."""
         return json.dumps(self.to_dict(), sort_keys=True).encode("utf-8")
 
     @classmethod
     def from_dict(cls, d: Mapping, source: str = "artifact") -> ArtifactInfo:
+        """The ArtifactInfo an artifact's metadata JSON describes.
+
+        Args:
+            d: the parsed JSON.
+            source: the file's name, for messages.
+
+        Raises:
+            ArtifactError: not ours, of another version, or malformed (a field missing or of
+                the wrong type, a threshold outside [0, 1], an unknown graph or calibration).
+        """
         if not isinstance(d, Mapping) or d.get("format") != ARTIFACT_FORMAT:
             raise ArtifactError(f"{source}: metadata is not a ubp-edge artifact description")
         if d.get("version") != ARTIFACT_VERSION:
@@ -94,8 +131,7 @@ class ArtifactInfo:
             provenance = dict(d.get("provenance") or {})
             calibration = d.get("calibration")
             if calibration is not None:
-                calibration = {"method": str(calibration["method"]), "a": float(calibration["a"]),
-                               "b": float(calibration["b"])}
+                calibration = PlattCalibration.from_dict(calibration).to_dict()
         except ArtifactError as e:
             raise ArtifactError(f"{source}: {e}") from None
         except (KeyError, TypeError, ValueError) as e:
@@ -108,8 +144,16 @@ class ArtifactInfo:
 
 
 def parse_artifact(model: bytes, source: str = "artifact") -> ArtifactInfo:
-    """The ArtifactInfo inside a model's bytes; ArtifactError when it is not one of ours or
-    when its bytes do not match its integrity digest."""
+    """The ArtifactInfo inside a model's bytes.
+
+    Args:
+        model: the artifact's bytes.
+        source: its name, for messages.
+
+    Raises:
+        ArtifactError: not a TFLite model, not one of ours, its bytes do not match its
+            integrity digest, or its metadata is malformed.
+    """
     entries = read_metadata(model)
     if METADATA_NAME in entries:
         verify_digest(model, source)
@@ -141,4 +185,5 @@ def read_artifact(path: str | Path) -> tuple[bytes, ArtifactInfo]:
         return model, parse_artifact(model, str(p))
     except ArtifactError as e:
         msg = str(e)
-        raise ArtifactError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
+        # The same class (MalformedModelError stays one), with the file's name in front.
+        raise type(e)(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None

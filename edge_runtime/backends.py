@@ -1,7 +1,11 @@
 """TFLite interpreters: ai-edge-litert first, then tflite-runtime, then TensorFlow's tf.lite.
 
 Each is imported only when asked for, so the runtime never loads TensorFlow unless the
-device has nothing else.
+device has nothing else. Seams: BACKENDS (name -> module and class, in "auto" order),
+`interpreter_class`, and `make_interpreter`, the one way the runtime builds an interpreter:
+after edge_runtime.tflite_reader.check_graph and a delegate-free trial run, with what the
+native libraries print captured by edge_runtime.native_logs (kept on the error when the
+model is refused, shown as written under ``--verbose``).
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ import importlib
 
 import numpy as np
 
-from edge_runtime.errors import ArtifactError, ConfigError
-from edge_runtime.tflite_metadata import check_graph
+from edge_runtime.errors import ArtifactError, ConfigError, first_line
+from edge_runtime.native_logs import quiet_native
+from edge_runtime.tflite_reader import check_graph
 
 # name -> (module, attribute): the interpreter class of each backend, in "auto" order.
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -24,6 +29,12 @@ BACKENDS: dict[str, tuple[str, str]] = {
 def interpreter_class(backend: str = "auto"):
     """(class, backend name) for ``backend``, or the first importable one for ``auto``.
 
+    Args:
+        backend: ``auto`` or a name of BACKENDS.
+
+    Returns:
+        (the interpreter class, the backend's name).
+
     Raises:
         ConfigError: an unknown backend name, or the requested backend is not installed.
     """
@@ -34,7 +45,8 @@ def interpreter_class(backend: str = "auto"):
     for name in names:
         module, attr = BACKENDS[name]
         try:
-            return getattr(importlib.import_module(module), attr), name
+            with quiet_native():  # importing TensorFlow prints its start-up banners to fd 2
+                return getattr(importlib.import_module(module), attr), name
         except ImportError as e:
             errors.append(f"{name}: {e}")
     raise ConfigError("no TFLite interpreter is importable (" + "; ".join(errors) +
@@ -55,19 +67,13 @@ INTERPRETER_ERRORS = (ValueError, RuntimeError)
 TENSOR_MEMORY_HEADROOM = 64 << 20
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (the interpreter's can run to pages)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def make_interpreter(model: bytes, backend: str = "auto", num_threads: int = 1):
     """A ready interpreter over ``model`` bytes and the backend's name.
 
     Three gates stand before the interpreter that is returned, each for damage that passes
     the flatbuffer verifier (fuzzing re-sealed artifacts found every one of them):
 
-    1. our own reader checks the graph (edge_runtime.tflite_metadata.check_graph): no
+    1. our own reader checks the graph (edge_runtime.tflite_reader.check_graph): no
        operator writes a graph input, a constant or another operator's output, and the
        tensors fit in memory;
     2. the graph is built on the built-in kernels alone, without the default XNNPACK
@@ -80,25 +86,38 @@ def make_interpreter(model: bytes, backend: str = "auto", num_threads: int = 1):
        SIGSEGV inside allocate_tensors() when the delegate met them first.
 
     Gate 2 costs one more build and invoke of the graph at load (about 0.6 ms for the tiny
-    test model, 4 ms for its unrolled graph).
+    test model, 4 ms for its unrolled graph). What the interpreter prints while it is built
+    (delegate banners, kernel errors) is captured (edge_runtime.native_logs.quiet_native).
+
+    Args:
+        model: the `.tflite` bytes.
+        backend: ``auto`` or a name of BACKENDS.
+        num_threads: the interpreter's threads.
+
+    Returns:
+        (an allocated interpreter, the backend's name).
 
     Raises:
+        MalformedModelError: the graph check refuses the model (edge_runtime.tflite_reader).
         ArtifactError: the interpreter refuses the model (corrupted or unsupported ops), or
-            its tensors would need far more memory than the file could justify.
+            its tensors would need far more memory than the file could justify; the captured
+            native output is on the error (edge_runtime.native_logs.native_log_of).
+        ConfigError: the backend is unknown or not installed.
     """
     cls, name = interpreter_class(backend)
-    try:
-        _check_graph(model)
-        plain = _without_default_delegates(cls, model, num_threads)
-        plain.allocate_tensors()
-        for port in plain.get_input_details():
-            plain.set_tensor(port["index"], np.zeros(port["shape"], port["dtype"]))
-        plain.invoke()
-        del plain
-        interpreter = cls(model_content=model, num_threads=num_threads)
-        interpreter.allocate_tensors()
-    except INTERPRETER_ERRORS as e:
-        raise ArtifactError(f"{name} cannot load the model: {first_line(e)}") from None
+    with quiet_native():
+        try:
+            _check_graph(model)
+            plain = _without_default_delegates(cls, model, num_threads)
+            plain.allocate_tensors()
+            for port in plain.get_input_details():
+                plain.set_tensor(port["index"], np.zeros(port["shape"], port["dtype"]))
+            plain.invoke()
+            del plain
+            interpreter = cls(model_content=model, num_threads=num_threads)
+            interpreter.allocate_tensors()
+        except INTERPRETER_ERRORS as e:
+            raise ArtifactError(f"{name} cannot load the model: {first_line(e)}") from None
     return interpreter, name
 
 

@@ -1,4 +1,8 @@
-"""`ubp-edge doctor`: which interpreters this device has, and whether an artifact runs on each."""
+"""`ubp-edge doctor`: which interpreters this device has, and whether an artifact runs on each.
+
+Seam: `doctor(artifact)` returns a plain dict the CLI renders; the artifact is probed with
+edge_runtime.events.PROBE_SESSION, whole and live.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.backends import BACKENDS
-from edge_runtime.errors import UbpEdgeError
+from edge_runtime.errors import UbpEdgeError, first_line
+from edge_runtime.events import PROBE_SESSION
+from edge_runtime.native_logs import quiet_native
 
 # Distribution names, for versions (a module's import name differs from its package name).
 DISTRIBUTIONS = {"ai-edge-litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime",
                  "tensorflow": "tensorflow-cpu"}
-PROBE_SESSION = [{"ts": 1.7e9, "event": "view", "item": "a", "category": "c", "price": 10.0},
-                 {"ts": 1.7e9 + 35, "event": "view", "item": "a", "category": "c", "price": 10.0},
-                 {"ts": 1.7e9 + 80, "event": "cart", "item": "a", "category": "c", "price": 10.0}]
 
 
 def _version(backend: str) -> str | None:
@@ -33,6 +36,10 @@ def _version(backend: str) -> str | None:
 def doctor(artifact: str | Path | None = None, backends: tuple[str, ...] = tuple(BACKENDS)) -> dict:
     """Describe the environment and, given an artifact, load and score it with every backend.
 
+    Args:
+        artifact: a `.tflite` written by `ubp-edge convert`, or None for the environment only.
+        backends: the backends to probe (names of edge_runtime.backends.BACKENDS).
+
     Returns:
         ``{"python", "platform", "numpy", "backends": [{"name", "importable", "version",
         "error", "loads", "scores", "live", "probability", "detail"}]}``.
@@ -44,10 +51,11 @@ def doctor(artifact: str | Path | None = None, backends: tuple[str, ...] = tuple
         module, _ = BACKENDS[name]
         row = {"name": name, "importable": False, "version": None, "error": None}
         try:
-            importlib.import_module(module)
+            with quiet_native():  # importing TensorFlow prints its start-up banners to fd 2
+                importlib.import_module(module)
             row.update(importable=True, version=_version(name))
         except ImportError as e:
-            row["error"] = str(e).splitlines()[0]
+            row["error"] = first_line(e)
         if artifact is not None:
             row.update(loads=False, scores=False, live=False, probability=None, detail=None)
             if row["importable"]:

@@ -19,6 +19,18 @@ class ArtifactError(UbpEdgeError):
     """An artifact is missing, corrupted, not one of ours, or of another spec version."""
 
 
+class MalformedModelError(ArtifactError):
+    """The model's flatbuffer does not hold together, or its graph would make the kernels
+    abort (an operator writing a constant, a quantized tensor of scale 0, ...).
+
+    Raised by the `.tflite` reader (edge_runtime.tflite_reader) before any interpreter sees
+    the model, and passed on unchanged by the loaders that wrap its message
+    (edge_runtime.backends.make_interpreter, Scorer.from_bytes, StepModel). On a file read
+    from disk it means damage; on bytes fresh from the TFLite converter it means the
+    converter wrote a graph the runtime refuses, which `convert` reports as "unsupported".
+    """
+
+
 class ConfigError(UbpEdgeError):
     """A configuration asks for something impossible; the message names the values."""
 

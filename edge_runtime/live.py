@@ -5,6 +5,10 @@ built from the same weights. A LiveSession keeps the encoder's state (last times
 seen, counters) and the LSTM's h and c together, so each click costs one encoder step and
 one small invoke, however long the session already is. A SessionStore holds many live
 sessions by key, bounded in number (least recently used goes first) and in idle time.
+
+Seams: `StepModel` (the step graph on its own interpreter; Scorer.step_model loads it),
+`LiveSession.push`, which goes through the Scorer's public, locked and calibrated
+`Scorer.score_step`, and `SessionStore`.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_runtime.backends import INTERPRETER_ERRORS, first_line, make_interpreter
-from edge_runtime.errors import ArtifactError, ConfigError
+from edge_runtime.backends import INTERPRETER_ERRORS, make_interpreter
+from edge_runtime.errors import ArtifactError, ConfigError, first_line
 from edge_runtime.features import EncoderState
+from edge_runtime.native_logs import quiet_native
 
 
 class StepModel:
@@ -43,37 +48,13 @@ class StepModel:
                 of the wrong shape or type, or fails on a blank event.
         """
         self.source = source
-        try:
-            self._interpreter, self.backend = make_interpreter(model, backend, num_threads)
-        except ArtifactError as e:
-            raise ArtifactError(f"{source}: step graph: {e}") from None
-        try:
-            signatures = self._interpreter._get_full_signature_list()
-            sig = next(iter(signatures.values()))
-            inputs, outputs = sig["inputs"], sig["outputs"]
-            self._event, self._h_in, self._c_in = inputs["event"], inputs["h"], inputs["c"]
-            self._p, self._h_out, self._c_out = outputs["probability"], outputs["h"], outputs["c"]
-        except (StopIteration, KeyError, TypeError, AttributeError):
-            raise ArtifactError(f"{source}: step graph lacks the event/h/c signature") from None
-        except INTERPRETER_ERRORS as e:
-            raise ArtifactError(f"{source}: step graph is corrupted: {first_line(e)}") from None
-        try:
-            details = {d["index"]: d for d in (*self._interpreter.get_input_details(),
-                                               *self._interpreter.get_output_details())}
-        except INTERPRETER_ERRORS as e:
-            raise ArtifactError(f"{source}: step graph is corrupted: {first_line(e)}") from None
-        # A damaged signature can name any tensor: check each one's shape and type here, so
-        # that pushing an event cannot fail on them later (or feed an array of the wrong size).
-        ports = {"event": self._event, "h": self._h_in, "c": self._c_in,
-                 "probability": self._p, "h out": self._h_out, "c out": self._c_out}
-        for what, index in ports.items():
-            if index not in details:
-                raise ArtifactError(f"{source}: step graph signature maps {what!r} to tensor "
-                                    f"{index}, which is not an input or output of the graph")
-            if np.dtype(details[index]["dtype"]) != np.float32:
-                raise ArtifactError(f"{source}: step graph tensor {what!r} is "
-                                    f"{np.dtype(details[index]['dtype']).name}, expected float32")
-        shape = {what: [int(v) for v in details[index]["shape"]] for what, index in ports.items()}
+        with quiet_native():  # the error raised here carries what the interpreter printed
+            try:
+                self._interpreter, self.backend = make_interpreter(model, backend, num_threads)
+            except ArtifactError as e:
+                raise type(e)(f"{source}: step graph: {e}") from None
+        ports = self._signature_ports()
+        shape = self._check_ports(ports)
         self.units = shape["h"][1] if len(shape["h"]) == 2 else 0
         self.n_features = shape["event"][1] if len(shape["event"]) == 2 else 0
         expected = {"event": [1, n_features if n_features is not None else self.n_features],
@@ -90,8 +71,54 @@ class StepModel:
         if not np.isfinite(p):
             raise ArtifactError(f"{source}: step graph is corrupted: it scores a blank event {p}")
 
+    def _signature_ports(self) -> dict[str, int]:
+        """Tensor index of each port, found by the signature's names; ArtifactError without
+        the event/h/c signature."""
+        try:
+            signatures = self._interpreter._get_full_signature_list()
+            sig = next(iter(signatures.values()))
+            inputs, outputs = sig["inputs"], sig["outputs"]
+            self._event, self._h_in, self._c_in = inputs["event"], inputs["h"], inputs["c"]
+            self._p, self._h_out, self._c_out = outputs["probability"], outputs["h"], outputs["c"]
+        except (StopIteration, KeyError, TypeError, AttributeError):
+            raise ArtifactError(f"{self.source}: step graph lacks the event/h/c signature") from None
+        except INTERPRETER_ERRORS as e:
+            raise ArtifactError(f"{self.source}: step graph is corrupted: {first_line(e)}") from None
+        return {"event": self._event, "h": self._h_in, "c": self._c_in,
+                "probability": self._p, "h out": self._h_out, "c out": self._c_out}
+
+    def _check_ports(self, ports: dict[str, int]) -> dict[str, list[int]]:
+        """The shape of each port; ArtifactError unless each is a float32 input or output.
+
+        A damaged signature can name any tensor: each is checked here, so that pushing an
+        event cannot fail on them later (or feed an array of the wrong size).
+        """
+        try:
+            details = {d["index"]: d for d in (*self._interpreter.get_input_details(),
+                                               *self._interpreter.get_output_details())}
+        except INTERPRETER_ERRORS as e:
+            raise ArtifactError(f"{self.source}: step graph is corrupted: {first_line(e)}") from None
+        for what, index in ports.items():
+            if index not in details:
+                raise ArtifactError(f"{self.source}: step graph signature maps {what!r} to tensor "
+                                    f"{index}, which is not an input or output of the graph")
+            if np.dtype(details[index]["dtype"]) != np.float32:
+                raise ArtifactError(f"{self.source}: step graph tensor {what!r} is "
+                                    f"{np.dtype(details[index]['dtype']).name}, expected float32")
+        return {what: [int(v) for v in details[index]["shape"]] for what, index in ports.items()}
+
     def __call__(self, x: np.ndarray, h: np.ndarray, c: np.ndarray
                  ) -> tuple[float, np.ndarray, np.ndarray]:
+        """One event: (probability, new h, new c), uncalibrated and unlocked (Scorer.score_step
+        adds both).
+
+        Args:
+            x: the encoded event (F,), float32.
+            h, c: the LSTM state, float32 (1, units) each.
+
+        Raises:
+            ArtifactError: the graph fails to run or returns outputs of the wrong shape.
+        """
         interp = self._interpreter
         try:
             interp.set_tensor(self._event, x.reshape(1, -1))
@@ -120,7 +147,7 @@ class LiveSession:
     Slots and one (2, units) array for h and c keep it small: a store holds thousands.
     """
 
-    scorer: object  # the Scorer: its encoder, step model, calibration and lock
+    scorer: object  # the Scorer: its encoder and its locked, calibrated score_step
     state: EncoderState
     hc: np.ndarray  # row 0: h, row 1: c
     probability: float | None = None
@@ -144,11 +171,9 @@ class LiveSession:
         """
         scorer = self.scorer
         x = scorer.encoder.step(self.state, event)
-        with scorer._lock:
-            p, h, c = scorer._step(x, self.hc[0:1], self.hc[1:2])
-        self.hc = np.concatenate((h, c))
+        p, self.hc = scorer.score_step(x, self.hc)
         self.events += 1
-        self.probability = float(scorer._calibrate_one(p))
+        self.probability = float(p)
         return self.probability
 
 

@@ -1,4 +1,11 @@
-"""Score sessions on the device: numpy, a TFLite interpreter and the artifact, nothing else."""
+"""Score sessions on the device: numpy, a TFLite interpreter and the artifact, nothing else.
+
+Seams: `Scorer.load` / `Scorer.from_bytes`; whole sessions through `score_sessions` (event
+dicts), `score_encoded` / `score_features` (encoded arrays); one event at a time through
+`start_session` (a LiveSession) or `score_step` (the locked, calibrated step the
+LiveSession calls). The artifact's recalibration is `Scorer.calibration`, an
+edge_runtime.calibration.PlattCalibration or None.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.artifact import STEP_METADATA_NAME, ArtifactInfo, parse_artifact, read_artifact
-from edge_runtime.backends import INTERPRETER_ERRORS, first_line, make_interpreter
-from edge_runtime.errors import ArtifactError, ConfigError
+from edge_runtime.backends import INTERPRETER_ERRORS, make_interpreter
+from edge_runtime.calibration import PlattCalibration
+from edge_runtime.errors import ArtifactError, ConfigError, first_line
 from edge_runtime.events import EVENT_CODE
 from edge_runtime.features import FeatureEncoder
 from edge_runtime.live import LiveSession, StepModel
-from edge_runtime.tflite_metadata import read_metadata
+from edge_runtime.native_logs import quiet_native
+from edge_runtime.tflite_reader import read_metadata
 
 FUSED_LSTM_OP = "UNIDIRECTIONAL_SEQUENCE_LSTM"
 SHORT_SESSION = 16  # events; up to this, encoding one event at a time is faster (measured)
@@ -46,10 +55,10 @@ class Scorer:
     """A loaded artifact that scores whole sessions.
 
     Thread safety: a Scorer may be shared between threads; a lock serialises its interpreter
-    calls (an interpreter holds tensors and, for the fused LSTM, state). For scoring in
-    parallel, load one Scorer per thread. Handles every precision and graph `ubp-edge convert`
-    writes: int8 input/output is quantised here, and an artifact's recalibration (Platt
-    scaling) is applied to its output.
+    calls (an interpreter holds tensors and, for the fused LSTM, state), the step graph's
+    included. For scoring in parallel, load one Scorer per thread. Handles every precision and
+    graph `ubp-edge convert` writes: int8 input/output is quantised here, and an artifact's
+    recalibration (``calibration``, Platt scaling) is applied to its output.
 
     Example:
         >>> scorer = Scorer.load("runs/taobao/model-float32.tflite")
@@ -94,8 +103,7 @@ class Scorer:
         self._mask = _Port(next(d for d in inputs if d is not events)) if len(inputs) == 2 else None
         self._output = _Port(outputs[0])
         self._shape = tuple(int(v) for v in events["shape"])
-        calibration = info.calibration or {}
-        self._platt = (float(calibration["a"]), float(calibration["b"])) if calibration else None
+        self.calibration = PlattCalibration.from_dict(info.calibration) if info.calibration else None
         # One blank event through the graph now: a model that cannot run (a weight without
         # data, a broken kernel) is refused at load with the file's name, not mid-stream.
         p = self.score_features(np.zeros((1, info.spec.n_features), np.float32), calibrated=False)
@@ -121,21 +129,42 @@ class Scorer:
     @classmethod
     def from_bytes(cls, model: bytes, backend: str = "auto", num_threads: int = 1,
                    source: str = "artifact", info: ArtifactInfo | None = None) -> Scorer:
+        """Load an artifact held in memory (e.g. fresh from the converter).
+
+        Args:
+            model: the artifact's bytes.
+            backend, num_threads: as `load`.
+            source: its name in messages.
+            info: its ArtifactInfo when already parsed; None reads it from ``model``.
+
+        Raises:
+            ArtifactError: as `load` (MalformedModelError when the graph check refuses it; the
+                interpreter's captured output is on the error, edge_runtime.native_logs).
+            ConfigError: as `load`.
+        """
         info = info or parse_artifact(model, source)
-        try:
-            interpreter, name = make_interpreter(model, backend, num_threads)
-        except ArtifactError as e:
-            raise ArtifactError(f"{source}: {e}") from None
+        with quiet_native():  # the error raised here carries what the interpreter printed
+            try:
+                interpreter, name = make_interpreter(model, backend, num_threads)
+            except ArtifactError as e:
+                raise type(e)(f"{source}: {e}") from None
         step = read_metadata(model).get(STEP_METADATA_NAME)
         return cls(interpreter, info, name, source, step, num_threads)
 
     @property
     def threshold(self) -> float:
+        """The probability at or above which a session is called a purchase (recalibrated
+        with the probabilities, so decisions match the float32 model's)."""
         return self.info.threshold
 
     def op_names(self) -> list[str]:
         """The graph's operators, e.g. to check that the LSTM is one fused op."""
         return [op["op_name"] for op in self._interpreter._get_ops_details()]
+
+    def input_details(self) -> list[dict]:
+        """The model's inputs as the interpreter describes them (name, shape, dtype,
+        quantization), e.g. to see that an int8-io artifact takes int8."""
+        return self._interpreter.get_input_details()
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
@@ -154,12 +183,13 @@ class Scorer:
             interp.allocate_tensors()
             self._shape = shape
 
-    def _calibrate(self, p: np.ndarray) -> np.ndarray:
-        if self._platt is None:
+    def _calibrated(self, p: np.ndarray) -> np.ndarray:
+        return p if self.calibration is None else self.calibration.apply(p)
+
+    def _calibrated_one(self, p: float) -> float:
+        if self.calibration is None:
             return p
-        a, b = self._platt
-        logit = np.log(np.clip(p, 1e-7, 1 - 1e-7) / np.clip(1 - p, 1e-7, 1))
-        return (1.0 / (1.0 + np.exp(-(a * logit + b)))).astype(np.float32)
+        return float(self.calibration.apply(np.array([p], np.float32))[0])
 
     def _failed(self, e: Exception) -> ArtifactError:
         return ArtifactError(f"{self.source}: the model failed to run: {first_line(e)}")
@@ -208,7 +238,7 @@ class Scorer:
         x = self._check(x)
         with self._lock:
             p = self._invoke_fused(x) if self._mask is None else float(self._invoke_unrolled([x])[0])
-        return float(self._calibrate(np.array([p], np.float32))[0]) if calibrated else p
+        return self._calibrated_one(p) if calibrated else p
 
     def score_encoded(self, sessions: Iterable[np.ndarray], calibrated: bool = True,
                       batch_size: int = 64) -> np.ndarray:
@@ -225,7 +255,7 @@ class Scorer:
                 parts = [self._invoke_unrolled(sessions[i:i + batch_size])
                          for i in range(0, len(sessions), batch_size)]
                 p = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
-        return self._calibrate(p) if calibrated else p
+        return self._calibrated(p) if calibrated else p
 
     @property
     def has_step(self) -> bool:
@@ -261,10 +291,32 @@ class Scorer:
                                            self.source, n_features=self.info.spec.n_features)
         return self._step
 
-    def _calibrate_one(self, p: float) -> float:
-        if self._platt is None:
-            return p
-        return float(self._calibrate(np.array([p], np.float32))[0])
+    def score_step(self, x: np.ndarray, hc: np.ndarray, calibrated: bool = True
+                   ) -> tuple[float, np.ndarray]:
+        """One encoded event through the step graph: the session's probability after it, and
+        the LSTM state to pass with the next event. Locked like every interpreter call.
+
+        Args:
+            x: the encoded event (F,), from ``self.encoder.step``.
+            hc: the LSTM state before it, float32 (2, units): row 0 h, row 1 c; zeros start
+                a session.
+            calibrated: False skips the artifact's recalibration (for parity checks).
+
+        Returns:
+            (probability, the new state (2, units)).
+
+        Raises:
+            ConfigError: ``x`` or ``hc`` of the wrong shape.
+            ArtifactError: as start_session, or the step graph fails to run.
+        """
+        step = self.step_model()
+        x, hc = np.asarray(x, np.float32), np.asarray(hc, np.float32)
+        if x.size != step.n_features or hc.shape != (2, step.units):
+            raise ConfigError(f"expected an encoded event of {step.n_features} features and a "
+                              f"state of shape (2, {step.units}), got {x.shape} and {hc.shape}")
+        with self._lock:
+            p, h, c = step(x, hc[0:1], hc[1:2])
+        return (self._calibrated_one(p) if calibrated else p), np.concatenate((h, c))
 
     def encode_session(self, events: Sequence[Mapping], context: Mapping | None = None) -> np.ndarray:
         """Encode a time-ordered list of canonical event dicts with the artifact's spec.

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from converters.tflite_metadata import add_metadata, seal
+from converters.metadata_writer import add_metadata, seal
 from edge_runtime import Scorer
 from edge_runtime.artifact import DIGEST_METADATA_NAME, METADATA_NAME, STEP_METADATA_NAME, file_digest
-from edge_runtime.errors import ArtifactError
-from edge_runtime.tflite_metadata import metadata_spans, read_metadata
+from edge_runtime.errors import ArtifactError, MalformedModelError
+from edge_runtime.tflite_reader import metadata_spans, read_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +36,11 @@ EVENTS = [{"ts": 1.7e9, "event": "view", "item": "a", "category": "c", "price": 
 SERVE_LINE = json.dumps({"session": "s", **EVENTS[0]}) + "\n"
 
 # The child: load, score whole sessions, push live events; one JSON line per case. Anything
-# but ArtifactError/ConfigError is reported by type and fails the parent's test.
+# but ArtifactError (MalformedModelError included)/ConfigError is reported by type and fails
+# the parent's test.
 CHILD = r"""
 import json, sys
-from edge_runtime import Scorer
+from edge_runtime import ArtifactError, Scorer
 EVENTS = json.loads(sys.argv[1])
 for arg in sys.argv[2:]:
     index, path = arg.split("=", 1)
@@ -51,7 +52,8 @@ for arg in sys.argv[2:]:
             live.push(event)
         outcome = "ok"
     except Exception as e:
-        outcome = f"{type(e).__name__}: {e}"
+        kind = "ArtifactError" if isinstance(e, ArtifactError) else type(e).__name__
+        outcome = f"{kind}: {e}"
     print(json.dumps({"case": int(index), "outcome": outcome}), flush=True)
 """
 
@@ -79,8 +81,9 @@ def _assert_cli_error(done: subprocess.CompletedProcess, path: Path, phrase: str
     assert "Traceback" not in stderr and "Traceback" not in done.stdout, stderr[-2000:]
     lines = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
-    # The interpreter may log its delegate ("INFO: Created TensorFlow Lite XNNPACK ...").
-    others = [line for line in lines if not line.startswith(("error:", "INFO: "))]
+    # Nothing else: what the interpreter prints ("INFO: Created TensorFlow Lite XNNPACK
+    # delegate for CPU.") is captured (edge_runtime.native_logs).
+    others = [line for line in lines if not line.startswith("error:")]
     assert len(errors) == 1 and not others, stderr
     assert str(path) in errors[0] and phrase in errors[0], (phrase, errors[0])
     return errors[0]
@@ -258,6 +261,8 @@ def test_fault_is_one_clear_artifact_error(fault, model, foreign, write, synthet
         Scorer.load(path)
     message = str(caught.value)
     assert message.startswith(f"{path}: ") and phrase in message, message
+    # Structural damage is told apart by its class, not by its words.
+    assert isinstance(caught.value, MalformedModelError) == ("corrupted TFLite" in phrase), fault
     assert "\n" not in message
     _assert_cli_error(_cli("score", "--model", path, "--data", synthetic_log), path, phrase)
 

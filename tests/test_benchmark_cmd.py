@@ -1,4 +1,5 @@
-"""`ubp-edge benchmark`: stable JSON, every figure present where it applies, report files.
+"""`ubp-edge benchmark` (the CLI over `benchmarks.suite`): stable JSON, every figure present
+where it applies, report files.
 
 Figures are measured, never asserted against a time: only their presence and sanity."""
 
@@ -11,7 +12,7 @@ import sys
 
 import pytest
 
-from ubp_edge.benchmark_cmd import ROW_KEYS
+from benchmarks.columns import ROW_KEYS
 
 pytestmark = pytest.mark.slow
 OURS = ("size_bytes", "cold_start_ms", "rss_mb", "rss_live_mb", "session_p50_us", "session_p95_us",

@@ -350,3 +350,91 @@ def test_convert_existing_artifact_without_overwrite(tmp_path, tiny_run):
     [artifact] = json.loads(result.stdout)["artifacts"]
     assert artifact["status"] == "failed" and "--overwrite" in artifact["reason"]
     assert (run / "model-float32.tflite").read_bytes() == before
+
+
+# =========================================================================== tables that drive help
+
+def test_data_formats_lists_the_format_table():
+    from trainer.formats import CUSTOM_FORMAT, PRESETS
+
+    result = runner.invoke(app, ["data", "formats"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    text = ANSI.sub("", result.stdout)
+    for preset in PRESETS.values():
+        line = next((x for x in text.splitlines() if x.split()[:1] == [preset.name]), None)
+        assert line is not None and preset.description in line, (preset.name, text)
+    assert CUSTOM_FORMAT in text and "--map" in text
+
+
+@pytest.mark.parametrize("command", ["score", "evaluate", "compare", "data inspect", "train"])
+def test_log_options_help_names_every_format_and_backend(command):
+    from edge_runtime.backends import BACKENDS
+    from trainer.formats import FORMAT_NAMES
+
+    result = runner.invoke(app, [*command.split(), "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    text = ANSI.sub("", result.stdout)
+    for name in FORMAT_NAMES:
+        assert name in text, name
+    if command in ("score", "evaluate", "compare"):
+        for name in BACKENDS:
+            assert name in text, name
+
+
+def test_convert_help_describes_every_precision():
+    from converters.precisions import GRAPHS, PRECISIONS
+
+    result = runner.invoke(app, ["convert", "--help"], env={"COLUMNS": "400"})
+    text = " ".join(ANSI.sub("", result.stdout).split())
+    for p in PRECISIONS.values():
+        assert f"{p.name}: {p.description}" in text, p.name
+    for graph in GRAPHS:
+        assert graph in text, graph
+
+
+def test_verbose_is_a_global_option(good_csv):
+    result = invoke("--verbose", "data", "inspect", good_csv, "--json")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert json.loads(result.stdout)["events"] == 4
+
+
+def test_gap_minutes_must_be_positive(good_csv):
+    assert_user_error(invoke("data", "inspect", good_csv, "--gap-minutes", "0"), "--gap-minutes", "0")
+
+
+# =========================================================================== scores to a stream
+
+def test_write_scores_streams_jsonl_and_csv(good_csv):
+    """write_scores writes to any text stream; a session with a purchase first has empty cells."""
+    import io
+
+    import numpy as np
+
+    from trainer.logsource import EventLogSource
+    from trainer.scoring import ScoredLog, scores_format, write_scores
+    from trainer.sessions import sessionize
+
+    log = EventLogSource(good_csv).read()
+    sessions = sessionize(log, 30.0)
+    index = np.flatnonzero(sessions.scorable)
+    scored = ScoredLog(log, sessions, index, np.full(len(index), 0.75))
+    jsonl, table = io.StringIO(), io.StringIO()
+    assert write_scores(scored, 0.5, jsonl) == len(sessions)
+    rows = [json.loads(x) for x in jsonl.getvalue().splitlines()]
+    assert [r["probability"] for r in rows if r["events_scored"]] == [0.75] * len(index)
+    assert all(r["decision"] == 1 for r in rows if r["events_scored"])
+    assert write_scores(scored, 0.5, table, scores_format("x.csv")) == len(sessions)
+    lines = table.getvalue().split("\n")
+    assert lines[0] == "session,events_scored,probability,decision" and lines[-1] == ""
+    assert len(lines) == len(sessions) + 2
+
+
+@pytest.mark.slow
+def test_score_to_stdout_is_the_jsonl_file(tmp_path, tiny_artifact, synthetic_log):
+    to_stdout = invoke("score", "--model", tiny_artifact, "--data", synthetic_log)
+    assert to_stdout.exit_code == 0, (to_stdout.stdout, to_stdout.stderr)
+    out = tmp_path / "scores.jsonl"
+    to_file = invoke("score", "--model", tiny_artifact, "--data", synthetic_log, "--out", out)
+    assert to_file.exit_code == 0, (to_file.stdout, to_file.stderr)
+    assert to_stdout.stdout == out.read_text()
+    assert to_file.stdout == ""

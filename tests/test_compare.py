@@ -16,8 +16,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from converters.compare import ARTIFACT_KEYS, BUCKET_KEYS, RESULT_KEYS, compare_run, parse_artifact_name
+from converters.compare import (
+    ARTIFACT_KEYS,
+    BUCKET_KEYS,
+    RESULT_KEYS,
+    SPLITS,
+    compare_run,
+    parse_artifact_name,
+)
+from trainer.logsource import EventLogSource
 from trainer.metrics import PREFIX_BUCKETS, expected_calibration_error
+from trainer.rundir import SPLIT_NAMES
 from ubp_edge.cli import app
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -57,7 +66,7 @@ def run_copy(two_artifact_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def result(two_artifact_run, synthetic_log):
-    return compare_run(two_artifact_run, synthetic_log)
+    return compare_run(two_artifact_run, EventLogSource(synthetic_log))
 
 
 def by_precision(result: dict) -> dict:
@@ -127,8 +136,9 @@ def test_figures_match_scoring_each_artifact_on_its_own(result, two_artifact_run
     from trainer.scoring import score_log, split_keys
 
     keys = split_keys(two_artifact_run / "split.json", "test")
-    scored = {name: score_log(Scorer.load(two_artifact_run / f"model-{name}.tflite"), synthetic_log,
-                              only_keys=keys) for name in ("float32", "dynamic")}
+    source = EventLogSource(synthetic_log)
+    scored = {name: score_log(Scorer.load(two_artifact_run / f"model-{name}.tflite"), source, only_keys=keys)
+              for name in ("float32", "dynamic")}
     ref, dyn = scored["float32"], scored["dynamic"]
     rows = by_precision(result)
     t_ref, t_dyn = rows["float32"]["threshold"], rows["dynamic"]["threshold"]
@@ -143,7 +153,7 @@ def test_figures_match_scoring_each_artifact_on_its_own(result, two_artifact_run
 
 @pytest.mark.slow
 def test_split_all_scores_every_scorable_session(two_artifact_run, synthetic_log, result):
-    everything = compare_run(two_artifact_run, synthetic_log, split="all")
+    everything = compare_run(two_artifact_run, EventLogSource(synthetic_log), split="all")
     assert everything["split"] == "all"
     assert everything["n_sessions"] > result["n_sessions"]
 
@@ -166,7 +176,7 @@ def test_log_is_read_and_encoded_once_for_all_artifacts(two_artifact_run, synthe
 
     monkeypatch.setattr(trainer.readers, "read_log", counting_read)
     monkeypatch.setattr(trainer.dataset, "encode_sessions", counting_encode)
-    out = compare_run(two_artifact_run, synthetic_log)
+    out = compare_run(two_artifact_run, EventLogSource(synthetic_log))
     assert len(out["artifacts"]) == 2
     assert calls == {"read": 1, "encode": 1}
 
@@ -262,7 +272,8 @@ def test_corrupt_artifact_is_a_failed_row_and_the_others_compare(run_copy, synth
 @pytest.mark.slow
 def test_renamed_copy_is_refused_by_its_metadata(run_copy, synthetic_log):
     shutil.copy(run_copy / "model-float32.tflite", run_copy / "model-float16.tflite")
-    rows = {a["path"].rsplit("/", 1)[-1]: a for a in compare_run(run_copy, synthetic_log)["artifacts"]}
+    result = compare_run(run_copy, EventLogSource(synthetic_log))
+    rows = {a["path"].rsplit("/", 1)[-1]: a for a in result["artifacts"]}
     bad = rows["model-float16.tflite"]
     assert bad["status"] == "failed" and "does not match its metadata" in bad["reason"]
     assert "expected model-float32.tflite" in bad["reason"]
@@ -310,7 +321,7 @@ def test_auto_split_on_another_log_uses_every_session(two_artifact_run, tmp_path
 
     other = tmp_path / "other.csv"
     write_canonical_csv(generate_events(n_users=40, days=3, seed=99), other)
-    out = compare_run(two_artifact_run, other)
+    out = compare_run(two_artifact_run, EventLogSource(other))
     assert out["split"] == "all" and "does not hold the run's test split" in out["split_reason"]
 
 
@@ -324,6 +335,23 @@ def test_auto_split_on_another_log_uses_every_session(two_artifact_run, tmp_path
 ])
 def test_artifact_names_parse_with_hyphenated_precisions(name, expected, tmp_path):
     assert parse_artifact_name(tmp_path / name) == expected
+
+
+def test_split_choices_are_auto_all_and_the_run_directory_splits():
+    assert list(SPLITS)[:2] == ["auto", "all"] and tuple(SPLITS)[2:] == SPLIT_NAMES
+
+
+@pytest.mark.slow
+def test_report_reproduces_the_log_options(two_artifact_run, synthetic_log, tmp_path):
+    """The command in compare.md rebuilds the same source: --format csv with its mapping."""
+    out = tmp_path / "report"
+    r = invoke(two_artifact_run, "--data", synthetic_log, "--format", "csv", "--map",
+               "user=user,time=ts,event=event,item=item,category=category,price=price",
+               "--time-unit", "s", "--split", "all", "--report", out)
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    md = (out / "compare.md").read_text()
+    assert (f"--data {synthetic_log} --format csv --map user=user,time=ts,event=event,item=item,"
+            f"category=category,price=price --time-unit s --delimiter , --split all") in md
 
 
 def test_ece_of_perfect_and_constant_predictions():

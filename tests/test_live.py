@@ -90,6 +90,17 @@ def test_a_bad_event_leaves_the_live_session_as_it_was(tiny_artifact):
     np.testing.assert_array_equal(live.h, h)
 
 
+def test_score_step_is_the_public_step_a_live_session_takes(tiny_artifact):
+    scorer = Scorer.load(tiny_artifact)
+    live = scorer.start_session()
+    event = {"ts": 1.7e9, "event": "view", "item": "a"}
+    x = scorer.encoder.step(scorer.encoder.start(), event)
+    p, hc = scorer.score_step(x, np.zeros((2, scorer.step_model().units), np.float32))
+    assert p == live.push(event) and np.array_equal(hc, live.hc) and hc.shape == live.hc.shape
+    with pytest.raises(ConfigError, match=r"state of shape \(2, 8\), got \(\d+,\) and \(3, 1\)"):
+        scorer.score_step(x, np.zeros((3, 1)))
+
+
 def test_store_evicts_the_least_recently_used_session(tiny_artifact):
     store = SessionStore(Scorer.load(tiny_artifact), max_sessions=3, idle_timeout=None)
     for i, key in enumerate("abc"):
@@ -201,9 +212,9 @@ def test_serve_command_streams_stdin(tiny_artifact):
 
 
 def test_artifact_without_step_graph_says_so(tmp_path, tiny_artifact):
-    from converters.tflite_metadata import add_metadata, seal
+    from converters.metadata_writer import add_metadata, seal
     from edge_runtime.artifact import STEP_METADATA_NAME
-    from edge_runtime.tflite_metadata import read_metadata
+    from edge_runtime.tflite_reader import read_metadata
 
     model = tiny_artifact.read_bytes()
     assert STEP_METADATA_NAME in read_metadata(model)

@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from converters import peers as peers_module
-from converters.peers import TOLERANCE, build_peers, numpy_lstm
-from converters.tflite import _sessions
+from benchmarks import engines
+from benchmarks.engines import build_peers, numpy_lstm
+from converters.precisions import PRECISIONS
 from edge_runtime.errors import ConfigError, RunDirError
 from trainer import rundir
+from trainer.rundir import RunDirectory
 
 ROWS = [("keras-eager", "float32"), ("keras-function", "float32"), ("onnxruntime", "float32"),
         ("onnxruntime", "dynamic"), ("numpy", "float32")]
@@ -24,8 +25,12 @@ def _needs_onnxruntime() -> None:
 
 
 def _parity(run):
-    parity = dict(np.load(run / rundir.PARITY))
-    return _sessions(parity, ""), parity["keras_probability"]
+    run = RunDirectory(run)
+    return run.sessions("test"), run.keras_probability("test")
+
+
+def _tolerance(precision: str) -> float:
+    return PRECISIONS[precision].max_abs_diff
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,7 @@ def built(tiny_run, tmp_path_factory):
 
 
 def test_module_import_loads_no_engine():
-    code = ("import sys, converters.peers; "
+    code = ("import sys, benchmarks.engines; "
             "print(sorted({'tensorflow', 'tf_keras', 'onnx', 'onnxruntime', 'tf2onnx'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -91,7 +96,7 @@ def test_build_peers_returns_five_rows_all_ok_within_tolerance(built):
     assert list(rows) == ROWS
     for (engine, precision), peer in rows.items():
         assert peer.status == "ok", (engine, precision, peer.reason)
-        assert peer.max_abs_diff is not None and peer.max_abs_diff <= TOLERANCE[precision], peer
+        assert peer.max_abs_diff is not None and peer.max_abs_diff <= _tolerance(precision), peer
         assert callable(peer.score) and callable(peer.score_batch)
 
 
@@ -124,13 +129,13 @@ def test_hand_written_onnx_graph_when_tf2onnx_fails(tiny_run, monkeypatch):
     def broken(_keras):
         raise RuntimeError("tf2onnx broke\nsecond line of the traceback")
 
-    monkeypatch.setattr(peers_module, "_onnx_via_tf2onnx", broken)
+    monkeypatch.setattr(engines, "onnx_via_tf2onnx", broken)
     rows = {(p.engine, p.precision): p for p in build_peers(tiny_run)}
     onnx_float = rows[("onnxruntime", "float32")]
     assert onnx_float.status == "ok", onnx_float.reason
     assert onnx_float.reason.startswith("onnx.helper graph")
     assert "tf2onnx broke" in onnx_float.reason and "second line" not in onnx_float.reason
-    assert onnx_float.max_abs_diff <= TOLERANCE["float32"]
+    assert onnx_float.max_abs_diff <= _tolerance("float32")
     assert rows[("onnxruntime", "dynamic")].status == "ok", rows[("onnxruntime", "dynamic")].reason
 
 
@@ -141,7 +146,7 @@ def test_a_failing_engine_becomes_its_row_and_the_others_go_on(tiny_run, monkeyp
     def broken(_path, _threads):
         raise OSError("onnxruntime cannot load this\nmore")
 
-    monkeypatch.setattr(peers_module, "_ort_score", broken)
+    monkeypatch.setattr(engines, "ort_score", broken)
     rows = {(p.engine, p.precision): p for p in build_peers(tiny_run)}
     assert list(rows) == ROWS
     for key in (("onnxruntime", "float32"), ("onnxruntime", "dynamic")):
@@ -154,8 +159,8 @@ def test_a_failing_engine_becomes_its_row_and_the_others_go_on(tiny_run, monkeyp
 
 @pytest.mark.slow
 def test_a_peer_off_the_keras_scores_fails_with_the_figure(tiny_run, monkeypatch):
-    monkeypatch.setattr(peers_module, "numpy_lstm", lambda arrays: lambda x: 2.0)
-    monkeypatch.setattr(peers_module, "_ort_score", lambda *a: (_ for _ in ()).throw(OSError("skip")))
+    monkeypatch.setattr(engines, "numpy_lstm", lambda arrays: lambda x: 2.0)
+    monkeypatch.setattr(engines, "ort_score", lambda *a: (_ for _ in ()).throw(OSError("skip")))
     rows = {(p.engine, p.precision): p for p in build_peers(tiny_run)}
     bad = rows[("numpy", "float32")]
     assert bad.status == "failed" and bad.score is None

@@ -549,12 +549,22 @@ def test_batch_and_one_event_encodings_are_bit_identical(enc, fields):
     assert identical(batch, live), np.argwhere(batch != live)[:5].tolist()
 
 
+def context_vector(context: dict | list | None) -> np.ndarray:
+    """A drawn context (None, a dict by field name, or three numbers) as one row of the
+    batch path's context array."""
+    if context is None:
+        return np.zeros(len(CONTEXT_FIELDS), np.float64)
+    if isinstance(context, dict):
+        return np.array([float(context.get(k, 0.0)) for k in CONTEXT_FIELDS], np.float64)
+    return np.asarray(context, np.float64)
+
+
 @settings(max_examples=200, **SETTINGS)
 @given(enc=encoders(), many=st.lists(sessions_of_events(), min_size=1, max_size=6))
 def test_encode_batch_of_many_sessions_equals_each_session_alone(enc, many):
     many = [dict(f, category=f["category"] or [""] * len(f["ts"]),
                  price=f["price"] or [None] * len(f["ts"]),
-                 context=enc._context_vector(f["context"])) for f in many]
+                 context=context_vector(f["context"])) for f in many]
     offsets = np.r_[0, np.cumsum([len(f["ts"]) for f in many])]
     joined = {k: np.concatenate([np.asarray(f[k], object if k != "ts" else np.float64)
                                  for f in many]) for k in ("ts", "event", "item", "category", "price")}

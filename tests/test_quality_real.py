@@ -7,6 +7,7 @@ import pytest
 
 from converters.tflite import convert_run
 from edge_runtime.scorer import Scorer
+from trainer.logsource import EventLogSource
 from trainer.scoring import evaluation_report, score_log, split_keys
 from trainer.train import TrainConfig, train
 
@@ -32,7 +33,8 @@ def test_lstm_beats_logistic_regression_on_taobao_test_split(taobao_run):
 def test_edge_runtime_reproduces_the_keras_test_metrics(taobao_run, taobao_path):
     run, report = taobao_run
     scorer = Scorer.load(run / "model-float32.tflite")
-    scored = score_log(scorer, taobao_path, "taobao", only_keys=split_keys(run / "split.json", "test"))
+    source = EventLogSource(taobao_path, "taobao")
+    scored = score_log(scorer, source, only_keys=split_keys(run / "split.json", "test"))
     metrics = evaluation_report(scored, scorer.threshold)
     assert metrics["n_sessions"] == report["test"]["lstm"]["n_sessions"]
     for key in ("roc_auc", "pr_auc", "log_loss", "brier", "f1"):

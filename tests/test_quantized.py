@@ -1,5 +1,6 @@
 """Every precision and graph converts (or is an "unsupported" row), loads and scores in the
-edge runtime within its named tolerance; recalibration and --auto behave as documented."""
+edge runtime within its named tolerance; recalibration (edge_runtime.calibration) and --auto
+behave as documented."""
 
 from __future__ import annotations
 
@@ -11,19 +12,19 @@ import pytest
 
 from converters.precisions import PRECISIONS
 from converters.tflite import ConvertConfig, artifact_path, auto_convert
-from edge_runtime.errors import ConfigError
+from edge_runtime.artifact import ArtifactInfo
+from edge_runtime.calibration import PROBABILITY_CLIP, PlattCalibration
+from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
 from trainer import rundir
 
-pytestmark = pytest.mark.slow
-
 
 def _test_sessions(run):
-    parity = np.load(run / rundir.PARITY)
-    f, o = parity["features"], parity["offsets"]
-    return [f[o[i]:o[i + 1]] for i in range(len(o) - 1)], parity["keras_probability"]
+    parts = rundir.RunDirectory(run)
+    return parts.sessions("test"), parts.keras_probability("test")
 
 
+@pytest.mark.slow
 def test_every_precision_and_graph_has_a_row(quantized_run):
     _, rows = quantized_run
     assert set(rows) == {(g, p) for g in ("fused", "unrolled") for p in PRECISIONS}
@@ -37,6 +38,7 @@ def test_every_precision_and_graph_has_a_row(quantized_run):
     assert all(r.status == "ok" for (g, p), r in rows.items() if p != "16x8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("graph", ["fused", "unrolled"])
 @pytest.mark.parametrize("precision", [p for p in PRECISIONS if p != "16x8"])
 def test_artifact_loads_scores_and_stays_within_its_tolerance(quantized_run, graph, precision):
@@ -58,10 +60,11 @@ def test_artifact_loads_scores_and_stays_within_its_tolerance(quantized_run, gra
     np.testing.assert_allclose(one, p[:10], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_int8_io_artifact_has_int8_ports_and_matches_int8(quantized_run):
     run, _ = quantized_run
     int8_io = Scorer.load(artifact_path(run, "int8-io"))
-    details = int8_io._interpreter.get_input_details()[0]
+    details = int8_io.input_details()[0]
     assert np.dtype(details["dtype"]) == np.int8 and details["quantization"][0] > 0
     sessions, _ = _test_sessions(run)
     a = int8_io.score_encoded(sessions, calibrated=False)
@@ -70,6 +73,7 @@ def test_int8_io_artifact_has_int8_ports_and_matches_int8(quantized_run):
     assert np.max(np.abs(a - b)) < 0.05
 
 
+@pytest.mark.slow
 def test_calibrated_artifacts_record_their_calibration_set(quantized_run):
     run, rows = quantized_run
     scorer = Scorer.load(artifact_path(run, "int8"))
@@ -78,6 +82,7 @@ def test_calibrated_artifacts_record_their_calibration_set(quantized_run):
     assert Scorer.load(artifact_path(run, "float32")).info.provenance["calibration_sessions"] is None
 
 
+@pytest.mark.slow
 def test_recalibration_keeps_decisions_and_is_stored_in_the_artifact(quantized_run):
     run, rows = quantized_run
     recalibrated = [(g, p) for (g, p), r in rows.items() if r.status == "ok" and r.recalibrated]
@@ -99,6 +104,7 @@ def test_recalibration_keeps_decisions_and_is_stored_in_the_artifact(quantized_r
             assert Scorer.load(artifact_path(run, precision, graph)).info.calibration is None
 
 
+@pytest.mark.slow
 def test_auto_picks_the_smallest_precision_within_budget_and_says_why(tmp_path, tiny_run):
     run = shutil.copytree(tiny_run, tmp_path / "run")
     chosen, rows, why = auto_convert(run, max_auc_drop=1.0, overwrite=True)
@@ -120,3 +126,56 @@ def test_convert_config_refuses_unknown_names():
         ConvertConfig(graphs=("looped",))
     with pytest.raises(ConfigError, match="calibration-sessions"):
         ConvertConfig(calibration_sessions=0)
+
+
+# ----------------------------------------------------------------------------- Platt calibration
+
+def test_platt_map_and_its_threshold_keep_every_decision():
+    platt = PlattCalibration(a=1.3, b=-0.4)
+    p = np.random.default_rng(0).uniform(0, 1, 2000).astype(np.float32)
+    q = platt.apply(p)
+    assert q.dtype == np.float32 and np.all(np.diff(q[np.argsort(p)]) >= 0)
+    logit = np.log(np.clip(p, PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+                   / np.clip(1 - p, PROBABILITY_CLIP, 1))
+    np.testing.assert_allclose(q, 1 / (1 + np.exp(-(1.3 * logit - 0.4))), rtol=1e-6)
+    for threshold in (0.05, 0.179, 0.5, 0.93):
+        np.testing.assert_array_equal(p >= threshold, q >= platt.apply_threshold(threshold) - 1e-7)
+    assert np.isfinite(platt.apply(np.array([0.0, 1.0], np.float32))).all()
+
+
+def test_platt_fit_undoes_a_known_shift_and_declines_when_nothing_shifted():
+    reference = np.random.default_rng(1).beta(1, 6, 3000)
+    logit = np.log(reference / (1 - reference))
+    shifted = 1 / (1 + np.exp(-(0.8 * logit + 0.3)))  # what a quantised model might return
+    fitted = PlattCalibration.fit(shifted, reference)
+    assert (fitted.a, fitted.b) == pytest.approx((1.25, -0.375), abs=1e-6)
+    assert PlattCalibration.fit(reference, reference) is None
+
+
+def test_platt_calibration_round_trips_and_refuses_what_it_cannot_apply():
+    platt = PlattCalibration(1.1, -0.2)
+    assert platt.to_dict() == {"method": "platt", "a": 1.1, "b": -0.2}
+    assert PlattCalibration.from_dict(platt.to_dict()) == platt
+    with pytest.raises(ArtifactError, match="calibration method 'isotonic' not in"):
+        PlattCalibration.from_dict({"method": "isotonic", "a": 1, "b": 0})
+    with pytest.raises(ConfigError, match="finite a and b"):
+        PlattCalibration(float("nan"), 0.0)
+
+
+def test_artifact_info_reads_its_calibration_through_platt(tiny_spec_dict):
+    d = {"format": "ubp-edge-artifact", "version": 1, "feature_spec": tiny_spec_dict,
+         "threshold": 0.3, "precision": "int8", "graph": "fused",
+         "calibration": {"method": "platt", "a": "1.5", "b": 0}}
+    assert ArtifactInfo.from_dict(d).calibration == {"method": "platt", "a": 1.5, "b": 0.0}
+    with pytest.raises(ArtifactError, match="model.tflite: artifact metadata is malformed"):
+        ArtifactInfo.from_dict({**d, "calibration": {"method": "platt"}}, "model.tflite")
+    with pytest.raises(ArtifactError, match="model.tflite: calibration method 'x' not in"):
+        ArtifactInfo.from_dict({**d, "calibration": {"method": "x", "a": 1, "b": 0}}, "model.tflite")
+
+
+@pytest.fixture
+def tiny_spec_dict() -> dict:
+    from edge_runtime.features import FeatureEncoder
+
+    encoder = FeatureEncoder()
+    return encoder.fit(np.ones((3, len(encoder.features)))).spec().to_dict()

@@ -73,3 +73,80 @@ def test_score_and_evaluate_commands_run_without_tensorflow(tiny_artifact, synth
     result = json.loads(done.stderr.strip().splitlines()[-1])
     assert result["code"] in (0, None), done.stderr
     assert not {"tensorflow", "tf_keras", "keras"} & set(result["modules"])
+
+
+# ----------------------------------------------------------------------------- native output
+
+def test_quiet_native_captures_fd2_and_restores_it(capfd):
+    import os
+
+    from edge_runtime.native_logs import quiet_native
+
+    before = os.fstat(2).st_ino
+    with quiet_native() as outer:
+        os.write(2, b"native one\n")
+        with quiet_native() as inner:  # nested: one redirection, each block its own span
+            os.write(2, b"native two\n")
+    os.write(2, b"after\n")
+    assert os.fstat(2).st_ino == before
+    assert outer.text == "native one\nnative two\n" and inner.text == "native two\n"
+    assert capfd.readouterr().err == "after\n"
+
+
+def test_quiet_native_keeps_the_output_on_a_failure_and_restores_fd2(capfd):
+    import os
+
+    from edge_runtime.native_logs import native_log_of, quiet_native
+
+    before = os.fstat(2).st_ino
+    for error in (ValueError("refused"), KeyboardInterrupt()):
+        with pytest.raises(type(error)) as caught:
+            with quiet_native():
+                with quiet_native():
+                    os.write(2, b"ERROR: the kernel says why\n")
+                    raise error
+        assert native_log_of(caught.value) == "ERROR: the kernel says why\n"
+        assert [n for n in caught.value.__notes__ if "kernel says why" in n], caught.value.__notes__
+        assert os.fstat(2).st_ino == before
+    assert capfd.readouterr().err == ""
+
+
+def test_verbose_lets_native_output_through(capfd):
+    import os
+
+    from edge_runtime.native_logs import is_verbose, quiet_native, set_verbose
+
+    set_verbose(True)
+    try:
+        with quiet_native() as log:
+            os.write(2, b"as written\n")
+        assert is_verbose() and log.text == ""
+    finally:
+        set_verbose(False)
+    assert capfd.readouterr().err == "as written\n"
+
+
+def test_quiet_native_blocks_in_many_threads_restore_fd2(capfd):
+    import os
+    import threading
+
+    from edge_runtime.native_logs import quiet_native
+
+    before = os.fstat(2).st_ino
+    seen: list[str] = []
+
+    def work(i: int) -> None:
+        for _ in range(50):
+            with quiet_native() as log:
+                os.write(2, f"thread {i}\n".encode())
+            seen.append(log.text)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert os.fstat(2).st_ino == before and len(seen) == 200
+    # Each block sees at least its own line (and may see other threads' lines of its span).
+    assert all(line.startswith("thread ") for text in seen for line in text.splitlines())
+    assert capfd.readouterr().err == ""

@@ -11,9 +11,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from converters.tflite_metadata import add_metadata
+from converters.metadata_writer import add_metadata
 from edge_runtime.errors import ArtifactError
-from edge_runtime.tflite_metadata import read_metadata
+from edge_runtime.tflite_reader import read_metadata
 
 KEY = "ubp_edge"
 

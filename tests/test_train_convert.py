@@ -143,9 +143,9 @@ def test_convert_names_what_is_missing(tmp_path, tiny_run):
 
 
 def test_artifact_of_another_version_is_refused(tmp_path, tiny_artifact):
-    from converters.tflite_metadata import add_metadata, seal
+    from converters.metadata_writer import add_metadata, seal
     from edge_runtime.artifact import METADATA_NAME
-    from edge_runtime.tflite_metadata import read_metadata
+    from edge_runtime.tflite_reader import read_metadata
 
     model = tiny_artifact.read_bytes()
     meta = json.loads(read_metadata(model)[METADATA_NAME])

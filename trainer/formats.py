@@ -2,7 +2,10 @@
 
 A preset says how a public log maps onto canonical events (edge_runtime.events):
 which column holds what, how the time is written, which event values mean what.
-`csv` is the custom preset built from `--map` and `--events`.
+`csv` (CUSTOM_FORMAT) is the custom preset built from `--map` and `--events`.
+
+The CLI's help is generated from this table: ``--format`` lists PRESETS (then ``csv``),
+``ubp-edge data formats`` shows each preset's ``description``, ``--time-unit`` lists TimeUnit.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class FormatPreset:
         utc_offset_hours: the shop's clock, used for time-of-day features.
         has_user_ids: whether ``user`` is a real person id (enables user-history context).
         missing_user: a value that means "no user id" (the session id is used instead).
-        description: one line for ``--help`` and ``data inspect``.
+        description: one line for ``ubp-edge data formats`` (what the file looks like).
     """
 
     name: str
@@ -138,7 +141,10 @@ PRESETS: dict[str, FormatPreset] = {p.name: p for p in [
     ),
 ]}
 
-FORMAT_NAMES: tuple[str, ...] = (*PRESETS, "csv")
+# The value of ``--format`` that builds a preset from ``--map`` and ``--events``.
+CUSTOM_FORMAT = "csv"
+CUSTOM_DESCRIPTION = "CSV/JSONL/Parquet with a column mapping"
+FORMAT_NAMES: tuple[str, ...] = (*PRESETS, CUSTOM_FORMAT)
 
 
 def parse_mapping(text: str, what: str) -> dict[str, str]:
@@ -176,9 +182,9 @@ def custom_preset(column_map: str | None, event_map: str | None, time_unit: str 
         unit = TimeUnit(time_unit)
     except ValueError:
         raise ConfigError(f"--time-unit: {time_unit!r} not in {[u.value for u in TimeUnit]}") from None
-    return FormatPreset(name="csv", columns=columns, events=events, time_unit=unit,
+    return FormatPreset(name=CUSTOM_FORMAT, columns=columns, events=events, time_unit=unit,
                         delimiter=delimiter, header=header,
-                        description="CSV/JSONL/Parquet with a column mapping")
+                        description=CUSTOM_DESCRIPTION)
 
 
 def get_preset(name: str) -> FormatPreset:

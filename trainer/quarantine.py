@@ -1,4 +1,9 @@
-"""Bad rows: counted by reason, kept verbatim, written aside. Nothing is dropped silently."""
+"""Bad rows: counted by reason, kept verbatim, written aside. Nothing is dropped silently.
+
+`BadRows` is what the readers in `trainer.readers` fill; `EventLog.bad` carries it to
+`train`, which writes it as the run directory's quarantine.jsonl, and to every summary
+that counts bad rows by reason.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_runtime.errors import DataError, located
+from trainer.files import atomic_open
 
 # Raw text kept per bad row: enough to find and fix it, bounded so a pathological
 # 10 MB line cannot blow up the quarantine file.
@@ -63,14 +69,19 @@ class BadRows:
             raise DataError(f"{self.first_message()} ({self.total} bad rows; --strict)")
 
     def write(self, path: str | os.PathLike) -> Path | None:
-        """Write the bad rows as JSON lines, atomically; nothing is written when there are none."""
+        """Write the bad rows as JSON lines, in line order, atomically.
+
+        Args:
+            path: the quarantine file; its folder is created if needed.
+
+        Returns:
+            ``path``, or None when there are no bad rows (then nothing is written).
+        """
         if not self.rows:
             return None
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(path, "w") as f:
             for row in sorted(self.rows, key=lambda r: (r["line"] is None, r["line"] or 0)):
                 f.write(json.dumps(row, ensure_ascii=False).translate(LINE_BREAKS) + "\n")
-        os.replace(tmp, path)
         return path

@@ -7,6 +7,10 @@ bad price) are counted by reason in `EventLog.bad` and kept verbatim for the qua
 file; the run goes on.
 
 pyarrow does the parsing; this module only maps columns and validates values, vectorised.
+`read_log` is the entry point (`trainer.logsource.EventLogSource.read` calls it) and runs
+three stages: the file (`read_bytes`, `detect_format`), its raw columns (one reader per
+kind: CSV, JSON lines, Parquet), and `_canonicalize`, which checks the mapped columns,
+then events, times, ids and prices, each check rejecting the rows it fails.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from edge_runtime.errors import DataError, located
+from edge_runtime.errors import DataError, first_line, located
 from edge_runtime.events import EVENT_CODE, MAX_TS, MIN_TS
 from trainer.formats import PRESETS, FormatPreset, TimeUnit, get_preset
 from trainer.quarantine import BadRows
@@ -52,9 +56,6 @@ class Ids:
             encoded = encoded.combine_chunks()
         return cls(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
                    np.asarray(encoded.dictionary.to_pylist(), dtype=object))
-
-    def take(self, index: np.ndarray) -> Ids:
-        return Ids(self.codes[index], self.names)
 
     def values(self, index: np.ndarray | None = None) -> np.ndarray:
         codes = self.codes if index is None else self.codes[index]
@@ -252,6 +253,8 @@ def _csv_header(path: Path, data: bytes, delimiter: str) -> list[str]:
 
 
 def _read_csv(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> _Raw:
+    """A CSV's columns as text, each row with its physical line; rows with a wrong field
+    count go to ``bad``, blank rows and rows with invalid UTF-8 are rejected in ``raw``."""
     if data.count(b"\r") != data.count(b"\r\n"):
         # pyarrow ends a line at a lone CR (old Mac files): number lines the same way.
         data = LONE_CR.sub(b"\n", data)
@@ -259,6 +262,42 @@ def _read_csv(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> _R
     if preset.header and len(set(names)) != len(names):
         raise DataError(located(path, 1, f"duplicate column names in header {names}"))
     data, invalid = _replace_invalid_utf8(data)
+    table, skipped = _parse_csv(path, data, preset, names)
+    if table.column_names != names:
+        raise DataError(located(path, 1, f"cannot read the header: columns {table.column_names}, "
+                                         f"expected {names}"))
+    # pyarrow numbers records (header = 1). Records are physical lines unless a quoted value
+    # spans lines; then the csv module maps record numbers to the lines they start on.
+    first = 2 if preset.header else 1
+    bad_numbers = np.array(sorted(n for n, _, _ in skipped), np.int64)
+    records = np.arange(first, first + table.num_rows + len(bad_numbers), dtype=np.int64)
+    parsed = ~np.isin(records, bad_numbers)  # the records pyarrow kept: the table's rows
+    physical = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    if physical != first - 1 + len(records):
+        starts = _record_start_lines(data, preset.delimiter)
+        to_line = lambda numbers: starts[np.minimum(numbers, len(starts)) - 1]  # noqa: E731
+    else:
+        to_line = lambda numbers: numbers  # noqa: E731
+    for number, text, actual in skipped:
+        bad.add(int(to_line(np.array([number]))[0]), "wrong_field_count", text,
+                f"{actual} fields, expected {len(names)}")
+    raw = _Raw({n: table.column(n).combine_chunks() for n in names}, to_line(records[parsed]),
+               np.full(table.num_rows, None, object), np.full(table.num_rows, "", object), data)
+    blank = np.ones(table.num_rows, bool)
+    for col in raw.columns.values():
+        blank &= pc.equal(pc.binary_length(col), 0).to_numpy(zero_copy_only=False)
+    raw.reject(blank, "blank_line")
+    if invalid:
+        _reject_invalid_utf8(raw, invalid, to_line(records), physical, parsed)
+    for name, col in list(raw.columns.items()):
+        raw.columns[name] = _decode_utf8(col, raw, name)
+    return raw
+
+
+def _parse_csv(path: Path, data: bytes, preset: FormatPreset,
+               names: list[str]) -> tuple[pa.Table, list[tuple[int, str, int]]]:
+    """pyarrow's parse of valid UTF-8 ``data``, every column as bytes, and the records it
+    skipped for a wrong field count as (record number, text, fields found)."""
     skipped: list[tuple[int, str, int]] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -275,44 +314,23 @@ def _read_csv(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> _R
         table = pacsv.read_csv(io.BytesIO(data), read_options=read, parse_options=parse,
                                convert_options=convert)
     except pa.ArrowInvalid as e:
-        raise DataError(f"{path}: not a readable {preset.name} CSV ({_one_line(e)})") from None
-    if table.column_names != names:
-        raise DataError(located(path, 1, f"cannot read the header: columns {table.column_names}, "
-                                         f"expected {names}"))
-    # pyarrow numbers records (header = 1). Records are physical lines unless a quoted value
-    # spans lines; then the csv module maps record numbers to the lines they start on.
-    first = 2 if preset.header else 1
-    bad_numbers = np.array(sorted(n for n, _, _ in skipped), np.int64)
-    records = np.arange(first, first + table.num_rows + len(bad_numbers), dtype=np.int64)
-    good_numbers = records[~np.isin(records, bad_numbers)]
-    physical = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    if physical != first - 1 + len(records):
-        starts = _record_start_lines(data, preset.delimiter)
-        to_line = lambda numbers: starts[np.minimum(numbers, len(starts)) - 1]  # noqa: E731
-    else:
-        to_line = lambda numbers: numbers  # noqa: E731
-    for number, text, actual in skipped:
-        bad.add(int(to_line(np.array([number]))[0]), "wrong_field_count", text,
-                f"{actual} fields, expected {len(names)}")
-    raw = _Raw({n: table.column(n).combine_chunks() for n in names}, to_line(good_numbers),
-               np.full(table.num_rows, None, object), np.full(table.num_rows, "", object), data)
-    blank = np.ones(table.num_rows, bool)
-    for col in raw.columns.values():
-        blank &= pc.equal(pc.binary_length(col), 0).to_numpy(zero_copy_only=False)
-    raw.reject(blank, "blank_line")
-    if invalid:
-        # A record spans its start line up to the next record's; any invalid line in it counts.
-        starts = to_line(records)
-        ends = np.r_[starts[1:] - 1, physical]
-        good = ~np.isin(records, bad_numbers)
-        lines = np.array(sorted(invalid), np.int64)
-        first_bad = np.searchsorted(lines, starts[good], "left")
-        mask = first_bad < np.searchsorted(lines, ends[good], "right")
-        shown = np.array([invalid[lines[min(k, len(lines) - 1)]] for k in first_bad], object)
-        raw.reject(mask, "non_utf8", shown, "invalid UTF-8 bytes")
-    for name, col in list(raw.columns.items()):
-        raw.columns[name] = _decode_utf8(col, raw, name)
-    return raw
+        raise DataError(f"{path}: not a readable {preset.name} CSV ({first_line(e, limit=200)})") from None
+    return table, skipped
+
+
+def _reject_invalid_utf8(raw: _Raw, invalid: dict[int, bytes], starts: np.ndarray, physical: int,
+                         parsed: np.ndarray) -> None:
+    """Reject as non_utf8 the parsed records that span a line with invalid UTF-8.
+
+    ``starts`` are the start lines of all records, ``parsed`` marks those pyarrow kept (the
+    rows of ``raw``), ``physical`` is the file's number of lines."""
+    # A record spans its start line up to the next record's; any invalid line in it counts.
+    ends = np.r_[starts[1:] - 1, physical]
+    lines = np.array(sorted(invalid), np.int64)
+    first_bad = np.searchsorted(lines, starts[parsed], "left")
+    mask = first_bad < np.searchsorted(lines, ends[parsed], "right")
+    shown = np.array([invalid[lines[min(k, len(lines) - 1)]] for k in first_bad], object)
+    raw.reject(mask, "non_utf8", shown, "invalid UTF-8 bytes")
 
 
 def _replace_invalid_utf8(data: bytes) -> tuple[bytes, dict[int, bytes]]:
@@ -335,12 +353,6 @@ def _replace_invalid_utf8(data: bytes) -> tuple[bytes, dict[int, bytes]]:
         except UnicodeDecodeError as e:  # a multi-byte sequence never spans a newline
             invalid[number] = line[max(0, e.start - 8):e.end + 8]
     return data.decode("utf-8", "replace").encode("utf-8"), invalid
-
-
-def _one_line(error: Exception) -> str:
-    """An exception's message on one line, cut to a readable length."""
-    text = " ".join(str(error).split())
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _decode_utf8(col: pa.Array, raw: _Raw, name: str) -> pa.Array:
@@ -457,7 +469,7 @@ def _read_parquet(path: Path, data: bytes) -> _Raw:
     try:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({_one_line(e)})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({first_line(e, limit=200)})") from None
     columns = {n: table.column(n).combine_chunks() for n in table.column_names}
     raw = _Raw(columns, np.arange(1, table.num_rows + 1, dtype=np.int64),
                np.full(table.num_rows, None, object), np.full(table.num_rows, "", object))
@@ -551,6 +563,42 @@ def _ids(raw: _Raw, column: str, reason: str | None) -> pa.Array:
 
 def _canonicalize(path: Path, raw: _Raw, preset: FormatPreset, bad: BadRows,
                   rows_before: int) -> EventLog:
+    """The columns read, validated into canonical events.
+
+    Each check rejects the rows it fails; a row keeps the first reason it gets, so the
+    order below (event, time, item, session, user, price) decides which reason a row with
+    several faults is counted under. Rejected rows go to ``bad``, the rest to the EventLog.
+    """
+    has = _mapped_columns(path, raw, preset, bad, rows_before)
+    codes = _event_codes(raw, preset, has["event"])
+    ts = _timestamps(raw, preset, has["ts"])
+    item = _ids(raw, has["item"], "missing_item")
+    user, session = _user_and_session(raw, preset, has)
+    category = _ids(raw, has["category"], None) if "category" in has else None
+    price = _prices(raw, has["price"]) if "price" in has else None
+
+    good = np.equal(raw.reason, None)
+    for i in np.flatnonzero(~good):
+        bad.add(int(raw.line[i]), raw.reason[i], raw.text_of(int(i)), raw.detail[i])
+    keep = pa.array(np.flatnonzero(good))
+    return EventLog(
+        source=str(path), format=preset.name,
+        user=Ids.encode(user.take(keep)),
+        session=Ids.encode(session.take(keep)) if session is not None else None,
+        ts=ts[good], event=codes[good],
+        item=Ids.encode(item.take(keep)),
+        category=Ids.encode(category.take(keep)) if category is not None else None,
+        price=price[good] if price is not None else None,
+        line=raw.line[good], rows_read=rows_before + len(good), bad=bad,
+        utc_offset_hours=preset.utc_offset_hours,
+        has_user_ids=preset.has_user_ids and "user" in has,
+    )
+
+
+def _mapped_columns(path: Path, raw: _Raw, preset: FormatPreset, bad: BadRows,
+                    rows_before: int) -> dict[str, str]:
+    """Canonical field -> the column of ``raw`` that holds it; DataError when a required
+    one is missing. A format of one event type gets its constant ``event`` column here."""
     if not raw.columns and rows_before:  # no JSON line parsed: there are no columns to check
         raise DataError(f"{path}: none of its {rows_before} rows parse as {preset.name}; "
                         f"first: {bad.first_message()}")
@@ -563,62 +611,57 @@ def _canonicalize(path: Path, raw: _Raw, preset: FormatPreset, bad: BadRows,
         missing.append(preset.date_column)
     if missing:
         raise DataError(f"{path}: missing columns {missing}; found {sorted(raw.columns)}")
-
     if preset.constant_event and "event" not in has:
         raw.columns["event"] = pa.array([preset.constant_event] * len(raw.line), pa.string())
         has["event"] = "event"
-    event_text = pc.utf8_trim_whitespace(_as_text(raw.columns[has["event"]]))
+    return has
+
+
+def _event_codes(raw: _Raw, preset: FormatPreset, column: str) -> np.ndarray:
+    """Canonical event codes (int8); values the preset does not map are rejected."""
+    event_text = pc.utf8_trim_whitespace(_as_text(raw.columns[column]))
     keys = list(preset.events)
     index = pc.fill_null(pc.index_in(event_text, value_set=pa.array(keys)), -1).to_numpy(
         zero_copy_only=False).astype(np.int64)
     known = index >= 0
     index = np.where(known, index, 0)
     raw.reject(~known, "unknown_event", event_text,
-               f"column {has['event']}: expected one of {keys}, got")
-    codes = np.array([EVENT_CODE[preset.events[k]] for k in keys], np.int8)[index]
+               f"column {column}: expected one of {keys}, got")
+    return np.array([EVENT_CODE[preset.events[k]] for k in keys], np.int8)[index]
 
-    ts = _timestamps(raw, preset, has["ts"])
-    item = _ids(raw, has["item"], "missing_item")
+
+def _user_and_session(raw: _Raw, preset: FormatPreset,
+                      has: dict[str, str]) -> tuple[pa.Array, pa.Array | None]:
+    """User ids, and session ids where the log has them. An anonymous user (no id, or the
+    preset's ``missing_user``) becomes ``s:SESSION``, as does every user of a log without
+    user ids: sessions never merge across people."""
     session = _ids(raw, has["session"], "missing_session") if "session" in has else None
-    if "user" in has:
-        user = _ids(raw, has["user"], None if session is not None else "missing_user")
-        if session is not None:
-            anonymous = pc.equal(user, "")
-            if preset.missing_user is not None:
-                anonymous = pc.or_(anonymous, pc.equal(user, preset.missing_user))
-            user = pc.if_else(anonymous, pc.binary_join_element_wise("s:", session, ""), user)
-    else:
-        user = pc.binary_join_element_wise("s:", session, "")
-    category = _ids(raw, has["category"], None) if "category" in has else None
-    price = None
-    if "price" in has:
-        text = _as_text(raw.columns[has["price"]])
-        present = pc.fill_null(pc.not_equal(pc.utf8_trim_whitespace(text), ""), False).to_numpy(
-            zero_copy_only=False) if not pa.types.is_floating(raw.columns[has["price"]].type) \
-            else pc.is_valid(raw.columns[has["price"]]).to_numpy(zero_copy_only=False)
-        values, valid = _numbers(raw.columns[has["price"]])
-        raw.reject(present & ~valid, "bad_price", text, f"column {has['price']}: not a number:")
-        raw.reject(present & valid & ~((values >= 0) & np.isfinite(values)), "bad_price", text,
-                   f"column {has['price']}: negative or infinite:")
-        price = np.where(present & valid, values, np.nan)
+    if "user" not in has:
+        return pc.binary_join_element_wise("s:", session, ""), session
+    user = _ids(raw, has["user"], None if session is not None else "missing_user")
+    if session is not None:
+        anonymous = pc.equal(user, "")
+        if preset.missing_user is not None:
+            anonymous = pc.or_(anonymous, pc.equal(user, preset.missing_user))
+        user = pc.if_else(anonymous, pc.binary_join_element_wise("s:", session, ""), user)
+    return user, session
 
-    good = np.equal(raw.reason, None)
-    for i in np.flatnonzero(~good):
-        bad.add(int(raw.line[i]), raw.reason[i], raw.text_of(int(i)), raw.detail[i])
-    keep = pa.array(np.flatnonzero(good))
-    log = EventLog(
-        source=str(path), format=preset.name,
-        user=Ids.encode(user.take(keep)),
-        session=Ids.encode(session.take(keep)) if session is not None else None,
-        ts=ts[good], event=codes[good],
-        item=Ids.encode(item.take(keep)),
-        category=Ids.encode(category.take(keep)) if category is not None else None,
-        price=price[good] if price is not None else None,
-        line=raw.line[good], rows_read=rows_before + len(good), bad=bad,
-        utc_offset_hours=preset.utc_offset_hours,
-        has_user_ids=preset.has_user_ids and "user" in has,
-    )
-    return log
+
+def _prices(raw: _Raw, column: str) -> np.ndarray:
+    """Prices as float64, NaN where absent; text that is not a number, and negative or
+    infinite prices, are rejected."""
+    col = raw.columns[column]
+    text = _as_text(col)
+    if pa.types.is_floating(col.type):
+        present = pc.is_valid(col).to_numpy(zero_copy_only=False)
+    else:
+        present = pc.fill_null(pc.not_equal(pc.utf8_trim_whitespace(text), ""), False).to_numpy(
+            zero_copy_only=False)
+    values, valid = _numbers(col)
+    raw.reject(present & ~valid, "bad_price", text, f"column {column}: not a number:")
+    raw.reject(present & valid & ~((values >= 0) & np.isfinite(values)), "bad_price", text,
+               f"column {column}: negative or infinite:")
+    return np.where(present & valid, values, np.nan)
 
 
 def _read_one(path: Path, data: bytes, preset: FormatPreset, bad: BadRows) -> EventLog:

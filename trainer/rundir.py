@@ -26,6 +26,10 @@ REPORT_MD = "report.md"
 PARITY = "parity_sessions.npz"
 QUARANTINE = "quarantine.jsonl"
 REQUIRED = (CONFIG, SPEC, WEIGHTS, REPORT_JSON, PARITY)
+# The parts of a time split, oldest first: split.json, the report and the training stages
+# are keyed and ordered by these names (here, not in trainer.sessions, so that `--help` can
+# name them without loading pyarrow).
+SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 
 
 @contextmanager

@@ -4,6 +4,10 @@ A session is the log's own session id where it has one, else a run of one user's
 with no gap longer than ``gap_minutes``. The label is whether the session contains a
 purchase; the model's input is the events before the first purchase. Sessions whose
 first event is a purchase have an empty prefix: they are counted, never scored.
+
+Seams: `sessionize` (EventLog -> Sessions), `user_history` (the context features),
+`time_split` (Sessions -> Split, whose parts are named by trainer.rundir.SPLIT_NAMES), `key_digests`
+(what split.json and `compare` match sessions by).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.events import CART, PURCHASE
 from edge_runtime.features import CONTEXT_FIELDS
 from trainer.readers import EventLog
+from trainer.rundir import SPLIT_NAMES
 
 DEFAULT_GAP_MINUTES = 30.0
 
@@ -119,8 +124,22 @@ def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
     key, user_code, start, end = key[by_start], user_code[by_start], start[by_start], end[by_start]
 
-    ev = log.event[order]
-    is_buy = ev == PURCHASE
+    label, prefix_len = _labels(log.event[order], offsets)
+    sessions = Sessions(log=log, order=order, offsets=offsets, key=key, user_code=user_code,
+                        start=start, end=end, prefix_len=prefix_len, label=label,
+                        context=np.zeros((len(lengths), len(CONTEXT_FIELDS)), np.float64),
+                        gap_minutes=gap)
+    if log.has_user_ids:
+        sessions.context = user_history(sessions)
+    return sessions
+
+
+def _labels(events: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per session (events ``offsets[s]:offsets[s+1]``): 1 when it holds a purchase (int8),
+    and the number of events before its first purchase (all of them when there is none)."""
+    lengths = np.diff(offsets)
+    n = len(events)
+    is_buy = events == PURCHASE
     session_of = np.repeat(np.arange(len(lengths)), lengths)
     label = np.zeros(len(lengths), np.int8)
     label[session_of[is_buy]] = 1
@@ -131,14 +150,7 @@ def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
     if len(buy_sessions):
         rev = np.argsort(buy_pos)[::-1]
         first_buy[buy_sessions[rev]] = buy_pos[rev]
-    prefix_len = np.where(first_buy >= 0, first_buy, lengths).astype(np.int64)
-    sessions = Sessions(log=log, order=order, offsets=offsets, key=key, user_code=user_code,
-                        start=start, end=end, prefix_len=prefix_len, label=label,
-                        context=np.zeros((len(lengths), len(CONTEXT_FIELDS)), np.float64),
-                        gap_minutes=gap)
-    if log.has_user_ids:
-        sessions.context = user_history(sessions)
-    return sessions
+    return label, np.where(first_buy >= 0, first_buy, lengths).astype(np.int64)
 
 
 def key_digests(keys: np.ndarray) -> np.ndarray:
@@ -206,7 +218,13 @@ class Split:
     validation_from: float
     test_from: float
 
+    def parts(self) -> dict[str, np.ndarray]:
+        """Session indices per split name, in SPLIT_NAMES order."""
+        return {name: getattr(self, name) for name in SPLIT_NAMES}
+
     def manifest(self, sessions: Sessions) -> dict:
+        """What split.json holds: the rule, the cut times, and per split its session count,
+        purchasing sessions and session-key digests (no raw ids)."""
         def part(ix: np.ndarray) -> dict:
             return {"sessions": int(len(ix)), "positives": int(sessions.label[ix].sum()),
                     "session_digests": key_digests(sessions.key[ix]).tolist()}
@@ -214,8 +232,7 @@ class Split:
                 "session_digests": "first 16 hex digits of SHA-256 of the session key "
                                    "(trainer.sessions.key_digests); no raw user ids are stored",
                 "validation_from_ts": self.validation_from, "test_from_ts": self.test_from,
-                "train": part(self.train), "validation": part(self.validation),
-                "test": part(self.test)}
+                **{name: part(ix) for name, ix in self.parts().items()}}
 
 
 def time_split(sessions: Sessions, validation: float = 0.15, test: float = 0.15) -> Split:

@@ -42,6 +42,12 @@ The generative story, in the order the code follows it:
 
 With the defaults (400 users, 9 days) this yields roughly 85-90% views, 5-7%
 carts, 2-4% favs, 1.5-3% purchases, and 8-14% of sessions contain a purchase.
+
+In the code: `_Catalogue` is step 1, `_simulate_user` steps 2-3, `_Visit` (one
+session, stage by stage) steps 4-5. `generate_events` is the entry point and
+`write_canonical_csv` writes its result through `trainer.files.atomic_open`.
+Every draw comes from one seeded generator in a fixed order: a seed pins the log
+(tests/test_synthetic.py holds a digest of one).
 """
 
 from __future__ import annotations
@@ -50,13 +56,13 @@ import bisect
 import csv
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.events import CART, EVENT_TYPES, FAV, PURCHASE, VIEW
+from trainer.files import atomic_open
 
 CSV_HEADER: tuple[str, ...] = ("user", "ts", "event", "item", "category", "price")
 
@@ -168,135 +174,210 @@ def _session_starts(
     return np.sort(offset)
 
 
-def _simulate_session(
-    cat: _Catalogue,
-    r: _Uniforms,
-    planned_len: int,
-    intent: float,
-    prefs: list[int],
-    pref_cum: list[float],
-    cart: set[int],
-    out_items: list[int],
-    out_events: list[int],
-) -> int:
-    """Append one session's (item, event) pairs to the output lists.
+class _Visit:
+    """One session of one shopper, event by event: steps 4 and 5 of the story above.
 
-    Returns the number of purchases made, which the caller uses to mark the
-    user as a returning buyer.
+    Each step views an item (``_next_item``), may cart or favourite it (``_cart_or_fav``)
+    and, on an item carted or seen before, may end in a checkout (``_maybe_buy``). The
+    uniform draws happen in one fixed order, which is what makes a seed give the same log.
+
+    Args:
+        cat: the catalogue.
+        r: the shared uniform draws.
+        intent: the session's intent score (propensity, past purchases, noise).
+        prefs, pref_cum: the user's favourite categories and their cumulative odds.
+        cart: the user's cart; it outlives the session and is updated in place.
+        out_items, out_events: the log's output lists; the session's events are appended.
     """
-    p_return = _sigmoid(-1.6 + 0.9 * intent)
-    p_cart_repeat = _sigmoid(-0.8 + 0.7 * intent)
-    p_stay = 0.8
 
-    # Interest per item: (value at last touch, step of last touch); decay is
-    # applied lazily so an untouched item costs nothing per step.
-    interest: dict[int, tuple[float, int]] = {}
-    views: dict[int, int] = {}
+    P_STAY = 0.8  # a new item comes from the focus category, else the shopper switches
 
-    def current(item: int, step: int) -> float:
-        value, last = interest.get(item, (0.0, step))
-        return value * _DECAY ** (step - last)
+    def __init__(self, cat: _Catalogue, r: _Uniforms, intent: float, prefs: list[int],
+                 pref_cum: list[float], cart: set[int], out_items: list[int],
+                 out_events: list[int]) -> None:
+        self.cat, self.r, self.intent = cat, r, intent
+        self.prefs, self.pref_cum, self.cart = prefs, pref_cum, cart
+        self.items, self.events = out_items, out_events
+        # Intent shows as coming back to items already seen, and carting them once seen twice.
+        self.p_return = _sigmoid(-1.6 + 0.9 * intent)
+        self.p_cart_repeat = _sigmoid(-0.8 + 0.7 * intent)
+        # Interest per item: (value at last touch, step of last touch); decay is
+        # applied lazily so an untouched item costs nothing per step.
+        self.interest: dict[int, tuple[float, int]] = {}
+        self.views: dict[int, int] = {}
+        self.step = 0
+        self.n_events = 0
+        self.limit = 0
+        self.purchases = 0
+        self.focus = 0
 
-    def touch(item: int, step: int, amount: float) -> None:
-        interest[item] = (current(item, step) + amount, step)
+    def run(self, planned_len: int) -> int:
+        """Append the session's (item, event) pairs; return the number of purchases, which
+        the caller uses to mark the user as a returning buyer."""
+        self.limit = planned_len
+        self.focus = self._pick_category()
+        first_item = self._cart_comeback()
+        while self.n_events < self.limit:
+            self.step += 1
+            if first_item is not None:
+                item, first_item = first_item, None
+                self.focus = int(self.cat.item_category[item])
+            else:
+                item = self._next_item()
+            repeat = self._view(item)
+            if self.n_events < self.limit and item not in self.cart:
+                self._cart_or_fav(item, repeat)
+            in_cart = item in self.cart
+            if in_cart or repeat:
+                self._maybe_buy(item, in_cart)
+        return self.purchases
 
-    def pick_category() -> int:
+    # ------------------------------------------------------------------ interest
+
+    def _current(self, item: int) -> float:
+        value, last = self.interest.get(item, (0.0, self.step))
+        return value * _DECAY ** (self.step - last)
+
+    def _touch(self, item: int, amount: float) -> None:
+        self.interest[item] = (self._current(item) + amount, self.step)
+
+    def _emit(self, item: int, event: int) -> None:
+        self.items.append(item)
+        self.events.append(event)
+        self.n_events += 1
+
+    # ------------------------------------------------------------------ stages of a step
+
+    def _pick_category(self) -> int:
         # Mostly the user's own categories, sometimes something the shop promotes.
+        r = self.r
         if r() < 0.85:
-            return prefs[min(bisect.bisect_right(pref_cum, r()), len(prefs) - 1)]
-        return cat.sample_category(r())
+            return self.prefs[min(bisect.bisect_right(self.pref_cum, r()), len(self.prefs) - 1)]
+        return self.cat.sample_category(r())
 
-    focus = pick_category()
-    # A returning shopper sometimes opens the session on something left in the cart.
-    pending = sorted(cart)
-    if pending and r() < _sigmoid(-1.5 + 0.8 * intent):
-        first_item: int | None = pending[int(r() * len(pending))]
-    else:
-        first_item = None
+    def _cart_comeback(self) -> int | None:
+        """A returning shopper sometimes opens the session on something left in the cart."""
+        pending = sorted(self.cart)
+        if pending and self.r() < _sigmoid(-1.5 + 0.8 * self.intent):
+            return pending[int(self.r() * len(pending))]
+        return None
 
-    n_events = 0
-    limit = planned_len
-    purchases = 0
-    step = 0
-    while n_events < limit:
-        step += 1
-        if first_item is not None:
-            item, first_item = first_item, None
-            focus = int(cat.item_category[item])
-        elif interest and r() < p_return:
-            # Return to an item proportionally to how much it is on the shopper's mind.
-            items = list(interest)
-            weights = [current(i, step) for i in items]
-            x = r() * sum(weights)
-            acc = 0.0
-            item = items[-1]
-            for i, w in zip(items, weights, strict=True):
-                acc += w
-                if x < acc:
-                    item = i
-                    break
-        else:
-            if r() >= p_stay:
-                focus = pick_category()
-            item = cat.sample_item(focus, r())
+    def _next_item(self) -> int:
+        """The item this step views: one already on the shopper's mind, or a new one."""
+        if self.interest and self.r() < self.p_return:
+            return self._revisit()
+        if self.r() >= self.P_STAY:
+            self.focus = self._pick_category()
+        return self.cat.sample_item(self.focus, self.r())
 
-        out_items.append(item)
-        out_events.append(VIEW)
-        n_events += 1
-        views[item] = views.get(item, 0) + 1
-        repeat = views[item] >= 2
-        touch(item, step, 1.0)
+    def _revisit(self) -> int:
+        """Return to an item proportionally to how much it is on the shopper's mind."""
+        items = list(self.interest)
+        weights = [self._current(i) for i in items]
+        x = self.r() * sum(weights)
+        acc = 0.0
+        for i, w in zip(items, weights, strict=True):
+            acc += w
+            if x < acc:
+                return i
+        return items[-1]
 
-        if n_events < limit and item not in cart:
-            p_cart = p_cart_repeat if repeat else 0.025
-            p_fav = 0.12 if repeat else 0.03
-            u = r()
-            if u < p_cart:
-                if not repeat and r() < 0.3:
-                    # Added straight from a listing page: the log shows a cart
-                    # with no view of the item before it.
-                    out_events[-1] = CART
-                    views[item] -= 1
-                else:
-                    out_items.append(item)
-                    out_events.append(CART)
-                    n_events += 1
-                cart.add(item)
-                touch(item, step, 1.5)
-            elif u < p_cart + p_fav:
-                out_items.append(item)
-                out_events.append(FAV)
-                n_events += 1
-                touch(item, step, 0.5)
+    def _view(self, item: int) -> bool:
+        """Log a view of ``item``; return whether the session has viewed it before."""
+        self._emit(item, VIEW)
+        self.views[item] = self.views.get(item, 0) + 1
+        self._touch(item, 1.0)
+        return self.views[item] >= 2
 
-        in_cart = item in cart
-        if in_cart or repeat:
-            # Buying hinges on the item's current, decayed interest: attention
-            # that keeps coming back to it, not how much was browsed overall.
-            logit = -7.45 + 1.0 * current(item, step) + 1.6 * in_cart + 0.6 * intent
-            if r() < _sigmoid(logit):
-                out_items.append(item)
-                out_events.append(PURCHASE)
-                n_events += 1
-                purchases += 1
-                cart.discard(item)
-                interest.pop(item, None)
-                # Checkout often takes along other cart items looked at in this
-                # visit, which is why buying sessions average over one purchase.
-                for other in sorted(cart & interest.keys()):
-                    if r() < 0.4:
-                        out_items.append(other)
-                        out_events.append(PURCHASE)
-                        n_events += 1
-                        purchases += 1
-                        cart.discard(other)
-                        interest.pop(other, None)
-                # After checkout the visit winds down within a few events.
-                tail = 0
-                while r() < 0.5 and tail < 4:
-                    tail += 1
-                limit = min(limit, n_events + tail)
-    return purchases
+    def _cart_or_fav(self, item: int, repeat: bool) -> None:
+        """Carts and favs follow a view of the same item, mostly a repeat view."""
+        p_cart = self.p_cart_repeat if repeat else 0.025
+        p_fav = 0.12 if repeat else 0.03
+        u = self.r()
+        if u < p_cart:
+            if not repeat and self.r() < 0.3:
+                # Added straight from a listing page: the log shows a cart
+                # with no view of the item before it.
+                self.events[-1] = CART
+                self.views[item] -= 1
+            else:
+                self._emit(item, CART)
+            self.cart.add(item)
+            self._touch(item, 1.5)
+        elif u < p_cart + p_fav:
+            self._emit(item, FAV)
+            self._touch(item, 0.5)
+
+    def _maybe_buy(self, item: int, in_cart: bool) -> None:
+        """Perhaps buy ``item`` (and other cart items of this visit), then wind down."""
+        # Buying hinges on the item's current, decayed interest: attention
+        # that keeps coming back to it, not how much was browsed overall.
+        logit = -7.45 + 1.0 * self._current(item) + 1.6 * in_cart + 0.6 * self.intent
+        if self.r() >= _sigmoid(logit):
+            return  # not this time
+        self._buy(item)
+        # Checkout often takes along other cart items looked at in this
+        # visit, which is why buying sessions average over one purchase.
+        for other in sorted(self.cart & self.interest.keys()):
+            if self.r() < 0.4:
+                self._buy(other)
+        # After checkout the visit winds down within a few events.
+        tail = 0
+        while self.r() < 0.5 and tail < 4:
+            tail += 1
+        self.limit = min(self.limit, self.n_events + tail)
+
+    def _buy(self, item: int) -> None:
+        self._emit(item, PURCHASE)
+        self.purchases += 1
+        self.cart.discard(item)
+        self.interest.pop(item, None)
+
+
+def _favourite_categories(rng: np.random.Generator, cat: _Catalogue) -> tuple[list[int], list[float]]:
+    """A user's handful of favourite categories and the cumulative odds of browsing each."""
+    n_prefs = 2 + int(rng.poisson(2.0))
+    prefs = rng.choice(N_CATEGORIES, size=min(n_prefs, N_CATEGORIES), replace=False,
+                       p=cat.category_popularity).tolist()
+    pref_cum = np.cumsum(rng.dirichlet(np.full(len(prefs), 0.7))).tolist()
+    return prefs, pref_cum
+
+
+def _simulate_user(rng: np.random.Generator, r: _Uniforms, cat: _Catalogue, propensity: float,
+                   rate_per_day: float, days: int, out_items: list[int],
+                   out_events: list[int]) -> list[np.ndarray]:
+    """Append one user's sessions to the output lists (steps 2-5 of the story above).
+
+    Returns:
+        The event times of each session, in seconds from the window's start.
+    """
+    prefs, pref_cum = _favourite_categories(rng, cat)
+    starts = _session_starts(rng, rate_per_day, days)
+    window_s = days * 86_400.0
+    cart: set[int] = set()
+    bought_before = False
+    prev_end = -math.inf
+    times: list[np.ndarray] = []
+    for start in starts:
+        if start < prev_end + _MIN_SESSION_GAP_S:
+            # Too close to the last visit to be a separate session: push it
+            # later rather than merge, so session counts stay as drawn.
+            start = prev_end + _MIN_SESSION_GAP_S + float(rng.exponential(3_600.0))
+            if start >= window_s:
+                break
+        intent = propensity + (1.0 if bought_before else 0.0) + float(rng.normal(0.0, 0.7)) - 0.4
+        # Heavy tail: lognormal length, median 4 events, engaged shoppers browse longer.
+        planned = 1 + int(rng.lognormal(math.log(3.5) + 0.15 * intent, 1.2))
+        planned = min(planned, 200)
+
+        before = len(out_events)
+        bought = _Visit(cat, r, intent, prefs, pref_cum, cart, out_items, out_events).run(planned)
+        bought_before = bought_before or bought > 0
+        gaps = _dwell_times(rng, len(out_events) - before - 1)
+        session_ts = start + np.concatenate(([0.0], np.cumsum(gaps)))
+        times.append(session_ts)
+        prev_end = float(session_ts[-1])
+    return times
 
 
 def generate_events(
@@ -337,7 +418,6 @@ def generate_events(
     rng = np.random.default_rng(seed)
     cat = _Catalogue(rng)
     r = _Uniforms(rng)
-    window_s = days * 86_400.0
 
     propensity = rng.normal(0.0, 1.0, size=n_users)
     rate = np.clip(rng.gamma(shape=2.0, scale=1.0, size=n_users), 0.5, 6.0)
@@ -346,40 +426,10 @@ def generate_events(
     ts_parts: list[np.ndarray] = []
     items: list[int] = []
     events: list[int] = []
-
     for u in range(n_users):
-        z = float(propensity[u])
-        n_prefs = 2 + int(rng.poisson(2.0))
-        prefs = rng.choice(N_CATEGORIES, size=min(n_prefs, N_CATEGORIES), replace=False,
-                           p=cat.category_popularity).tolist()
-        pref_cum = np.cumsum(rng.dirichlet(np.full(len(prefs), 0.7))).tolist()
-
-        starts = _session_starts(rng, float(rate[u]), days)
-        cart: set[int] = set()
-        bought_before = False
-        prev_end = -math.inf
         user_begin = len(events)
-        for start in starts:
-            if start < prev_end + _MIN_SESSION_GAP_S:
-                # Too close to the last visit to be a separate session: push it
-                # later rather than merge, so session counts stay as drawn.
-                start = prev_end + _MIN_SESSION_GAP_S + float(rng.exponential(3_600.0))
-                if start >= window_s:
-                    break
-            intent = z + (1.0 if bought_before else 0.0) + float(rng.normal(0.0, 0.7)) - 0.4
-            # Heavy tail: lognormal length, median 4 events, engaged shoppers browse longer.
-            planned = 1 + int(rng.lognormal(math.log(3.5) + 0.15 * intent, 1.2))
-            planned = min(planned, 200)
-
-            before = len(events)
-            bought = _simulate_session(cat, r, planned, intent, prefs, pref_cum,
-                                       cart, items, events)
-            bought_before = bought_before or bought > 0
-            n = len(events) - before
-            gaps = _dwell_times(rng, n - 1)
-            session_ts = start + np.concatenate(([0.0], np.cumsum(gaps)))
-            ts_parts.append(session_ts)
-            prev_end = float(session_ts[-1])
+        ts_parts += _simulate_user(rng, r, cat, float(propensity[u]), float(rate[u]), days,
+                                   items, events)
         user_idx.append(np.full(len(events) - user_begin, u, dtype=np.int64))
 
     uid = np.concatenate(user_idx)
@@ -443,22 +493,8 @@ def write_canonical_csv(events: dict[str, np.ndarray], path: str | os.PathLike) 
 
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(CSV_HEADER)
-            writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; a data file should be readable like
-        # any other the user writes.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(dest, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        writer.writerows(rows)
     return n

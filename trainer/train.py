@@ -3,6 +3,19 @@
 Entry point: `train(TrainConfig(...))`. The run directory holds everything `convert`
 needs and everything a person needs to trust the model: weights, FeatureSpec, config,
 split manifest, report with test metrics, and the quarantined rows.
+
+`train` runs in named stages, one function each:
+
+1. read the log (`trainer.readers.read_log`);
+2. `_prepare`: sessions, the time split, the fitted encoder, and one `SplitData` per
+   name of `trainer.rundir.SPLIT_NAMES` (the only place the three splits are spelt out);
+3. `_fit_lstm`: Keras training, checkpointed after every epoch so ``--resume`` continues
+   a killed run;
+4. `_score_lstm`: the LSTM's probabilities per split and its threshold;
+5. `_fit_baseline`: the logistic regression on per-session counts;
+6. `_report`: report.json's content (`render_report_md` renders it for a person);
+7. `_write_run`: every file, into the staging directory that `trainer.rundir` renames
+   into place (the parity sessions through `trainer.rundir.ragged`).
 """
 
 from __future__ import annotations
@@ -12,24 +25,35 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_runtime.errors import ConfigError, RunDirError
+from edge_runtime.features import FeatureEncoder
 from trainer import rundir
 from trainer.dataset import aggregate_features, encode_sessions, new_encoder, pad, raw_sessions
-from trainer.files import write_bytes_atomic, write_json_atomic
+from trainer.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from trainer.formats import FormatPreset
-from trainer.metrics import by_prefix_length, choose_threshold, classification_metrics
-from trainer.readers import read_log
-from trainer.sessions import sessionize, time_split
+from trainer.metrics import (
+    METRIC_KEYS,
+    METRICS,
+    by_prefix_length,
+    choose_threshold,
+    classification_metrics,
+)
+from trainer.readers import EventLog, read_log
+from trainer.sessions import Sessions, Split, sessionize, time_split
 
 
 class ClassWeight(StrEnum):
+    """How the training loss weighs the rare purchasing sessions."""
+
     NONE = "none"
     BALANCED = "balanced"
 
@@ -74,17 +98,87 @@ class TrainConfig:
         object.__setattr__(self, "class_weight", ClassWeight(self.class_weight))
 
     def to_dict(self) -> dict:
+        """The config as config.json stores it."""
         d = asdict(self)
         d["class_weight"] = self.class_weight.value
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """A config from config.json; keys this version does not know are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
 EpochCallback = Callable[[int, int, dict], None]
+
+
+# --------------------------------------------------------------------------- stage results
+
+@dataclass(frozen=True)
+class SplitData:
+    """One split's sessions as the models take them.
+
+    Attributes:
+        index: the sessions' indices into `Sessions`.
+        encoded: each session's prefix, encoded: (L, F) float32 with L <= max_len.
+        x: the same, padded to (N, max_len, F) for Keras.
+        y: 0/1 labels, float32 (N,).
+    """
+
+    index: np.ndarray
+    encoded: list[np.ndarray]
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The log turned into model inputs: its sessions, their time split, the encoder fitted
+    on the training split, and one SplitData per name of SPLIT_NAMES."""
+
+    sessions: Sessions
+    split: Split
+    encoder: FeatureEncoder
+    parts: dict[str, SplitData]
+
+    @property
+    def events_encoded(self) -> int:
+        """Encoded events over all splits (after the cut to max_len)."""
+        return sum(len(x) for part in self.parts.values() for x in part.encoded)
+
+
+@dataclass(frozen=True)
+class LstmFit:
+    """The trained Keras model (best epoch, calibrated) and how training went."""
+
+    model: Any
+    history: dict[str, list[float]]
+    best_epoch: int
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model's purchase probabilities per split, and its decision threshold."""
+
+    probability: dict[str, np.ndarray]
+    threshold: float
+
+
+# --------------------------------------------------------------------------- stages
+
+def _prepare(log: EventLog, config: TrainConfig) -> Prepared:
+    """Sessions, split, encoder (fitted on the training split only), encoded splits."""
+    sessions = sessionize(log, config.gap_minutes)
+    split = time_split(sessions, config.validation, config.test)
+    encoder = new_encoder(sessions, config.max_len, config.use_context)
+    encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder)))
+    parts = {}
+    for name, index in split.parts().items():
+        encoded = encode_sessions(sessions, index, encoder)
+        parts[name] = SplitData(index, encoded, pad(encoded, config.max_len),
+                                sessions.label[index].astype(np.float32))
+    return Prepared(sessions, split, encoder, parts)
 
 
 def _class_weights(y: np.ndarray, mode: ClassWeight) -> dict[int, float]:
@@ -111,8 +205,51 @@ def _load_npz(path: Path) -> list[np.ndarray]:
         return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
-def _fit_lstm(config: TrainConfig, x_train, y_train, x_val, y_val, weights: dict[int, float],
-              on_epoch: EpochCallback | None, checkpoint: Path, resume: dict | None = None):
+def _compiled_lstm(config: TrainConfig, n_features: int):
+    """A fresh LSTM compiled for training (its initial weights draw from the seeded RNG)."""
+    import tf_keras as keras
+
+    from trainer.model import build_lstm
+
+    model = build_lstm(n_features, config.units, masking=True)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  loss="binary_crossentropy",
+                  metrics=[keras.metrics.AUC(name="roc_auc"),
+                           keras.metrics.AUC(curve="PR", name="pr_auc")])
+    return model
+
+
+def _restore_checkpoint(model, checkpoint: Path) -> list[np.ndarray]:
+    """Load the interrupted run's weights and optimizer state into ``model``; return the
+    best epoch's weights so far."""
+    model.set_weights(_load_npz(checkpoint / "weights.npz"))
+    model.optimizer.build(model.trainable_variables)
+    saved = _load_npz(checkpoint / "optimizer.npz")
+    for variable, value in zip(model.optimizer.variables, saved, strict=True):
+        variable.assign(value)
+    return _load_npz(checkpoint / "best.npz")
+
+
+def _save_checkpoint(model, checkpoint: Path, state: dict) -> None:
+    _save_npz(checkpoint / "weights.npz", model.get_weights())
+    _save_npz(checkpoint / "optimizer.npz", [v.numpy() for v in model.optimizer.variables])
+    write_json_atomic(checkpoint / "state.json", state)  # the commit point: written last
+
+
+def _undo_class_weights(model, weights: dict[int, float]) -> None:
+    """Shift the output bias so that the probabilities are calibrated again.
+
+    Class weights multiply the learned odds by w1/w0; shifting the output bias by
+    -log(w1/w0) restores calibrated probabilities without touching the ranking."""
+    if weights[1] != weights[0]:
+        dense = model.get_layer("purchase")
+        kernel, bias = dense.get_weights()
+        dense.set_weights([kernel, bias - math.log(weights[1] / weights[0])])
+
+
+def _fit_lstm(config: TrainConfig, train: SplitData, validation: SplitData,
+              weights: dict[int, float], on_epoch: EpochCallback | None, checkpoint: Path,
+              resume: dict | None = None) -> LstmFit:
     """Train with early stopping on validation PR-AUC, checkpointing after every epoch.
 
     The checkpoint (weights, optimizer state, best weights, history, early-stopping state)
@@ -123,26 +260,15 @@ def _fit_lstm(config: TrainConfig, x_train, y_train, x_val, y_val, weights: dict
     import tensorflow as tf
     import tf_keras as keras
 
-    from trainer.model import build_lstm
-
     keras.utils.set_random_seed(config.seed + (resume["epoch"] if resume else 0))
     tf.config.experimental.enable_op_determinism()
-    model = build_lstm(x_train.shape[2], config.units, masking=True)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss="binary_crossentropy",
-                  metrics=[keras.metrics.AUC(name="roc_auc"),
-                           keras.metrics.AUC(curve="PR", name="pr_auc")])
+    model = _compiled_lstm(config, train.x.shape[2])
     checkpoint.mkdir(exist_ok=True)
     state = {"epoch": 0, "history": {}, "best_score": -1.0, "best_epoch": 0, "wait": 0}
     best_weights = None
     if resume:
         state = resume
-        model.set_weights(_load_npz(checkpoint / "weights.npz"))
-        model.optimizer.build(model.trainable_variables)
-        saved = _load_npz(checkpoint / "optimizer.npz")
-        for variable, value in zip(model.optimizer.variables, saved, strict=True):
-            variable.assign(value)
-        best_weights = _load_npz(checkpoint / "best.npz")
+        best_weights = _restore_checkpoint(model, checkpoint)
 
     class Checkpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -158,43 +284,44 @@ def _fit_lstm(config: TrainConfig, x_train, y_train, x_val, y_val, weights: dict
             else:
                 state["wait"] += 1
             state["epoch"] = epoch + 1
-            _save_npz(checkpoint / "weights.npz", model.get_weights())
-            _save_npz(checkpoint / "optimizer.npz", [v.numpy() for v in model.optimizer.variables])
-            write_json_atomic(checkpoint / "state.json", state)  # the commit point
+            _save_checkpoint(model, checkpoint, state)
             if on_epoch is not None:
                 on_epoch(epoch + 1, config.epochs, logs)
             if state["wait"] >= config.patience:
                 self.model.stop_training = True
 
     if state["epoch"] < config.epochs and state["wait"] < config.patience:
-        model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=config.epochs,
-                  initial_epoch=state["epoch"], batch_size=config.batch_size,
+        model.fit(train.x, train.y, validation_data=(validation.x, validation.y),
+                  epochs=config.epochs, initial_epoch=state["epoch"], batch_size=config.batch_size,
                   class_weight=weights, shuffle=True, callbacks=[Checkpoint()], verbose=0)
     if best_weights is not None:
         model.set_weights(best_weights)  # early stopping restores the best epoch
-    if weights[1] != weights[0]:
-        # Class weights multiply the learned odds by w1/w0; shifting the output bias by
-        # -log(w1/w0) restores calibrated probabilities without touching the ranking.
-        dense = model.get_layer("purchase")
-        kernel, bias = dense.get_weights()
-        dense.set_weights([kernel, bias - math.log(weights[1] / weights[0])])
-    return model, state["history"], state["best_epoch"] or len(state["history"].get("loss", []))
+    _undo_class_weights(model, weights)
+    return LstmFit(model, state["history"],
+                   state["best_epoch"] or len(state["history"].get("loss", [])))
 
 
-def _fit_logreg(x_train, y_train, seed: int):
+def _score_lstm(model, data: Prepared) -> Scores:
+    """The LSTM's probabilities on every split; its threshold maximises F1 on validation."""
+    probability = {name: model.predict(part.x, batch_size=256, verbose=0).reshape(-1)
+                   for name, part in data.parts.items()}
+    return Scores(probability, choose_threshold(data.parts["validation"].y, probability["validation"]))
+
+
+def _fit_baseline(data: Prepared, seed: int) -> Scores:
+    """The logistic-regression baseline on per-session counts (no order): its probabilities
+    on validation and test, its threshold chosen on validation as the LSTM's is."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    counts = {name: aggregate_features(data.sessions, part.index)[0]
+              for name, part in data.parts.items()}
     # Unweighted: the baseline's probabilities stay calibrated; only ranking is compared.
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
-    return model.fit(x_train, y_train)
-
-
-def _ragged(prefix: str, sessions: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Sessions of different lengths as one array plus offsets (npz holds no ragged arrays)."""
-    return {f"{prefix}features": np.concatenate(sessions).astype(np.float32),
-            f"{prefix}offsets": np.r_[0, np.cumsum([len(x) for x in sessions])].astype(np.int64)}
+    model.fit(counts["train"], data.parts["train"].y)
+    probability = {name: model.predict_proba(counts[name])[:, 1] for name in ("validation", "test")}
+    return Scores(probability, choose_threshold(data.parts["validation"].y, probability["validation"]))
 
 
 CALIBRATION_SESSIONS = 1000
@@ -209,6 +336,15 @@ def calibration_sample(y: np.ndarray, p: np.ndarray, seed: int,
     capped near 0.5 (seen on Taobao). So the sample holds the ``n // 10`` highest-scoring
     sessions, purchasing sessions for at least a quarter, and random others for the rest;
     any prefix of it (``--calibration-sessions``) keeps roughly that mix.
+
+    Args:
+        y: 0/1 labels of the training sessions.
+        p: the model's probabilities for them.
+        seed: the run's seed.
+        n: the most sessions to pick.
+
+    Returns:
+        Indices into ``y``, in random order.
     """
     rng = np.random.default_rng(seed)
     top = np.argsort(-np.asarray(p))[:n // 10]
@@ -220,6 +356,87 @@ def calibration_sample(y: np.ndarray, p: np.ndarray, seed: int,
                              rng.choice(neg, n_neg, replace=False)])
     return rng.permutation(chosen)
 
+
+def _report(config: TrainConfig, log: EventLog, data: Prepared, weights: dict[int, float],
+            fit: LstmFit, lstm: Scores, logreg: Scores, timings: dict[str, float]) -> dict:
+    """report.json: the data read, the split, training, and test metrics of both models."""
+    test = data.parts["test"]
+    counts = {"n_sessions": int(len(test.index)), "n_positive": int(test.y.sum())}
+    p, q = lstm.probability["test"], logreg.probability["test"]
+    return {
+        "data": {"path": str(config.data), "format": log.format, "rows_read": log.rows_read,
+                 "events": len(log), "bad_rows": log.bad.summary(), **data.sessions.summary(),
+                 "has_user_ids": log.has_user_ids,
+                 "time_span_utc": [float(log.ts.min()), float(log.ts.max())]},
+        "split": {name: {"sessions": int(len(part.index)),
+                         "positives": int(data.sessions.label[part.index].sum())}
+                  for name, part in data.parts.items()},
+        "features": list(data.encoder.features),
+        "threshold": lstm.threshold,
+        "threshold_rule": "maximises F1 on the validation split",
+        "class_weights": {str(k): v for k, v in weights.items()},
+        "best_epoch": fit.best_epoch,
+        "epochs_run": len(fit.history["loss"]),
+        "history": fit.history,
+        "test": {
+            "lstm": {**counts, **classification_metrics(test.y, p, lstm.threshold),
+                     "by_prefix_length": by_prefix_length(test.y, p, data.sessions.prefix_len[test.index],
+                                                          lstm.threshold)},
+            "logreg": {**counts, "threshold": logreg.threshold,
+                       **classification_metrics(test.y, q, logreg.threshold)},
+        },
+        "timings": {**{k: round(v, 3) for k, v in timings.items()},
+                    "events_encoded": data.events_encoded},
+    }
+
+
+def _parity_arrays(data: Prepared, lstm: Scores, seed: int) -> dict[str, np.ndarray]:
+    """parity_sessions.npz: the test sessions as the model saw them, with the Keras
+    probabilities (`convert` checks every artifact against these without reading the log
+    again); validation sessions, which pick and recalibrate quantized artifacts; and a
+    sample of training sessions, which calibrate int8."""
+    train, validation, test = data.parts["train"], data.parts["validation"], data.parts["test"]
+    calibration = calibration_sample(train.y, lstm.probability["train"], seed)
+    stored = {  # parity part: (encoded sessions, labels, Keras probabilities or None)
+        "test": (test.encoded, test.y, lstm.probability["test"]),
+        "validation": (validation.encoded, validation.y, lstm.probability["validation"]),
+        "calibration": ([train.encoded[i] for i in calibration], train.y[calibration], None),
+    }
+    arrays: dict[str, np.ndarray] = {}
+    for part, (sessions, labels, probability) in stored.items():
+        prefix = rundir.PARITY_PARTS[part]
+        arrays |= rundir.ragged(part, sessions)
+        arrays[f"{prefix}label"] = labels
+        if probability is not None:
+            arrays[f"{prefix}keras_probability"] = probability
+    return arrays
+
+
+def _write_run(stage: Path, log: EventLog, data: Prepared, fit: LstmFit, lstm: Scores,
+               report: dict, seed: int) -> None:
+    """Every file of the run directory, into its staging directory; the checkpoint goes."""
+    from trainer.model import weights_to_arrays
+
+    # np.savez writes in place: the staging directory is renamed into place whole, and
+    # a --resume rewrites these files.
+    np.savez(stage / rundir.WEIGHTS, **weights_to_arrays(fit.model))
+    write_json_atomic(stage / rundir.SPEC, data.encoder.spec().to_dict())
+    write_json_atomic(stage / rundir.SPLIT, data.split.manifest(data.sessions))
+    np.savez(stage / rundir.PARITY, **_parity_arrays(data, lstm, seed))
+    write_json_atomic(stage / rundir.REPORT_JSON, report)
+    write_text_atomic(stage / rundir.REPORT_MD, render_report_md(report))
+    log.bad.write(stage / rundir.QUARANTINE)
+    shutil.rmtree(stage / CHECKPOINT, ignore_errors=True)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- entry point
 
 def train(config: TrainConfig, preset: FormatPreset | None = None,
           on_stage: Callable[[str], None] | None = None,
@@ -239,104 +456,38 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
         DataError: the log cannot be read, or has a bad row with ``strict``.
         RunDirError: ``config.out`` exists and ``overwrite`` is False.
         ConfigError: impossible settings, or a split without both classes.
+
+    Example:
+        >>> report = train(TrainConfig(data="events.csv", out="runs/demo", epochs=3))
+        >>> sorted(report["test"])
+        ['logreg', 'lstm']
     """
     stage = on_stage or (lambda _msg: None)
     timings: dict[str, float] = {}
-    out = Path(config.out)
-    with rundir.staged_run_dir(out, config.overwrite, config.resume) as tmp:
+    with rundir.staged_run_dir(Path(config.out), config.overwrite, config.resume) as tmp:
         resume_state = _resume_state(tmp, config) if config.resume else None
         if not config.resume:
             write_json_atomic(tmp / rundir.CONFIG, config.to_dict())
-        t0 = time.perf_counter()
-        stage("reading the log")
-        log = read_log(config.data, config.format, preset=preset, strict=config.strict)
-        timings["read_s"] = time.perf_counter() - t0
-
-        t1 = time.perf_counter()
-        stage("sessions, labels, split, features")
-        sessions = sessionize(log, config.gap_minutes)
-        split = time_split(sessions, config.validation, config.test)
-        encoder = new_encoder(sessions, config.max_len, config.use_context)
-        encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder)))
-        encoded = {name: encode_sessions(sessions, idx, encoder)
-                   for name, idx in (("train", split.train), ("validation", split.validation),
-                                     ("test", split.test))}
-        timings["sessionize_encode_s"] = time.perf_counter() - t1
-        events_encoded = sum(len(x) for part in encoded.values() for x in part)
-
-        y = {name: sessions.label[idx].astype(np.float32) for name, idx in
-             (("train", split.train), ("validation", split.validation), ("test", split.test))}
-        x = {name: pad(part, config.max_len) for name, part in encoded.items()}
-        weights = _class_weights(y["train"], config.class_weight)
+        with _timed(timings, "read_s"):
+            stage("reading the log")
+            log = read_log(config.data, config.format, preset=preset, strict=config.strict)
+        with _timed(timings, "sessionize_encode_s"):
+            stage("sessions, labels, split, features")
+            data = _prepare(log, config)
+        weights = _class_weights(data.parts["train"].y, config.class_weight)
 
         stage("training the LSTM")
-        t2 = time.perf_counter()
-        if resume_state:
-            stage(f"training the LSTM (resumed after epoch {resume_state['epoch']})")
-        model, history, best_epoch = _fit_lstm(config, x["train"], y["train"], x["validation"],
-                                               y["validation"], weights, on_epoch,
-                                               tmp / CHECKPOINT, resume_state)
-        timings["train_lstm_s"] = time.perf_counter() - t2
-        p_val = model.predict(x["validation"], batch_size=256, verbose=0).reshape(-1)
-        p_test = model.predict(x["test"], batch_size=256, verbose=0).reshape(-1)
-        threshold = choose_threshold(y["validation"], p_val)
+        with _timed(timings, "train_lstm_s"):
+            if resume_state:
+                stage(f"training the LSTM (resumed after epoch {resume_state['epoch']})")
+            fit = _fit_lstm(config, data.parts["train"], data.parts["validation"], weights,
+                            on_epoch, tmp / CHECKPOINT, resume_state)
+        lstm = _score_lstm(fit.model, data)
 
         stage("logistic-regression baseline")
-        agg = {name: aggregate_features(sessions, idx)[0] for name, idx in
-               (("train", split.train), ("validation", split.validation), ("test", split.test))}
-        logreg = _fit_logreg(agg["train"], y["train"], config.seed)
-        q_val = logreg.predict_proba(agg["validation"])[:, 1]
-        q_test = logreg.predict_proba(agg["test"])[:, 1]
-        lr_threshold = choose_threshold(y["validation"], q_val)
-
-        test_len = sessions.prefix_len[split.test]
-        report = {
-            "data": {"path": str(config.data), "format": log.format, "rows_read": log.rows_read,
-                     "events": len(log), "bad_rows": log.bad.summary(), **sessions.summary(),
-                     "has_user_ids": log.has_user_ids,
-                     "time_span_utc": [float(log.ts.min()), float(log.ts.max())]},
-            "split": {name: {"sessions": int(len(idx)), "positives": int(sessions.label[idx].sum())}
-                      for name, idx in (("train", split.train), ("validation", split.validation),
-                                        ("test", split.test))},
-            "features": list(encoder.features),
-            "threshold": threshold,
-            "threshold_rule": "maximises F1 on the validation split",
-            "class_weights": {str(k): v for k, v in weights.items()},
-            "best_epoch": best_epoch,
-            "epochs_run": len(history["loss"]),
-            "history": history,
-            "test": {
-                "lstm": {"n_sessions": int(len(split.test)), "n_positive": int(y["test"].sum()),
-                         **classification_metrics(y["test"], p_test, threshold),
-                         "by_prefix_length": by_prefix_length(y["test"], p_test, test_len, threshold)},
-                "logreg": {"n_sessions": int(len(split.test)), "n_positive": int(y["test"].sum()),
-                           "threshold": lr_threshold,
-                           **classification_metrics(y["test"], q_test, lr_threshold)},
-            },
-            "timings": {**{k: round(v, 3) for k, v in timings.items()},
-                        "events_encoded": int(events_encoded)},
-        }
-
-        from trainer.model import weights_to_arrays
-
-        np.savez(tmp / rundir.WEIGHTS, **weights_to_arrays(model))
-        write_json_atomic(tmp / rundir.SPEC, encoder.spec().to_dict())
-        write_json_atomic(tmp / rundir.SPLIT, split.manifest(sessions))
-        # The test sessions as the model saw them, with the Keras probabilities: `convert`
-        # checks every artifact against these without reading the log again; validation
-        # sessions pick and recalibrate quantized artifacts; training sessions calibrate int8.
-        p_train = model.predict(x["train"], batch_size=256, verbose=0).reshape(-1)
-        calibration = calibration_sample(y["train"], p_train, config.seed)
-        np.savez(tmp / rundir.PARITY,
-                 **_ragged("", encoded["test"]), keras_probability=p_test, label=y["test"],
-                 **_ragged("validation_", encoded["validation"]), validation_label=y["validation"],
-                 validation_keras_probability=p_val,
-                 **_ragged("calibration_", [encoded["train"][i] for i in calibration]),
-                 calibration_label=y["train"][calibration])
-        write_json_atomic(tmp / rundir.REPORT_JSON, report)
-        (tmp / rundir.REPORT_MD).write_text(render_report_md(report))
-        log.bad.write(tmp / rundir.QUARANTINE)
-        shutil.rmtree(tmp / CHECKPOINT, ignore_errors=True)
+        logreg = _fit_baseline(data, config.seed)
+        report = _report(config, log, data, weights, fit, lstm, logreg, timings)
+        _write_run(tmp, log, data, fit, lstm, report, config.seed)
     return report
 
 
@@ -361,8 +512,19 @@ def _resume_state(stage: Path, config: TrainConfig) -> dict:
     return state
 
 
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def render_report_md(report: dict) -> str:
-    """The training report for a person: data, split, test metrics of LSTM and baseline."""
+    """The training report for a person: data, split, test metrics of LSTM and baseline.
+
+    Args:
+        report: what `train` returns (report.json).
+
+    Returns:
+        Markdown text; metric columns are named from `trainer.metrics.METRICS`.
+    """
     d, t = report["data"], report["test"]
     lines = [
         "# ubp-edge training report", "",
@@ -374,18 +536,14 @@ def render_report_md(report: dict) -> str:
         "", f"Threshold {report['threshold']:.4f} ({report['threshold_rule']}); best epoch "
         f"{report['best_epoch']} of {report['epochs_run']}.", "",
         "## Test split", "",
-        "| model | ROC-AUC | PR-AUC | log-loss | Brier (MSE) | MAE | accuracy | F1 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | " + " | ".join(METRICS[k].label for k in METRIC_KEYS) + " |",
+        "|---|" + "---:|" * len(METRIC_KEYS),
     ]
     for name in ("lstm", "logreg"):
-        m = t[name]
-        cells = [f"{m[k]:.4f}" if m[k] is not None else "n/a"
-                 for k in ("roc_auc", "pr_auc", "log_loss", "brier", "mae", "accuracy", "f1")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(t[name][k]) for k in METRIC_KEYS) + " |")
     lines += ["", "## LSTM by prefix length (test)", "",
-              "| events before purchase | sessions | with purchase | ROC-AUC |", "|---|---:|---:|---:|"]
+              f"| events before purchase | sessions | with purchase | {METRICS['roc_auc'].label} |",
+              "|---|---:|---:|---:|"]
     for bucket, m in t["lstm"]["by_prefix_length"].items():
-        auc = m.get("roc_auc")
-        lines.append(f"| {bucket} | {m['n_sessions']} | {m['n_positive']} | "
-                     f"{'n/a' if auc is None else f'{auc:.4f}'} |")
+        lines.append(f"| {bucket} | {m['n_sessions']} | {m['n_positive']} | {_cell(m.get('roc_auc'))} |")
     return "\n".join(lines) + "\n"

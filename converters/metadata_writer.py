@@ -1,19 +1,23 @@
-"""Write named entries into a `.tflite` file's `Model.metadata` list (conversion time only).
+"""Write named entries into a `.tflite` file's `Model.metadata` list, and seal the file with
+its integrity digest (conversion time only).
 
-Each entry is a Model.metadata item {name, buffer} pointing at a Buffer holding the
-bytes -- the standard TFLite place for metadata, read back at runtime by
-`edge_runtime.tflite_metadata.read_metadata` without flatbuffers or TensorFlow.
-The model is unpacked with the FlatBuffers object API and repacked, so every other
-table (operators, subgraphs, signatures, existing metadata such as
-"min_runtime_version" or "CONVERSION_METADATA") is carried over unchanged; only the
-layout changes (buffers re-aligned to 16 bytes, out-of-flatbuffer data moved inline).
+This is the writer; `edge_runtime.tflite_reader` is the reader the device uses (standard
+library only), and FILE_IDENTIFIER is defined there once. Each entry is a Model.metadata item
+{name, buffer} pointing at a Buffer holding the bytes -- the standard TFLite place for
+metadata. The model is unpacked with the FlatBuffers object API and repacked, so every other
+table (operators, subgraphs, signatures, existing metadata such as "min_runtime_version" or
+"CONVERSION_METADATA") is carried over unchanged; only the layout changes (buffers re-aligned
+to 16 bytes, out-of-flatbuffer data moved inline).
+
+Seams: `add_metadata(model, entries)` and `seal(model)`, the last step of every conversion.
 """
 
 from __future__ import annotations
 
+from edge_runtime.artifact import DIGEST_METADATA_NAME, DIGEST_PLACEHOLDER, file_digest
 from edge_runtime.errors import ArtifactError
+from edge_runtime.tflite_reader import FILE_IDENTIFIER, metadata_spans
 
-FILE_IDENTIFIER = b"TFL3"
 # The TFLite converter aligns every buffer's data to 16 bytes (ForceVectorAlignment
 # in flatbuffer_export.cc) so kernels can use tensor data in place; keep that.
 _BUFFER_ALIGNMENT = 16
@@ -29,7 +33,20 @@ def _schema():
 
 
 def add_metadata(model: bytes, entries: dict[str, bytes]) -> bytes:
-    """Return a copy of `model` with each entry added (or replaced) in Model.metadata."""
+    """A copy of ``model`` with each entry added (or replaced) in Model.metadata.
+
+    Args:
+        model: a `.tflite` file's bytes.
+        entries: metadata name -> payload bytes.
+
+    Returns:
+        The repacked model; an entry of the same name is overwritten in place when no other
+        part of the model shares its buffer, so no stale copy stays in the file.
+
+    Raises:
+        TypeError: an entry is not str -> bytes.
+        ArtifactError: ``model`` is not a readable TFLite flatbuffer.
+    """
     import flatbuffers
     import numpy as np
 
@@ -124,10 +141,17 @@ def _aligned_buffer_type(schema):
 
 def seal(model: bytes) -> bytes:
     """Write the artifact's integrity digest (edge_runtime.artifact): the last step of every
-    conversion, so the digest covers the final bytes."""
-    from edge_runtime.artifact import DIGEST_METADATA_NAME, DIGEST_PLACEHOLDER, file_digest
-    from edge_runtime.tflite_metadata import metadata_spans
+    conversion, so the digest covers the final bytes.
 
+    Args:
+        model: a `.tflite` file's bytes, with every other entry already in place.
+
+    Returns:
+        The model with its ``ubp_edge_sha256`` entry filled in.
+
+    Raises:
+        ArtifactError: ``model`` is not a readable TFLite flatbuffer.
+    """
     model = add_metadata(model, {DIGEST_METADATA_NAME: DIGEST_PLACEHOLDER})
     start, end = metadata_spans(model)[DIGEST_METADATA_NAME]
     digest = file_digest(model, (start, end)).encode("ascii")

@@ -1,4 +1,4 @@
-"""Peers for `ubp-edge benchmark --peers`: the same weights, run by other engines.
+"""The peer engines of `ubp-edge benchmark --peers`: the same weights, run by other engines.
 
 Every peer scores the same encoded sessions with the weights of one run directory, so its
 latency can stand beside the TFLite artifacts' and its scores can be checked against the
@@ -15,7 +15,14 @@ Keras probabilities the trainer stored (``parity_sessions.npz``, test sessions):
   needs neither TensorFlow nor a TFLite interpreter.
 
 All peers take one session per call at batch 1, as the fused TFLite graph does. TensorFlow,
-tf2onnx, onnx and onnxruntime are imported inside the functions that use them.
+tf2onnx, onnx and onnxruntime are imported inside the functions that use them, so that a
+runtime-only install can import this module (its peers then fail with the reason).
+
+Seams: the run directory is read through `trainer.rundir.RunDirectory`; each peer's parity
+tolerance is its precision's ``max_abs_diff`` in `converters.precisions.PRECISIONS` (the
+bound every artifact of that precision is held to); ONNX files are written through
+`trainer.files`. `build_peers` goes in named stages: `keras_peers`, `onnx_peers`, `numpy_peer`,
+each row checked by `check_parity`.
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.precisions import PRECISIONS
+from edge_runtime.errors import ConfigError, first_line
+from trainer.files import atomic_path, write_bytes_atomic
+from trainer.rundir import RunDirectory
+
 PARITY_SESSIONS = 300
-# Largest allowed max |p_peer - p_keras| on the test sessions, by precision.
-TOLERANCE = {"float32": 1e-4, "dynamic": 0.05}
 ONNX_OPSET = 17
 
 
@@ -71,11 +81,6 @@ class Peer:
                 "max_abs_diff": self.max_abs_diff}
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
 def _looped(score: Callable[[np.ndarray], float]) -> Callable[[list[np.ndarray]], np.ndarray]:
     """score_batch as a loop over score: every peer's graph (like the fused TFLite one) is
     batch 1 over unpadded sessions, so a loop is the simplest batch that is exactly right."""
@@ -109,8 +114,6 @@ def numpy_lstm(arrays: dict[str, np.ndarray]) -> Callable[[np.ndarray], float]:
         >>> score = numpy_lstm(dict(np.load("runs/taobao/weights.npz")))
         >>> score(np.zeros((5, 15), np.float32))
     """
-    from edge_runtime.errors import ConfigError
-
     kernel = np.asarray(arrays["lstm_kernel"], np.float32)
     recurrent = np.asarray(arrays["lstm_recurrent_kernel"], np.float32)
     bias = np.asarray(arrays["lstm_bias"], np.float32)
@@ -157,8 +160,12 @@ def _set_tf_threads(tf, threads: int) -> str | None:
     return None
 
 
-class _Keras:
-    """The tf_keras model without masking and its tf.function, built once per build_peers."""
+class KerasModels:
+    """The tf_keras model without masking and its tf.function, built once per build_peers.
+
+    Raises:
+        ImportError: no TensorFlow / tf_keras here (a runtime-only install).
+    """
 
     def __init__(self, arrays: dict[str, np.ndarray], threads: int) -> None:
         import tensorflow as tf
@@ -179,6 +186,7 @@ class _Keras:
         self.function = score
 
     def eager_score(self) -> Callable[[np.ndarray], float]:
+        """One encoded session -> probability, the model called eagerly."""
         model = self.model
 
         def score(x: np.ndarray) -> float:
@@ -186,6 +194,7 @@ class _Keras:
         return score
 
     def function_score(self) -> Callable[[np.ndarray], float]:
+        """One encoded session -> probability, through the tf.function."""
         function = self.function
 
         def score(x: np.ndarray) -> float:
@@ -193,7 +202,8 @@ class _Keras:
         return score
 
 
-def _onnx_via_tf2onnx(keras: _Keras) -> bytes:
+def onnx_via_tf2onnx(keras: KerasModels) -> bytes:
+    """The Keras model's tf.function as an ONNX model (tf2onnx, opset ``ONNX_OPSET``)."""
     import tf2onnx
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
@@ -202,7 +212,7 @@ def _onnx_via_tf2onnx(keras: _Keras) -> bytes:
     return proto.SerializeToString()
 
 
-def _onnx_by_hand(arrays: dict[str, np.ndarray]) -> bytes:
+def onnx_by_hand(arrays: dict[str, np.ndarray]) -> bytes:
     """The same model as an ONNX graph written with onnx.helper, no TensorFlow needed.
 
     ``events [1, L, F]`` -> Transpose -> ``LSTM`` (time-major) -> last h ``[1, U]`` -> MatMul
@@ -253,34 +263,40 @@ def _onnx_by_hand(arrays: dict[str, np.ndarray]) -> bytes:
     return model.SerializeToString()
 
 
-def _onnx_float(arrays: dict[str, np.ndarray], keras: _Keras | None,
-                keras_error: str | None) -> tuple[bytes, str]:
-    """(ONNX model bytes, the route taken): tf2onnx, else by hand with the reason."""
+def onnx_float(arrays: dict[str, np.ndarray], keras: KerasModels | None,
+               keras_error: str | None) -> tuple[bytes, str]:
+    """The float32 ONNX model and the route taken: tf2onnx, else by hand with the reason.
+
+    Returns:
+        ``(model bytes, route)``, e.g. ``"tf2onnx 1.17.0, opset 17"``.
+    """
     try:
         if keras is None:
             raise RuntimeError(f"no TensorFlow model ({keras_error})")
         import tf2onnx
 
-        return _onnx_via_tf2onnx(keras), f"tf2onnx {tf2onnx.__version__}, opset {ONNX_OPSET}"
+        return onnx_via_tf2onnx(keras), f"tf2onnx {tf2onnx.__version__}, opset {ONNX_OPSET}"
     except Exception as e:  # tf2onnx raises many types; the hand-written graph needs none of it
-        return _onnx_by_hand(arrays), f"onnx.helper graph, opset {ONNX_OPSET} (tf2onnx: {_first_line(e)})"
+        return onnx_by_hand(arrays), (f"onnx.helper graph, opset {ONNX_OPSET} "
+                                      f"(tf2onnx: {first_line(e, with_type=True)})")
 
 
-def _quantize_dynamic(float_path: Path, out: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_dynamic(float_path: Path, out: Path) -> None:
+    """ONNX Runtime's dynamic quantization (int8 weights) of ``float_path``, written to
+    ``out`` atomically."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
-    tmp = out.with_name(f".{out.name}.tmp")
     # quantize_dynamic logs "consider pre-processing" on the root logger at every call;
     # measured here, quant_pre_process leaves this graph unchanged, so the advice is noise.
     root = logging.getLogger()
     quiet = _DropMessage("pre-processing before quantization")
     root.addFilter(quiet)
     try:
-        quantize_dynamic(float_path, tmp, weight_type=QuantType.QInt8)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            ort_quantize_dynamic(float_path, tmp, weight_type=QuantType.QInt8)
     finally:
         root.removeFilter(quiet)
-        tmp.unlink(missing_ok=True)
 
 
 class _DropMessage(logging.Filter):
@@ -292,7 +308,9 @@ class _DropMessage(logging.Filter):
         return self.text not in record.getMessage()
 
 
-def _ort_score(model_path: Path, threads: int) -> Callable[[np.ndarray], float]:
+def ort_score(model_path: Path, threads: int) -> Callable[[np.ndarray], float]:
+    """An ONNX Runtime session on ``model_path`` (CPU, ``threads`` intra-op threads, sequential)
+    as ``score(x)``: one encoded session ``(L, F)`` -> its probability."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -310,14 +328,24 @@ def _ort_score(model_path: Path, threads: int) -> Callable[[np.ndarray], float]:
     return score
 
 
-def _check_parity(peer: Peer, sessions: list[np.ndarray], expected: np.ndarray) -> Peer:
-    """Score the parity sessions; a peer off by more than its tolerance becomes failed."""
+def check_parity(peer: Peer, sessions: list[np.ndarray], expected: np.ndarray) -> Peer:
+    """Score the parity sessions; a peer off the Keras probabilities by more than its
+    precision's ``max_abs_diff`` becomes failed, with the figure in its reason.
+
+    Args:
+        peer: an ok peer (``score_batch`` set).
+        sessions: encoded test sessions.
+        expected: the Keras probabilities of ``sessions``.
+
+    Returns:
+        ``peer``, with ``max_abs_diff`` set (and failed where it is off).
+    """
     got = peer.score_batch(sessions)
     diff = float(np.max(np.abs(got - expected))) if len(got) else 0.0
     if not np.isfinite(got).all():
         diff = float("inf")
     peer.max_abs_diff = diff
-    allowed = TOLERANCE[peer.precision]
+    allowed = PRECISIONS[peer.precision].max_abs_diff
     if not diff <= allowed:
         note = f"; {peer.reason}" if peer.reason else ""
         peer.status, peer.score, peer.score_batch = "failed", None, None
@@ -335,6 +363,93 @@ def _limit_blas_threads(threads: int) -> None:
     threadpool_limits(limits=threads, user_api="blas")
 
 
+@dataclass(frozen=True)
+class Parity:
+    """The test sessions every peer is checked on, with the Keras model's probabilities."""
+
+    sessions: list[np.ndarray]
+    expected: np.ndarray
+
+    @classmethod
+    def of(cls, run: RunDirectory) -> Parity:
+        sessions = run.sessions("test")[:PARITY_SESSIONS]
+        return cls(sessions, np.asarray(run.keras_probability("test")[:len(sessions)], np.float64))
+
+
+def _checked(engine: str, precision: str, build: Callable[[], Peer], parity: Parity) -> Peer:
+    """Build one peer and check it; any engine's error becomes its row, so the others go on."""
+    try:
+        peer = build()
+    except Exception as e:
+        return Peer(engine, precision, "failed", reason=first_line(e, with_type=True))
+    try:
+        return check_parity(peer, parity.sessions, parity.expected)
+    except Exception as e:
+        return Peer(engine, precision, "failed", reason=f"scoring: {first_line(e, with_type=True)}",
+                    size_bytes=peer.size_bytes)
+
+
+def keras_models(weights: dict[str, np.ndarray], threads: int) -> tuple[KerasModels | None, str | None]:
+    """The Keras models, or None and why not (no TensorFlow here: the keras rows fail)."""
+    try:
+        return KerasModels(weights, threads), None
+    except Exception as e:  # a runtime-only install has no TensorFlow; the other peers go on
+        return None, first_line(e, with_type=True)
+
+
+def keras_peers(keras: KerasModels | None, keras_error: str | None, parity: Parity) -> list[Peer]:
+    """The ``keras-eager`` and ``keras-function`` rows (failed with ``keras_error`` without
+    TensorFlow)."""
+    def build(engine: str) -> Peer:
+        if keras is None:
+            raise RuntimeError(keras_error)
+        score = keras.eager_score() if engine == "keras-eager" else keras.function_score()
+        return Peer(engine, "float32", "ok", reason=keras.thread_note, score=score,
+                    score_batch=_looped(score))
+
+    return [_checked(engine, "float32", lambda engine=engine: build(engine), parity)
+            for engine in ("keras-eager", "keras-function")]
+
+
+def onnx_peers(weights: dict[str, np.ndarray], keras: KerasModels | None, keras_error: str | None,
+               folder: Path, threads: int, parity: Parity) -> list[Peer]:
+    """The ``onnxruntime`` rows: ``float32`` (tf2onnx, else the hand-written graph) and
+    ``dynamic`` (its dynamic quantization), their .onnx files written into ``folder``."""
+    float_path, dynamic_path = folder / "model-float32.onnx", folder / "model-dynamic.onnx"
+    route: list[str] = []
+
+    def float_peer() -> Peer:
+        model_bytes, how = onnx_float(weights, keras, keras_error)
+        route.append(how)
+        write_bytes_atomic(float_path, model_bytes)
+        score = ort_score(float_path, threads)
+        return Peer("onnxruntime", "float32", "ok", reason=how, size_bytes=len(model_bytes),
+                    score=score, score_batch=_looped(score))
+
+    rows = [_checked("onnxruntime", "float32", float_peer, parity)]
+
+    def dynamic_peer() -> Peer:
+        if not route:
+            raise RuntimeError(f"no float32 ONNX model to quantize ({rows[-1].reason})")
+        quantize_dynamic(float_path, dynamic_path)
+        score = ort_score(dynamic_path, threads)
+        return Peer("onnxruntime", "dynamic", "ok",
+                    reason=f"quantize_dynamic QInt8 of the {route[0].split(',')[0]} model",
+                    size_bytes=dynamic_path.stat().st_size, score=score, score_batch=_looped(score))
+
+    rows.append(_checked("onnxruntime", "dynamic", dynamic_peer, parity))
+    return rows
+
+
+def numpy_peer(weights: dict[str, np.ndarray], parity: Parity) -> Peer:
+    """The ``numpy`` row: `numpy_lstm` on the run's weights."""
+    def build() -> Peer:
+        score = numpy_lstm(weights)
+        return Peer("numpy", "float32", "ok", score=score, score_batch=_looped(score))
+
+    return _checked("numpy", "float32", build, parity)
+
+
 def build_peers(run_dir: str | os.PathLike, threads: int = 1,
                 workdir: str | os.PathLike | None = None) -> list[Peer]:
     """Build every peer on one run's weights and check each against the stored Keras scores.
@@ -343,7 +458,7 @@ def build_peers(run_dir: str | os.PathLike, threads: int = 1,
     numpy. A peer that cannot be built (TensorFlow or onnxruntime missing, a converter error)
     is a row with status "failed" and the first line of the error, and the others go on; so
     is one whose max |p - p_keras| over the first ``PARITY_SESSIONS`` test sessions exceeds
-    ``TOLERANCE[precision]``.
+    its precision's ``max_abs_diff`` (`converters.precisions.PRECISIONS`).
 
     Args:
         run_dir: a directory written by `ubp-edge train`.
@@ -364,76 +479,16 @@ def build_peers(run_dir: str | os.PathLike, threads: int = 1,
         >>> for p in build_peers("runs/taobao"):
         ...     print(p.engine, p.precision, p.status, p.max_abs_diff)
     """
-    from converters.tflite import _Run, _sessions
-    from edge_runtime.errors import ConfigError
-
     if not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
-    run = _Run(run_dir)
-    arrays = run.arrays
-    sessions = _sessions(run.parity, "")[:PARITY_SESSIONS]
-    expected = np.asarray(run.parity["keras_probability"][:len(sessions)], np.float64)
+    run = RunDirectory(run_dir)
+    parity = Parity.of(run)
     _limit_blas_threads(threads)
-
-    def checked(engine: str, precision: str, build: Callable[[], Peer]) -> Peer:
-        try:
-            peer = build()
-        except Exception as e:  # any engine's error becomes its row; the others go on
-            return Peer(engine, precision, "failed", reason=_first_line(e))
-        try:
-            return _check_parity(peer, sessions, expected)
-        except Exception as e:
-            return Peer(engine, precision, "failed", reason=f"scoring: {_first_line(e)}",
-                        size_bytes=peer.size_bytes)
-
-    keras, keras_error = None, None
-    try:
-        keras = _Keras(arrays, threads)
-    except Exception as e:  # no TensorFlow here (a runtime-only install): the keras rows fail
-        keras_error = _first_line(e)
-
-    def keras_peer(engine: str) -> Peer:
-        if keras is None:
-            raise RuntimeError(keras_error)
-        score = keras.eager_score() if engine == "keras-eager" else keras.function_score()
-        return Peer(engine, "float32", "ok", reason=keras.thread_note, score=score,
-                    score_batch=_looped(score))
-
-    peers = [checked(engine, "float32", lambda engine=engine: keras_peer(engine))
-             for engine in ("keras-eager", "keras-function")]
-
+    keras, keras_error = keras_models(run.weights, threads)
+    peers = keras_peers(keras, keras_error, parity)
     with tempfile.TemporaryDirectory(prefix="ubp-edge-peers-") as tmp:
         folder = Path(workdir) if workdir is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        float_path, dynamic_path = folder / "model-float32.onnx", folder / "model-dynamic.onnx"
-        route: list[str] = []
-
-        def onnx_float_peer() -> Peer:
-            from trainer.files import write_bytes_atomic
-
-            model_bytes, how = _onnx_float(arrays, keras, keras_error)
-            route.append(how)
-            write_bytes_atomic(float_path, model_bytes)
-            score = _ort_score(float_path, threads)
-            return Peer("onnxruntime", "float32", "ok", reason=how, size_bytes=len(model_bytes),
-                        score=score, score_batch=_looped(score))
-
-        def onnx_dynamic_peer() -> Peer:
-            if not route:
-                raise RuntimeError(f"no float32 ONNX model to quantize ({peers[-1].reason})")
-            _quantize_dynamic(float_path, dynamic_path)
-            score = _ort_score(dynamic_path, threads)
-            return Peer("onnxruntime", "dynamic", "ok",
-                        reason=f"quantize_dynamic QInt8 of the {route[0].split(',')[0]} model",
-                        size_bytes=dynamic_path.stat().st_size, score=score,
-                        score_batch=_looped(score))
-
-        peers.append(checked("onnxruntime", "float32", onnx_float_peer))
-        peers.append(checked("onnxruntime", "dynamic", onnx_dynamic_peer))
-
-    def numpy_peer() -> Peer:
-        score = numpy_lstm(arrays)
-        return Peer("numpy", "float32", "ok", score=score, score_batch=_looped(score))
-
-    peers.append(checked("numpy", "float32", numpy_peer))
+        peers += onnx_peers(run.weights, keras, keras_error, folder, threads, parity)
+    peers.append(numpy_peer(run.weights, parity))
     return peers

@@ -1,22 +1,32 @@
-"""Read the `Model.metadata` entries of a `.tflite` file and check its graph, standard
-library only.
+"""Read a `.tflite` file without TensorFlow: its `Model.metadata` entries, and a check of its
+graph before any interpreter sees it. Standard library only.
 
-The runtime must not depend on the flatbuffers package or TensorFlow, so this is a
-minimal, bounds-checked FlatBuffers walker for the tables we need
-(tensorflow/lite/schema/schema.fbs): Model -> metadata[] -> Metadata{name, buffer}
-and Model -> buffers[] -> Buffer{data, offset, size}; and, for `check_graph`,
-Model -> subgraphs[] -> tensors[] and operators[], operator_codes[] and signature_defs[].
-Every offset read from the file is checked against its length before use, so corrupted
-input raises ArtifactError instead of IndexError/struct.error. There are no
-pointer-chasing loops: each loop runs over a vector whose length was already checked to fit.
+This is the reader; `converters.metadata_writer` is the conversion-time writer of the same
+entries (it imports FILE_IDENTIFIER from here, so the two agree on it). The runtime must not
+depend on the flatbuffers package or TensorFlow, so this is a minimal, bounds-checked
+FlatBuffers walker for the tables we need (tensorflow/lite/schema/schema.fbs):
+Model -> metadata[] -> Metadata{name, buffer} and Model -> buffers[] -> Buffer{data, offset,
+size}; and, for `check_graph`, Model -> subgraphs[] -> tensors[] and operators[],
+operator_codes[] and signature_defs[]. Every offset read from the file is checked against
+its length before use, so corrupted input raises ArtifactError instead of
+IndexError/struct.error. There are no pointer-chasing loops: each loop runs over a vector
+whose length was already checked to fit.
+
+Seams: `read_metadata` / `metadata_spans` (edge_runtime.artifact reads and verifies the
+ubp-edge entries through them), `check_graph` (edge_runtime.backends runs it before building
+an interpreter). A file whose structure or graph is damaged raises MalformedModelError (an
+ArtifactError), so a caller can tell it from "not a TFLite file at all" without reading the
+message.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, field
 
-from edge_runtime.errors import ArtifactError
+from edge_runtime.errors import ArtifactError, MalformedModelError
 
+# The 4 bytes at offset 4 of every TFLite flatbuffer (schema.fbs `file_identifier`).
 FILE_IDENTIFIER = b"TFL3"
 
 # Model fields (schema.fbs) that are vectors: index -> (name, element size, elements are tables).
@@ -54,8 +64,8 @@ class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
 
-    def fail(self, what: str, pos: int) -> ArtifactError:
-        return ArtifactError(f"truncated or corrupted TFLite file: {what} at byte {pos} "
+    def fail(self, what: str, pos: int) -> MalformedModelError:
+        return MalformedModelError(f"truncated or corrupted TFLite file: {what} at byte {pos} "
                              f"does not fit in the {len(self.data)}-byte file")
 
     def scalar(self, fmt: str, pos: int, what: str) -> int:
@@ -115,9 +125,17 @@ class _Reader:
 
 
 def read_metadata(model: bytes) -> dict[str, bytes]:
-    """Return every `Model.metadata` entry of a TFLite flatbuffer as name -> buffer bytes.
+    """Every `Model.metadata` entry of a TFLite flatbuffer as name -> buffer bytes.
 
-    Raises ArtifactError if the bytes are not a readable TFLite model.
+    Args:
+        model: the whole `.tflite` file (bytes, bytearray or memoryview).
+
+    Returns:
+        name -> a copy of the entry's bytes.
+
+    Raises:
+        ArtifactError: the bytes are not a TFLite model (MalformedModelError: one whose
+            flatbuffer does not hold together).
     """
     data = bytes(model)
     return {name: data[start:end] for name, (start, end) in metadata_spans(data).items()}
@@ -126,7 +144,18 @@ def read_metadata(model: bytes) -> dict[str, bytes]:
 def metadata_spans(model: bytes) -> dict[str, tuple[int, int]]:
     """Every `Model.metadata` entry as name -> (start, end) of its bytes in the file.
 
-    Raises ArtifactError if the bytes are not a readable TFLite model.
+    Every top-level table and buffer is checked to fit on the way, so a truncated file fails
+    here rather than in an interpreter.
+
+    Args:
+        model: the whole `.tflite` file.
+
+    Returns:
+        name -> (start, end) byte offsets of the entry's buffer.
+
+    Raises:
+        ArtifactError: the bytes are not a TFLite model (MalformedModelError: one whose
+            flatbuffer does not hold together).
     """
     data = bytes(model)
     if len(data) < 8:
@@ -153,19 +182,20 @@ def metadata_spans(model: bytes) -> dict[str, tuple[int, int]]:
     for i, meta in enumerate(tables["metadata"]):
         name_field = r.field(meta, _METADATA_NAME)
         if name_field is None:
-            raise ArtifactError(f"corrupted TFLite file: metadata entry {i} has no name")
+            raise MalformedModelError(f"corrupted TFLite file: metadata entry {i} has no name")
         start, length = r.vector(name_field, 1, f"Model.metadata[{i}].name")
         try:
             name = data[start:start + length].decode("utf-8")
         except UnicodeDecodeError:
-            raise ArtifactError(f"corrupted TFLite file: metadata entry {i} name is not UTF-8") from None
+            raise MalformedModelError(f"corrupted TFLite file: metadata entry {i} name is not "
+                                      f"UTF-8") from None
         if name in entries:  # two payloads for one name: refuse rather than guess which
-            raise ArtifactError(f"corrupted TFLite file: metadata entry {name!r} appears twice")
+            raise MalformedModelError(f"corrupted TFLite file: metadata entry {name!r} appears twice")
         index_field = r.field(meta, _METADATA_BUFFER)
         index = 0 if index_field is None else r.scalar("<I", index_field, "Metadata.buffer")
         if index >= len(spans):
-            raise ArtifactError(f"corrupted TFLite file: metadata {name!r} points at buffer "
-                                f"{index}, but the model has {len(spans)} buffers")
+            raise MalformedModelError(f"corrupted TFLite file: metadata {name!r} points at "
+                                      f"buffer {index}, but the model has {len(spans)} buffers")
         entries[name] = spans[index]
     return entries
 
@@ -198,7 +228,8 @@ def check_graph(model: bytes) -> tuple[int, str]:
         (total bytes, "subgraph S tensor T 'name' [d0, d1, ...]" of the largest tensor)
 
     Raises:
-        ArtifactError: the bytes are not a readable TFLite model, or one of the above fails.
+        ArtifactError: the bytes are not a TFLite model.
+        MalformedModelError: its flatbuffer does not hold together, or one of the above fails.
     """
     data = bytes(model)
     metadata_spans(data)  # the identifier and the top-level tables, checked to fit
@@ -209,85 +240,130 @@ def check_graph(model: bytes) -> tuple[int, str]:
     opcodes = [_builtin_code(r, c) for c in _tables(r, root, 1, "Model.operator_codes")]
     subgraphs = _tables(r, root, 2, "Model.subgraphs")
     if not subgraphs:
-        raise ArtifactError("corrupted TFLite file: the model has no subgraph")
-    total, largest = 0, (-1, "")
+        raise MalformedModelError("corrupted TFLite file: the model has no subgraph")
+    total, largest = 0, _Largest()
     n_tensors = []
     for s, subgraph in enumerate(subgraphs):
         tensors = _tables(r, subgraph, _SUBGRAPH_TENSORS, f"subgraph {s} tensors")
         n_tensors.append(len(tensors))
-        graph_inputs = set(_ints(r, subgraph, _SUBGRAPH_INPUTS, f"subgraph {s} inputs"))
-        graph_outputs = _ints(r, subgraph, _SUBGRAPH_OUTPUTS, f"subgraph {s} outputs")
-        for t in (*sorted(graph_inputs), *graph_outputs):
-            if not 0 <= t < len(tensors):  # a -1 output made the interpreter free a bad pointer
-                raise ArtifactError(f"corrupted TFLite file: subgraph {s} has input or output "
-                                    f"tensor {t}, but {len(tensors)} tensors")
-        constants = set()
-        scale_of: dict[int, tuple[int, float]] = {}  # per-tensor quantized: (type, scale)
-        for t, tensor in enumerate(tensors):
-            what = f"subgraph {s} tensor {t}"
-            shape = _ints(r, tensor, _TENSOR_SHAPE, f"{what} shape")
-            signature = _ints(r, tensor, _TENSOR_SHAPE_SIGNATURE, f"{what} shape signature")
-            if any(d < 0 for d in shape) or (signature and (len(signature) != len(shape) or any(
-                    d != -1 and d != n for d, n in zip(signature, shape, strict=False)))):
-                raise ArtifactError(f"corrupted TFLite file: {what} has shape {shape}"
-                                    + (f" and shape signature {signature}" if signature else ""))
-            pos = r.field(tensor, _TENSOR_TYPE)
-            kind = r.scalar("<b", pos, what) if pos is not None else 0
-            size = _TYPE_BYTES.get(kind, 8)
-            for d in shape:
-                size *= d  # Python ints: a corrupted shape cannot overflow
-            total += size
-            if size > largest[0]:
-                largest = (size, f"{what} {_tensor_name(r, tensor)!r} {shape}")
-            pos = r.field(tensor, _TENSOR_BUFFER)
-            buffer = r.scalar("<I", pos, what) if pos is not None else 0
-            if 0 < buffer < len(spans) and spans[buffer][1] > spans[buffer][0]:
-                constants.add(t)
-            if kind in _QUANTIZED:
-                scales = _check_quantization(r, tensor, shape, _QUANTIZED[kind], what)
-                if len(scales) == 1:
-                    scale_of[t] = (kind, scales[0])
-        written: set[int] = set()
-        operators = _tables(r, subgraph, _SUBGRAPH_OPERATORS, f"subgraph {s} operators")
-        for o, operator in enumerate(operators):
-            what = f"subgraph {s} operator {o}"
-            inputs = _ints(r, operator, _OPERATOR_INPUTS, f"{what} inputs")
-            outputs = _ints(r, operator, _OPERATOR_OUTPUTS, f"{what} outputs")
-            if any(not -1 <= t < len(tensors) for t in inputs):  # -1: an omitted optional input
-                raise ArtifactError(f"corrupted TFLite file: {what} reads tensors {inputs}, "
-                                    f"but the graph has {len(tensors)}")
-            if not outputs:
-                raise ArtifactError(f"corrupted TFLite file: {what} has no outputs")
-            for t in outputs:
-                why = ("not a tensor of the graph" if not 0 <= t < len(tensors)
-                       else "written by another operator" if t in written
-                       else "an input of the graph" if t in graph_inputs
-                       else "a constant" if t in constants else None)
-                if why:
-                    raise ArtifactError(f"corrupted TFLite file: {what} writes tensor {t}, "
-                                        f"which is {why}")
-                written.add(t)
-            pos = r.field(operator, _OPERATOR_OPCODE)
-            opcode = r.scalar("<I", pos, what) if pos is not None else 0
-            if opcode < len(opcodes) and opcodes[opcode] in _RESCALING_OPS:
-                name = _RESCALING_OPS[opcodes[opcode]]
-                _check_rescaling(inputs, outputs, scale_of, f"{what} ({name})")
-    # A signature naming a subgraph or tensor that is not there crashed the interpreter's
-    # constructor (a zeroed vtable entry had removed Model.subgraphs).
+        graph_inputs = _check_graph_ports(r, subgraph, s, len(tensors))
+        facts = _check_tensors(r, tensors, s, spans, largest)
+        total += facts.total_bytes
+        _check_operators(r, subgraph, s, len(tensors), graph_inputs, facts, opcodes)
+    _check_signatures(r, root, n_tensors)
+    return total, largest.text
+
+
+@dataclass
+class _Largest:
+    """The largest tensor seen so far, across subgraphs: its bytes and how to name it."""
+
+    size: int = -1
+    text: str = ""
+
+
+@dataclass
+class _TensorFacts:
+    """What the operators' check needs to know of a subgraph's tensors."""
+
+    total_bytes: int = 0
+    constants: set[int] = field(default_factory=set)  # tensors with data in a buffer
+    scale_of: dict[int, tuple[int, float]] = field(default_factory=dict)  # per-tensor quantized
+
+
+def _check_graph_ports(r: _Reader, subgraph: int, s: int, n_tensors: int) -> set[int]:
+    """The subgraph's input tensors; MalformedModelError unless every input and output is one
+    of its tensors (a -1 output made the interpreter free a bad pointer)."""
+    graph_inputs = set(_ints(r, subgraph, _SUBGRAPH_INPUTS, f"subgraph {s} inputs"))
+    graph_outputs = _ints(r, subgraph, _SUBGRAPH_OUTPUTS, f"subgraph {s} outputs")
+    for t in (*sorted(graph_inputs), *graph_outputs):
+        if not 0 <= t < n_tensors:
+            raise MalformedModelError(f"corrupted TFLite file: subgraph {s} has input or output "
+                                      f"tensor {t}, but {n_tensors} tensors")
+    return graph_inputs
+
+
+def _check_tensors(r: _Reader, tensors: list[int], s: int, spans: list[tuple[int, int]],
+                   largest: _Largest) -> _TensorFacts:
+    """Check each tensor's shape and quantization; add up the bytes they take at their
+    stored shapes (updating ``largest``) and note the constants and per-tensor scales."""
+    facts = _TensorFacts()
+    for t, tensor in enumerate(tensors):
+        what = f"subgraph {s} tensor {t}"
+        shape = _ints(r, tensor, _TENSOR_SHAPE, f"{what} shape")
+        signature = _ints(r, tensor, _TENSOR_SHAPE_SIGNATURE, f"{what} shape signature")
+        if any(d < 0 for d in shape) or (signature and (len(signature) != len(shape) or any(
+                d != -1 and d != n for d, n in zip(signature, shape, strict=False)))):
+            raise MalformedModelError(f"corrupted TFLite file: {what} has shape {shape}"
+                                      + (f" and shape signature {signature}" if signature else ""))
+        pos = r.field(tensor, _TENSOR_TYPE)
+        kind = r.scalar("<b", pos, what) if pos is not None else 0
+        size = _TYPE_BYTES.get(kind, 8)
+        for d in shape:
+            size *= d  # Python ints: a corrupted shape cannot overflow
+        facts.total_bytes += size
+        if size > largest.size:
+            largest.size, largest.text = size, f"{what} {_tensor_name(r, tensor)!r} {shape}"
+        pos = r.field(tensor, _TENSOR_BUFFER)
+        buffer = r.scalar("<I", pos, what) if pos is not None else 0
+        if 0 < buffer < len(spans) and spans[buffer][1] > spans[buffer][0]:
+            facts.constants.add(t)
+        if kind in _QUANTIZED:
+            scales = _check_quantization(r, tensor, shape, _QUANTIZED[kind], what)
+            if len(scales) == 1:
+                facts.scale_of[t] = (kind, scales[0])
+    return facts
+
+
+def _check_operators(r: _Reader, subgraph: int, s: int, n_tensors: int, graph_inputs: set[int],
+                     facts: _TensorFacts, opcodes: list[int]) -> None:
+    """MalformedModelError unless every operator reads existing tensors and writes at least
+    one, none of which another operator, the graph's input or a constant holds; and unless
+    each 8-bit ADD/SUB has an output scale its kernel takes."""
+    written: set[int] = set()
+    operators = _tables(r, subgraph, _SUBGRAPH_OPERATORS, f"subgraph {s} operators")
+    for o, operator in enumerate(operators):
+        what = f"subgraph {s} operator {o}"
+        inputs = _ints(r, operator, _OPERATOR_INPUTS, f"{what} inputs")
+        outputs = _ints(r, operator, _OPERATOR_OUTPUTS, f"{what} outputs")
+        if any(not -1 <= t < n_tensors for t in inputs):  # -1: an omitted optional input
+            raise MalformedModelError(f"corrupted TFLite file: {what} reads tensors {inputs}, "
+                                      f"but the graph has {n_tensors}")
+        if not outputs:
+            raise MalformedModelError(f"corrupted TFLite file: {what} has no outputs")
+        for t in outputs:
+            why = ("not a tensor of the graph" if not 0 <= t < n_tensors
+                   else "written by another operator" if t in written
+                   else "an input of the graph" if t in graph_inputs
+                   else "a constant" if t in facts.constants else None)
+            if why:
+                raise MalformedModelError(f"corrupted TFLite file: {what} writes tensor {t}, "
+                                          f"which is {why}")
+            written.add(t)
+        pos = r.field(operator, _OPERATOR_OPCODE)
+        opcode = r.scalar("<I", pos, what) if pos is not None else 0
+        if opcode < len(opcodes) and opcodes[opcode] in _RESCALING_OPS:
+            name = _RESCALING_OPS[opcodes[opcode]]
+            _check_rescaling(inputs, outputs, facts.scale_of, f"{what} ({name})")
+
+
+def _check_signatures(r: _Reader, root: int, n_tensors: list[int]) -> None:
+    """MalformedModelError unless every signature names an existing subgraph and tensors of
+    it (a zeroed vtable entry had removed Model.subgraphs, and the interpreter's constructor
+    crashed on the signature that still named one)."""
     for i, signature in enumerate(_tables(r, root, 7, "Model.signature_defs")):
         pos = r.field(signature, _SIGNATURE_SUBGRAPH)
         s = r.scalar("<I", pos, "SignatureDef.subgraph_index") if pos is not None else 0
-        if s >= len(subgraphs):
-            raise ArtifactError(f"corrupted TFLite file: signature {i} is of subgraph {s}, but "
-                                f"the model has {len(subgraphs)}")
+        if s >= len(n_tensors):
+            raise MalformedModelError(f"corrupted TFLite file: signature {i} is of subgraph {s}, "
+                                      f"but the model has {len(n_tensors)}")
         for index in (_SIGNATURE_INPUTS, _SIGNATURE_OUTPUTS):
             for tensor_map in _tables(r, signature, index, f"signature {i} tensors"):
                 pos = r.field(tensor_map, _TENSOR_MAP_INDEX)
                 t = r.scalar("<I", pos, "TensorMap.tensor_index") if pos is not None else 0
                 if t >= n_tensors[s]:
-                    raise ArtifactError(f"corrupted TFLite file: signature {i} maps a name to "
-                                        f"tensor {t}, but subgraph {s} has {n_tensors[s]}")
-    return total, largest[1]
+                    raise MalformedModelError(f"corrupted TFLite file: signature {i} maps a name "
+                                              f"to tensor {t}, but subgraph {s} has {n_tensors[s]}")
 
 
 def _builtin_code(r: _Reader, opcode: int) -> int:
@@ -300,28 +376,28 @@ def _builtin_code(r: _Reader, opcode: int) -> int:
 
 def _check_rescaling(inputs: list[int], outputs: list[int],
                      scale_of: dict[int, tuple[int, float]], what: str) -> None:
-    """ArtifactError when a quantized ADD/SUB's output scale would make its kernel abort."""
+    """MalformedModelError when a quantized ADD/SUB's output scale would make its kernel abort."""
     if len(inputs) < 2 or not outputs or not all(t in scale_of for t in (*inputs[:2], outputs[0])):
         return  # float, or per-axis: not the rescaling path
     (_, s1), (_, s2), (kind, out) = (scale_of[t] for t in (*inputs[:2], outputs[0]))
     shift = _LEFT_SHIFT.get(kind)
     if shift is not None and 2 * max(s1, s2) >= out * 2.0 ** shift:
-        raise ArtifactError(f"TFLite model with unusable quantization: {what} has output scale "
+        raise MalformedModelError(f"TFLite model with unusable quantization: {what} has output scale "
                             f"{out:g}, too small for input scales {s1:g} and {s2:g}; the "
                             f"integer kernel would abort on it")
 
 
 def _check_quantization(r: _Reader, tensor: int, shape: list[int], zero_range: tuple[int, int],
                         what: str) -> list[float]:
-    """The scales of a quantized tensor; ArtifactError unless they and its zero points are
+    """The scales of a quantized tensor; MalformedModelError unless they and its zero points are
     ones the integer kernels can use.
 
     The message does not say "corrupted": a converter can write such a tensor too (the
     16x8 quantizer gives an all-zero int16 constant scale 0, and the kernels downstream
     abort on it).
     """
-    def unusable(problem: str) -> ArtifactError:
-        return ArtifactError(f"TFLite model with unusable quantization: {what} "
+    def unusable(problem: str) -> MalformedModelError:
+        return MalformedModelError(f"TFLite model with unusable quantization: {what} "
                              f"{_tensor_name(r, tensor)!r} of shape {shape} {problem}; the "
                              f"integer kernels would abort on it")
 

@@ -1,0 +1,17 @@
+"""The commands of `ubp-edge`, one module per family; `ubp_edge.cli` registers them.
+
+Each command parses its options, builds the library's config value (an `EventLogSource`,
+a `TrainConfig`, a `ConvertConfig`, a `BenchmarkRequest`), calls one library function and
+renders the result with Rich through `ubp_edge.console`. Heavy imports (pyarrow, sklearn,
+TensorFlow) happen inside the command functions, so ``ubp-edge --help`` starts fast.
+
+    data       data inspect, data generate, data formats
+    train      train
+    convert    convert
+    score      score, evaluate
+    serve      serve, doctor
+    compare    compare
+    benchmark  benchmark
+
+No module here imports `ubp_edge.cli` or another command module.
+"""

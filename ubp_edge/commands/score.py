@@ -1,0 +1,143 @@
+"""`ubp-edge score` and `ubp-edge evaluate`: an artifact on a log, through the edge runtime.
+
+Neither loads TensorFlow: the log goes through `trainer.scoring` (readers, sessionizer,
+the artifact's own FeatureEncoder) and the artifact through `edge_runtime.Scorer`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from trainer.rundir import SPLIT_NAMES
+from ubp_edge.console import (
+    METRIC_COLUMNS,
+    bad_rows_line,
+    err,
+    metric_cells,
+    out,
+    print_json,
+    user_errors,
+    warn,
+)
+from ubp_edge.options import (
+    BackendOpt,
+    DelimiterOpt,
+    EventsOpt,
+    FormatOpt,
+    JsonOpt,
+    MapOpt,
+    ModelArg,
+    ModelGapOpt,
+    ModelOpt,
+    QuarantineOpt,
+    StrictOpt,
+    TimeUnitOpt,
+    log_source,
+)
+
+
+def score(
+    model: ModelOpt,
+    data: Annotated[Path, typer.Option("--data", help="The event log to score.")],
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", help="Scores file (.jsonl or .csv); default: stdout as JSONL.")] = None,
+    format: FormatOpt = None, column_map: MapOpt = None, event_map: EventsOpt = None,
+    time_unit: TimeUnitOpt = "auto", delimiter: DelimiterOpt = ",",
+    gap_minutes: ModelGapOpt = None,
+    backend: BackendOpt = "auto",
+    strict: StrictOpt = False,
+) -> None:
+    """Score every session of a log on the edge runtime (no TensorFlow): one line per session."""
+    with user_errors():
+        from edge_runtime.scorer import Scorer
+        from trainer.scoring import score_log, scores_format, write_scores, write_scores_file
+
+        source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict,
+                            gap_minutes)
+        if out_file is not None:
+            scores_format(out_file)  # a wrong suffix is refused before the log is read
+        scorer = Scorer.load(model, backend=backend)
+        started = time.perf_counter()
+        scored = score_log(scorer, source)
+        seconds = time.perf_counter() - started
+        for w in scored.warnings:
+            warn(w)
+        if out_file is None:
+            write_scores(scored, scorer.threshold, sys.stdout)
+            quarantine = None
+        else:
+            write_scores_file(scored, scorer.threshold, out_file)
+            quarantine = scored.log.bad.write(out_file.with_name(out_file.name + ".quarantine.jsonl"))
+        err.print(f"scored {len(scored.index):,} sessions ({len(scored.sessions) - len(scored.index):,} "
+                  f"with nothing before their first purchase) in {seconds:.2f} s with "
+                  f"{scorer.backend}" + (f" -> {out_file}" if out_file else ""), soft_wrap=True)
+        err.print(bad_rows_line(scored.log.bad.summary(), quarantine))
+
+
+def evaluate(
+    model: ModelArg,
+    data: Annotated[Path, typer.Option("--data", help="A labelled event log.")],
+    format: FormatOpt = None, column_map: MapOpt = None, event_map: EventsOpt = None,
+    time_unit: TimeUnitOpt = "auto", delimiter: DelimiterOpt = ",",
+    gap_minutes: ModelGapOpt = None,
+    backend: BackendOpt = "auto",
+    quarantine: QuarantineOpt = None,
+    split: Annotated[str | None, typer.Option(
+        help=f"Only this split ({', '.join(SPLIT_NAMES)}) of --run-dir's split.json.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="The run directory whose split --split names.")] = None,
+    strict: StrictOpt = False, as_json: JsonOpt = False,
+) -> None:
+    """Metrics of an artifact on a log's labelled sessions, scored through the edge runtime."""
+    with user_errors():
+        from edge_runtime.errors import ConfigError
+        from edge_runtime.scorer import Scorer
+        from trainer.rundir import SPLIT
+        from trainer.scoring import evaluation_report, score_log, split_keys
+
+        source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict,
+                            gap_minutes)
+        if (split is None) != (run_dir is None):
+            raise ConfigError("--split and --run-dir go together, e.g. --split test --run-dir runs/taobao")
+        keys = split_keys(run_dir / SPLIT, split) if split else None
+        scorer = Scorer.load(model, backend=backend)
+        scored = score_log(scorer, source, only_keys=keys)
+        report = evaluation_report(scored, scorer.threshold)
+        report["split"] = split
+        written = scored.log.bad.write(quarantine) if quarantine else None
+        report["quarantine"] = str(written) if written else None
+        if as_json:
+            print_json(report)
+            return
+        for w in scored.warnings:
+            warn(w)
+        out.print(metrics_table(report, f"{model.name} on {data}"))
+        out.print(bad_rows_line(report["bad_rows"], written))
+
+
+def metrics_table(report: dict, title: str) -> Table:
+    """Metrics overall and by prefix length (events before the purchase).
+
+    Args:
+        report: `trainer.scoring.evaluation_report`'s dict.
+        title: the first title line (artifact and log).
+
+    Returns:
+        The Rich table: one bold row for all sessions, then one per prefix-length bucket.
+    """
+    table = Table(title=f"{title}\n{report['n_sessions']:,} sessions, {report['n_positive']:,} with a "
+                        f"purchase, {report['n_excluded_empty_prefix']:,} excluded (purchase first); "
+                        f"threshold {report['threshold']:.4f}")
+    table.add_column("prefix")
+    table.add_column("n", justify="right")
+    for _, label in METRIC_COLUMNS:
+        table.add_column(label, justify="right")
+    table.add_row("all", f"{report['n_sessions']:,}", *metric_cells(report, 3), style="bold")
+    for bucket, m in report["by_prefix_length"].items():
+        table.add_row(bucket, f"{m['n_sessions']:,}", *metric_cells(m, 3))
+    return table

@@ -1,0 +1,111 @@
+"""`ubp-edge train`: an LSTM and a logistic-regression baseline from a log, into a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ubp_edge.console import METRIC_COLUMNS, bad_rows_line, err, metric_cells, out, user_errors
+from ubp_edge.options import (
+    DelimiterOpt,
+    EventsOpt,
+    FormatOpt,
+    GapOpt,
+    MapOpt,
+    StrictOpt,
+    TimeUnitOpt,
+    log_source,
+)
+
+
+def train(
+    data: Annotated[Path, typer.Option("--data", help="The event log to learn from.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory to create.")],
+    format: FormatOpt = None, column_map: MapOpt = None, event_map: EventsOpt = None,
+    time_unit: TimeUnitOpt = "auto", delimiter: DelimiterOpt = ",",
+    units: Annotated[int, typer.Option(help="LSTM units.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation PR-AUC).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 32,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    max_len: Annotated[int, typer.Option(help="Events per session the model sees (the last ones).")] = 50,
+    gap_minutes: GapOpt = 30.0,
+    validation: Annotated[float, typer.Option(help="Validation share of sessions (by start time).")] = 0.15,
+    test: Annotated[float, typer.Option(help="Test share of sessions (the latest).")] = 0.15,
+    class_weight: Annotated[str, typer.Option(
+        help="none or balanced (output bias corrected after).")] = "balanced",
+    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 3,
+    context: Annotated[bool, typer.Option(
+        help="Use user-history features when the log has user ids.")] = True,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    strict: StrictOpt = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue an interrupted run (killed or Ctrl-C) from its last epoch.")] = False,
+) -> None:
+    """Train the LSTM and a logistic-regression baseline; write a run directory with the report."""
+    with user_errors():
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from edge_runtime.errors import ConfigError
+        from trainer.train import TrainConfig
+        from trainer.train import train as run_training
+
+        try:
+            config = TrainConfig(data=str(data), out=str(out_dir), format=format, units=units,
+                                 epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                 max_len=max_len, gap_minutes=gap_minutes, validation=validation,
+                                 test=test, class_weight=class_weight, patience=patience,
+                                 use_context=context, seed=seed, strict=strict, overwrite=overwrite,
+                                 resume=resume)
+        except ValueError as e:  # an unknown enum value
+            raise ConfigError(f"--class-weight: {e}") from None
+        # TrainConfig carries the log's path, format, gap and strictness into config.json;
+        # the source checks the --format csv mapping and resolves the preset.
+        source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict,
+                            gap_minutes)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                      TimeElapsedColumn(), console=err, transient=False) as progress:
+            task = progress.add_task("starting", total=epochs, info="")
+
+            def on_stage(message: str) -> None:
+                progress.update(task, description=message)
+
+            def on_epoch(epoch: int, total: int, logs: dict) -> None:
+                progress.update(task, completed=epoch, info=(
+                    f"epoch {epoch}/{total} loss {logs.get('loss', float('nan')):.4f} "
+                    f"val PR-AUC {logs.get('val_pr_auc', float('nan')):.4f}"))
+
+            report = run_training(config, preset=source.preset, on_stage=on_stage, on_epoch=on_epoch)
+            progress.update(task, description="done")
+        render_report(report, out_dir)
+
+
+def render_report(report: dict, out_dir: Path) -> None:
+    """The lines and the test-split table `train` prints when it is done.
+
+    Args:
+        report: the training report (report.json).
+        out_dir: the run directory, named in the last line.
+    """
+    from trainer.rundir import QUARANTINE
+
+    d = report["data"]
+    out.print(f"{d['events']:,} events, {d['sessions']:,} sessions "
+              f"({d['sessions_with_purchase']:,} with a purchase, "
+              f"{d['sessions_excluded_empty_prefix']:,} excluded: purchase first)")
+    out.print(bad_rows_line(d["bad_rows"], out_dir / QUARANTINE if d["bad_rows"]["total"] else None))
+    table = Table(title=f"test split: {report['test']['lstm']['n_sessions']:,} sessions, "
+                        f"{report['test']['lstm']['n_positive']:,} with a purchase")
+    table.add_column("model")
+    for _, label in METRIC_COLUMNS:
+        table.add_column(label, justify="right")
+    for name in ("lstm", "logreg"):
+        table.add_row(name, *metric_cells(report["test"][name], 4))
+    out.print(table)
+    t = report["timings"]
+    out.print(f"threshold {report['threshold']:.4f} (max F1 on validation); best epoch "
+              f"{report['best_epoch']}/{report['epochs_run']}; train {t['train_lstm_s']:.1f} s; "
+              f"run directory {out_dir}")
