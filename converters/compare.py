@@ -249,7 +249,8 @@ def _choose_sessions(run_dir: Path, scorable: ScorableSessions,
 
 def _score_timed(scorer: Scorer, encoded: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and per-session wall time (ns), each session once, after a short warm-up."""
-    timings = time_calls(scorer.score_features, encoded, warmup=min(WARMUP_SESSIONS, len(encoded)))
+    timings = time_calls(scorer.score_features, encoded, warmup=min(WARMUP_SESSIONS, len(encoded)),
+                         keep_results=True)
     return np.asarray(timings.results, np.float32), timings.ns
 
 

@@ -20,7 +20,8 @@ class Timings:
 
     Attributes:
         ns: wall time of every timed call, in nanoseconds, in call order.
-        results: what ``fn`` returned for each input, in input order (first pass only).
+        results: what ``fn`` returned for each input, in input order (first pass only);
+            empty unless asked for (``keep_results``).
     """
 
     ns: np.ndarray
@@ -45,7 +46,7 @@ def percentiles(ns: Sequence[int] | np.ndarray) -> dict:
 
 
 def time_calls(fn: Callable[[object], object], inputs: Sequence, *, warmup: int = 0,
-               min_runs: int = 0) -> Timings:
+               min_runs: int = 0, keep_results: bool = False) -> Timings:
     """Time ``fn(x)`` for every ``x`` of ``inputs``, one call at a time.
 
     Args:
@@ -54,6 +55,9 @@ def time_calls(fn: Callable[[object], object], inputs: Sequence, *, warmup: int 
         warmup: untimed calls first (the inputs cycled), so that caches, allocations and
             lazily built kernels are in place before the clock runs.
         min_runs: the fewest timed calls; at least every input is timed once.
+        keep_results: keep what ``fn`` returns for each input (e.g. the probabilities
+            `compare` needs); off by default, so that a memory probe timing 20,000 calls
+            does not also measure 20,000 kept results.
 
     Returns:
         Timings: one wall time per timed call and the first result for each input.
@@ -71,6 +75,6 @@ def time_calls(fn: Callable[[object], object], inputs: Sequence, *, warmup: int 
         start = clock()
         result = fn(x)
         times[i] = clock() - start
-        if i < len(inputs):
+        if keep_results and i < len(inputs):
             results.append(result)
     return Timings(times, results)
