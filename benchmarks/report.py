@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks.columns import COLUMNS
 from benchmarks.suite import BenchmarkResult
-from trainer.files import write_bytes_atomic, write_text_atomic
+from trainer.files import check_folder_writable, write_bytes_atomic, write_text_atomic
 
 TERMINAL = tuple(c for c in COLUMNS if c.short is not None)
 REPORT = tuple(c for c in COLUMNS if c.label is not None)
@@ -87,6 +87,15 @@ def cdf_plot(samples: dict[str, list[float] | None]) -> bytes:
     return buf.getvalue()
 
 
+REPORT_FILES = ("latency_cdf.png", "benchmark.json", "benchmark.md")
+
+
+def report_files(out_dir: str | Path) -> list[Path]:
+    """The files `write_report` writes into ``out_dir``, ``benchmark.md`` last (for the output
+    guard, `trainer.files.check_outputs`, before minutes of measuring)."""
+    return [Path(out_dir) / name for name in REPORT_FILES]
+
+
 def write_report(result: BenchmarkResult, out_dir: str | Path) -> Path:
     """Write ``benchmark.md``, ``benchmark.json`` and ``latency_cdf.png`` into ``out_dir``.
 
@@ -96,9 +105,14 @@ def write_report(result: BenchmarkResult, out_dir: str | Path) -> Path:
 
     Returns:
         The path of ``benchmark.md``.
+
+    Raises:
+        OutputError: ``out_dir`` is a file or cannot be created, or a file in it cannot be
+            written, naming the path.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out_dir / "latency_cdf.png", cdf_plot(result.samples))
-    write_text_atomic(out_dir / "benchmark.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    return write_text_atomic(out_dir / "benchmark.md", markdown(result))
+    check_folder_writable(out_dir, "--report")
+    png, js, md = report_files(out_dir)
+    write_bytes_atomic(png, cdf_plot(result.samples))
+    write_text_atomic(js, json.dumps(result.to_dict(), indent=2) + "\n")
+    return write_text_atomic(md, markdown(result))

@@ -33,6 +33,7 @@ from benchmarks.measure import Effort, Measured, cold_start, live_memory, peer_f
 from benchmarks.sessions import replayed_sessions, synthetic_sessions
 from edge_runtime.errors import ConfigError, UbpEdgeError
 from trainer.logsource import EventLogSource
+from trainer.rundir import RunDirectory
 
 Progress = Callable[[str], None]
 ENGINE = "ubp-edge"
@@ -149,14 +150,17 @@ def find_artifacts(target: Path) -> tuple[list[Path], Path]:
 
 
 def check_peer_weights(run_dir: Path) -> None:
-    """Refuse ``--peers`` early (before minutes of measuring) when the weights are missing.
+    """Refuse ``--peers`` early (before minutes of measuring) when the run directory the peers
+    are built from is missing its weights or is damaged.
 
     Raises:
         ConfigError: no ``weights.npz`` in ``run_dir``.
+        RunDirError: the run directory is incomplete or one of its files is damaged.
     """
     if not (run_dir / "weights.npz").is_file():
         raise ConfigError(f"--peers needs the run directory's weights: {run_dir / 'weights.npz'} "
                           f"not found")
+    RunDirectory(run_dir)  # reads and checks every file the peers will read
 
 
 def load_sessions(request: BenchmarkRequest) -> tuple[list[list[dict]], str]:

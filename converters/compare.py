@@ -170,6 +170,17 @@ def find_artifacts(run_dir: Path) -> list[Path]:
     return [reference, *sorted(others, key=_table_order)]
 
 
+def compare_inputs(run_dir: str | os.PathLike) -> list[Path]:
+    """The files `run_comparison` reads in ``run_dir``: its ``model-*.tflite`` and split.json
+    (none when it is not a directory), for the output guard (`trainer.files.check_outputs`)."""
+    from trainer.rundir import SPLIT
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return [*sorted(run_dir.glob("model-*.tflite")), run_dir / SPLIT]
+
+
 def _table_order(path: Path) -> tuple:
     """Graphs in GRAPHS order, precisions in PRECISIONS order, unknown names last."""
     precision, graph = parse_artifact_name(path)
@@ -332,7 +343,7 @@ def run_comparison(run_dir: str | os.PathLike, source: EventLogSource, split: st
     from trainer.scoring import scorable_sessions
 
     if split not in SPLITS:
-        raise ConfigError(f"--split {split!r}: expected one of {list(SPLITS)}")
+        raise ConfigError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     run_dir = Path(run_dir)
     paths = find_artifacts(run_dir)
     # The reference must load: without it there is nothing to compare against.

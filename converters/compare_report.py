@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.compare import ECE_BINS, REFERENCE, ArtifactRow, Comparison
-from edge_runtime.errors import ConfigError
-from trainer.files import write_bytes_atomic
+from trainer.files import check_folder_writable, write_bytes_atomic
 from trainer.metrics import METRICS, PREFIX_BUCKETS
 
 # Metric names in the page, the terminal table and the plots: the metric table's labels.
@@ -362,6 +361,13 @@ PLOTTERS = {"roc.png": plot_roc, "pr.png": plot_pr, "reliability.png": plot_reli
             "auc_by_prefix.png": plot_auc_by_prefix, "scatter.png": plot_scatter}
 
 
+def report_files(out_dir: str | os.PathLike) -> list[Path]:
+    """The files `write_report` writes into ``out_dir``, compare.md last (for the output guard,
+    `trainer.files.check_outputs`, before the comparison runs)."""
+    out_dir = Path(out_dir)
+    return [out_dir / name for name in (*PLOTS, REPORT_MD)]
+
+
 def write_report(comparison: Comparison, out_dir: str | os.PathLike, command: str) -> list[Path]:
     """Write compare.md and the five PNGs into ``out_dir``, each file atomically.
 
@@ -374,15 +380,11 @@ def write_report(comparison: Comparison, out_dir: str | os.PathLike, command: st
         The paths written, compare.md last.
 
     Raises:
-        ConfigError: ``out_dir`` is a file or cannot be created.
+        OutputError: ``out_dir`` is a file or cannot be created, or a file in it cannot be
+            written (no space left, a file-size limit, permissions), naming the path.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--report {out_dir}: exists and is not a directory")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--report {out_dir}: cannot create it ({e.strerror or e})") from None
+    check_folder_writable(out_dir, "--report")
     written = [write_bytes_atomic(out_dir / name, PLOTTERS[name](comparison)) for name in PLOTS]
     text = markdown(comparison.to_dict(), command)
     written.append(write_bytes_atomic(out_dir / REPORT_MD, text.encode("utf-8")))

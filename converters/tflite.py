@@ -11,11 +11,13 @@ ArtifactInfo and the integrity digest), validate in the project's own runtime (e
 Scorer on ai-edge-litert: ops, parity with Keras), add the live step graph (checked event by
 event), then measure and, for quantised precisions, recalibrate (edge_runtime.calibration).
 Calibrated precisions run in a child process, because the TFLite calibrator can abort the
-process.
+process; the child dies with its parent and writes nothing but its result to a pipe.
 
 Seams: `convert_run` and `auto_convert` (the CLI's `convert`), `ConvertConfig`,
 `ConversionResult`, `artifact_path`, `ConversionRun` (a trainer.rundir.RunDirectory with the
-converter's own needs: export graphs, Keras reference, artifact provenance) and `to_tflite`.
+converter's own needs: export graphs, Keras reference, artifact provenance), `to_tflite`,
+and `die_with_parent` (for any child process that must not outlive its parent). Before
+converting, the artifacts' paths pass the output guard (`trainer.files.check_outputs`).
 What TensorFlow prints while converting is captured (edge_runtime.native_logs) and kept on
 a failed row's ``native_log``; ``--verbose`` lets it through.
 """
@@ -23,9 +25,16 @@ a failed row's ``native_log``; ``--verbose`` lets it through.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import pickle
 import platform
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
+import traceback
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -38,7 +47,7 @@ from converters.precisions import GRAPHS, PRECISIONS, Precision
 from edge_runtime import __version__
 from edge_runtime.artifact import METADATA_NAME, STEP_METADATA_NAME, ArtifactInfo
 from edge_runtime.calibration import PlattCalibration
-from edge_runtime.errors import ArtifactError, ConfigError, MalformedModelError, first_line
+from edge_runtime.errors import ArtifactError, ConfigError, MalformedModelError, UbpEdgeError, first_line
 from edge_runtime.live import StepModel
 from edge_runtime.native_logs import (
     capture_process_stderr,
@@ -49,7 +58,7 @@ from edge_runtime.native_logs import (
 )
 from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
 from edge_runtime.timing import time_calls
-from trainer.files import write_bytes_atomic
+from trainer.files import check_outputs, write_bytes_atomic
 from trainer.metrics import expected_calibration_error, roc_auc_or_none
 from trainer.rundir import RunDirectory
 
@@ -81,11 +90,14 @@ class ConvertConfig:
     def __post_init__(self) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown:
-            raise ConfigError(f"unknown precision {unknown}; allowed {list(PRECISIONS)}")
+            raise ConfigError(f"--precision {','.join(unknown)}: unknown precision, expected one of "
+                              f"{', '.join(PRECISIONS)}")
         bad_graphs = [g for g in self.graphs if g not in GRAPHS]
         if bad_graphs or not self.graphs:
-            raise ConfigError(f"unknown graph {bad_graphs or list(self.graphs)}; allowed {list(GRAPHS)}")
-        if self.calibration_sessions < 1:
+            raise ConfigError(f"--graph {','.join(bad_graphs) or repr('')}: unknown graph, expected "
+                              f"{' or '.join(GRAPHS)}")
+        if isinstance(self.calibration_sessions, bool) or not isinstance(self.calibration_sessions, int) \
+                or self.calibration_sessions < 1:
             raise ConfigError(f"--calibration-sessions must be >= 1, got {self.calibration_sessions}")
 
     @property
@@ -254,6 +266,16 @@ def _representative(graph: str, sessions: list[np.ndarray], max_len: int):
     return generate
 
 
+# A converted model is loaded as any artifact is: verified in a child process first
+# (edge_runtime.verify), since a fresh converter output can abort the kernels (seen: 16x8 of
+# the unrolled graph). Not inside the calibration child, which is that throwaway process.
+_verify_loads = True
+
+
+def _load(model_bytes: bytes, source: str) -> Scorer:
+    return Scorer.from_bytes(model_bytes, source=source, verify=_verify_loads)
+
+
 def _labelled(model_bytes: bytes, entries: dict[str, bytes]) -> bytes:
     """Add metadata entries and re-seal: every intermediate artifact verifies like a final one."""
     return seal(add_metadata(model_bytes, entries))
@@ -262,7 +284,7 @@ def _labelled(model_bytes: bytes, entries: dict[str, bytes]) -> bytes:
 def _validate(model_bytes: bytes, graph: str, run: ConversionRun, tolerance: float
               ) -> tuple[Scorer, list[str], float, int]:
     """Load in edge_runtime, check ops, compare with the Keras probabilities; raise on failure."""
-    scorer = Scorer.from_bytes(model_bytes, source="converted model")
+    scorer = _load(model_bytes, "converted model")
     ops = scorer.op_names()
     bad_ops = sorted({op for op in ops if op in FORBIDDEN_OPS or op.startswith("Flex")
                       or op == "CUSTOM"})
@@ -331,7 +353,7 @@ def _measure_and_recalibrate(run: ConversionRun, model_bytes: bytes, result: Con
     """Fill the row's validation ROC-AUC and test ECE; with ``recalibrate``, fit a Platt map
     toward the float32 model's validation probabilities and, where it helps, store it (and
     the threshold moved through it) in the artifact. Returns the artifact's bytes."""
-    scorer = Scorer.from_bytes(model_bytes, source="converted model")
+    scorer = _load(model_bytes, "converted model")
     p_val = scorer.score_encoded(run.validation, calibrated=False)
     result.validation_roc_auc = roc_auc_or_none(run.labels("validation"), p_val)
     y_test = run.labels("test")
@@ -345,52 +367,150 @@ def _measure_and_recalibrate(run: ConversionRun, model_bytes: bytes, result: Con
     # not change, only the probabilities are brought back in line with the float32 model's.
     info = run.info(result.precision, result.graph, n_cal, calibration=platt)
     model_bytes = _labelled(model_bytes, {METADATA_NAME: info.to_bytes()})
-    scorer = Scorer.from_bytes(model_bytes, source="recalibrated model")
+    scorer = _load(model_bytes, "recalibrated model")
     result.recalibrated = True
     result.ece_after = expected_calibration_error(y_test, scorer.score_encoded(run.test))
     return model_bytes
 
 
-def _convert_in_child(run_dir: str, graph: str, name: str, config: ConvertConfig, verbose: bool,
-                      log_path: str) -> ConversionResult:
-    """Entry point of the child process that converts one calibrated precision.
+# The calibration child's program: the parent's import path first (a checkout run with
+# `python -m ubp_edge.cli` is not installed), then the entry point. argv: the path (JSON), the
+# parent's pid, the request (JSON), the fd the result goes to.
+_CHILD_PROGRAM = ("import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+                  "from converters.tflite import calibration_child; calibration_child()")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-    Unless verbose, the child's whole stderr goes to ``log_path``, which the parent reads:
-    the calibrator's lines stay off the terminal, and the last words of an abort are kept.
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this (child) process end when its parent does, however the parent ends.
+
+    On Linux the kernel sends SIGKILL the moment the parent dies (``prctl(PR_SET_PDEATHSIG)``;
+    strictly, when the parent's thread that started the child ends: `_convert_isolated` waits
+    for the child in that same thread, so it cannot end first). Everywhere, a thread reads
+    stdin, a pipe whose other end only the parent holds, and ends the process at end of file.
+    A parent already gone before either was armed is caught by its pid. So a `convert` killed
+    with SIGKILL leaves no calibrator running on (blocked, holding memory, reparented to init)
+    for minutes.
+
+    Args:
+        parent_pid: the pid of the process that started this one.
     """
-    set_verbose(verbose)
-    if not verbose:
-        capture_process_stderr(log_path)
-    run = ConversionRun(run_dir)
-    return _convert_one(run, graph, run.score_function(graph), name, config)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl in this libc: the stdin watch stays
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch_parent() -> None:
+        try:
+            while sys.stdin.buffer.read(65536):
+                pass
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+
+
+def calibration_child() -> None:
+    """Entry point of the child process that converts one calibrated precision; started by
+    `_convert_isolated`, not for direct use.
+
+    It writes nothing but its result, pickled to the pipe the parent reads: a
+    ConversionResult (the artifact's bytes inside, never a file), or the exception it ended
+    with. Its stderr (and stdout) go where the parent said: a temporary file the parent reads
+    for a failed row's native log, or the terminal with ``--verbose``. Ctrl-C is the parent's
+    to handle (it kills the child); the child dies with its parent (`die_with_parent`).
+    """
+    global _verify_loads
+    parent, request, result_fd = int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+    die_with_parent(parent)
+    _verify_loads = False  # this process is the sacrificial one
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_verbose(request["verbose"])
+    if not request["verbose"]:
+        # fd 2 already is the parent's file; saying so lets native output of `quiet_native`
+        # blocks through to it, so the last words of an abort reach the parent too.
+        capture_process_stderr("/dev/fd/2")
+    try:
+        config = ConvertConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in request["config"].items()})
+        run = ConversionRun(request["run_dir"])
+        graph, name = request["graph"], request["precision"]
+        payload = pickle.dumps(("result", _convert_one(run, graph, run.score_function(graph), name,
+                                                        config)))
+    except BaseException as e:  # noqa: BLE001 - whatever it is, the parent decides
+        try:
+            payload = pickle.dumps(("raised", e, traceback.format_exc()))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text does
+            payload = pickle.dumps(("raised", None, traceback.format_exc()))
+    with os.fdopen(result_fd, "wb") as f:
+        f.write(payload)
 
 
 def _convert_isolated(run: ConversionRun, graph: str, function, name: str, config: ConvertConfig
                       ) -> ConversionResult:
     """Calibrated precisions run the TFLite calibrator, which can abort the whole process on a
     graph it cannot take (measured: 16x8 on the unrolled graph, SIGABRT). They convert in a child
-    process, so a crash becomes an "unsupported" row and the other precisions go on."""
+    process (`calibration_child`), so a crash becomes an "unsupported" row and the other
+    precisions go on.
+
+    The child is a plain subprocess (no multiprocessing pool, so no resource tracker to
+    outlive anything); it dies with this process (`die_with_parent`), is killed if this one
+    is interrupted, and writes no file: its result comes back through a pipe, and its
+    output goes to an unlinked temporary file, so a kill at any moment leaves nothing behind.
+    """
     if not PRECISIONS[name].needs_calibration:
         return _convert_one(run, graph, function, name, config)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    fd, log_path = tempfile.mkstemp(prefix="ubp-edge-convert-", suffix=".log")
-    os.close(fd)
-    try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            try:
-                result = pool.submit(_convert_in_child, str(run.dir), graph, name, config,
-                                     is_verbose(), log_path).result()
-            except BrokenProcessPool:
-                result = ConversionResult(precision=name, graph=graph, status="unsupported",
-                                          reason="converter: the TFLite calibrator aborted the "
-                                                 "process on this graph")
-        if result.status != "ok":
-            result.native_log = Path(log_path).read_text(errors="replace") or None
-    finally:
-        os.unlink(log_path)
+    verbose = is_verbose()
+    request = {"run_dir": str(run.dir), "graph": graph, "precision": name, "config": asdict(config),
+               "verbose": verbose}
+    with tempfile.TemporaryFile() as log:
+        read_end, write_end = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_PROGRAM, json.dumps(sys.path), str(os.getpid()),
+                 json.dumps(request), str(write_end)],
+                stdin=subprocess.PIPE, stdout=2 if verbose else log, stderr=None if verbose else log,
+                pass_fds=(write_end,))
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # the child holds its own copy: end of file when it is done
+        try:
+            with os.fdopen(read_end, "rb") as pipe:
+                payload = pipe.read()
+            returncode = proc.wait()
+        finally:
+            if proc.poll() is None:  # interrupted while it ran: it must not outlive us
+                proc.kill()
+                proc.wait()
+            proc.stdin.close()
+        if payload:
+            outcome = pickle.loads(payload)  # our own child's bytes, over a pipe only we hold
+            if outcome[0] == "raised":
+                _, error, text = outcome
+                if isinstance(error, UbpEdgeError | KeyboardInterrupt):
+                    raise error
+                raise RuntimeError(f"the calibration child for {graph}/{name} failed:\n{text}")
+            result = outcome[1]
+        else:
+            died = f"exit code {returncode}"
+            if returncode < 0:
+                try:
+                    died = signal.Signals(-returncode).name
+                except ValueError:
+                    died = f"signal {-returncode}"
+            result = ConversionResult(precision=name, graph=graph, status="unsupported",
+                                      reason=f"converter: the TFLite calibrator aborted the process "
+                                             f"on this graph ({died})")
+        if result.status != "ok" and not verbose:
+            log.seek(0)
+            result.native_log = log.read().decode("utf-8", errors="replace") or None
     return result
 
 
@@ -447,8 +567,10 @@ def convert_run(run_dir: str | os.PathLike, precisions: list[str] | None = None,
         row with status "unsupported" and the converter's reason, and the others go on.
 
     Raises:
-        RunDirError: the run directory is missing or incomplete.
+        RunDirError: the run directory is missing, incomplete or damaged (naming the file).
         ConfigError: an unknown precision or graph.
+        OutputError: the run directory cannot be written (checked before converting), or an
+            artifact's write failed (no space left, a file-size limit).
 
     Example:
         >>> rows = convert_run("runs/taobao", ["float32", "dynamic"])
@@ -456,15 +578,34 @@ def convert_run(run_dir: str | os.PathLike, precisions: list[str] | None = None,
     """
     config = config or ConvertConfig(precisions=tuple(precisions or ()), overwrite=overwrite)
     run = ConversionRun(run_dir)
+    targets = {(graph, name): artifact_path(run.dir, name, graph)
+               for graph in config.graphs for name in config.precision_names}
+    _check_targets(run, targets)
     results = []
     for graph in config.graphs:
-        function = run.score_function(graph)
+        function = None
         for name in config.precision_names:
+            out = targets[(graph, name)]
+            if out.exists() and not config.overwrite:
+                # Refused before minutes of converting, not after.
+                results.append(ConversionResult(precision=name, graph=graph, status="failed",
+                                                reason=f"{out} exists; pass --overwrite to replace it"))
+                continue
+            function = function or run.score_function(graph)
             result = _convert_isolated(run, graph, function, name, config)
             if result.status == "ok":
                 _write(run, result, config.overwrite)
             results.append(result)
     return results
+
+
+def _check_targets(run: ConversionRun, targets: dict[tuple[str, str], Path]) -> None:
+    """The output guard (`trainer.files.check_outputs`) for a run's artifacts: each writable
+    in the run directory and none of them a file the run directory holds for `convert`."""
+    from trainer.rundir import REQUIRED, SPLIT
+
+    check_outputs({"the run directory": [run.dir / name for name in (*REQUIRED, SPLIT)]},
+                  {f"--graph {graph} --precision {name}": path for (graph, name), path in targets.items()})
 
 
 AUTO_LATENCY_SESSIONS = 200  # validation sessions timed per candidate
@@ -473,7 +614,7 @@ AUTO_WARMUP = 20  # untimed calls first
 
 def _p50_us(model_bytes: bytes, sessions: list[np.ndarray]) -> float:
     """Median wall time of scoring one encoded session, after a warm-up, one thread."""
-    scorer = Scorer.from_bytes(model_bytes, source="candidate")
+    scorer = _load(model_bytes, "candidate")
     p50 = time_calls(scorer.score_features, sessions, warmup=AUTO_WARMUP).p50_us
     return float("nan") if p50 is None else p50
 
@@ -497,8 +638,9 @@ def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: boo
 
     Raises:
         ConfigError: ``max_auc_drop`` < 0.
-        RunDirError: the run directory is missing or incomplete.
+        RunDirError: the run directory is missing, incomplete or damaged (naming the file).
         ArtifactError: the float32 reference did not convert.
+        OutputError: the run directory cannot be written (checked before converting).
 
     Example:
         >>> chosen, rows, why = auto_convert("runs/taobao", max_auc_drop=0.005)
@@ -508,6 +650,7 @@ def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: boo
     config = ConvertConfig(precisions=AUTO_ORDER, calibration_sessions=calibration_sessions,
                            overwrite=overwrite)
     run = ConversionRun(run_dir)
+    _check_targets(run, {("fused", name): artifact_path(run.dir, name) for name in AUTO_ORDER})
     function = run.score_function("fused")
     rows = {name: _convert_isolated(run, "fused", function, name, config) for name in AUTO_ORDER}
     reference = rows["float32"]

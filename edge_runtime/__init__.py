@@ -4,11 +4,13 @@
     >>> scorer = Scorer.load("model-float32.tflite")
     >>> scorer.score_sessions([[{"ts": 1.5e9, "event": "view", "item": "42"}]])
 
-Modules: `events` (the canonical vocabulary), `features` (FeatureSpec, FeatureEncoder),
-`tflite_reader` (metadata and graph check of a `.tflite`), `artifact` (ArtifactInfo, the
-digest), `calibration` (PlattCalibration), `backends` (interpreters), `native_logs` (what
-native libraries print), `scorer` (Scorer), `live` (LiveSession, SessionStore), `serve`,
-`doctor`, `timing`, `errors`.
+Modules: `events` (the canonical vocabulary and `canonical_event`, the one check of an
+event), `features` (FeatureSpec, FeatureEncoder), `tflite_reader` (metadata and graph check of
+a `.tflite`), `artifact` (ArtifactInfo, the digest, the metadata's numbers), `calibration`
+(PlattCalibration), `backends` (interpreters), `verify` and `verify_child` (an artifact's first
+load tried in a child process, the verdict cached by digest), `native_logs` (what native
+libraries print), `scorer` (Scorer), `live` (LiveSession, SessionStore), `serve`, `doctor`,
+`timing`, `probes` (cold start and live memory in a fresh process), `errors`.
 """
 
 from edge_runtime.artifact import ArtifactInfo, read_artifact

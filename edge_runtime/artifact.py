@@ -5,20 +5,29 @@ threshold, the precision and graph, the provenance and the recalibration, so one
 a device needs. Entries are read with edge_runtime.tflite_reader and written, at conversion,
 with converters.metadata_writer.
 
+Every number of the metadata is checked when it is read (`check_numbers`): finite
+(Python's json reads the non-JSON tokens NaN and Infinity, and 1e999 as infinity), and within
+its meaning where it has one (NUMBER_RULES: a threshold in [0, 1], a UTC offset within
++-14 h, positive normalisation scales, ...). A NaN there would otherwise load and score
+NaN, and `serve` would write it as the non-JSON ``"probability": NaN``.
+
 Seams: `ArtifactInfo` (to_dict / from_dict / to_bytes), `read_artifact(path)` and
-`parse_artifact(bytes)`, the digest helpers `file_digest` / `verify_digest`.
+`parse_artifact(bytes)`, `check_numbers`, the digest helpers `file_digest` / `verify_digest`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from edge_runtime.calibration import PlattCalibration
-from edge_runtime.errors import ArtifactError
+from edge_runtime.errors import ArtifactError, first_line
 from edge_runtime.features import FeatureSpec
 from edge_runtime.tflite_reader import metadata_spans, read_metadata
 
@@ -73,6 +82,127 @@ ARTIFACT_FORMAT = "ubp-edge-artifact"
 ARTIFACT_VERSION = 1
 
 
+class NumberRule(NamedTuple):
+    """The range a metadata number must lie in (it is finite in any case).
+
+    Attributes:
+        low, high: the bounds.
+        low_open: the low bound itself is refused (a scale of 0).
+        integer: the number must be a whole number (a length).
+        meaning: what the number is, for the message.
+    """
+
+    low: float
+    high: float
+    low_open: bool = False
+    integer: bool = False
+    meaning: str = ""
+
+    def allows(self, value: float) -> bool:
+        if self.integer and not (isinstance(value, int) or float(value).is_integer()):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        return above and value <= self.high
+
+    def text(self) -> str:
+        """``a number in [-14, 14]``, ``a whole number in [1, 2147483647]``, ``a number in (0, inf)``."""
+        def show(v: float) -> str:
+            return f"{v:g}" if math.isinf(v) or not self.integer else f"{int(v)}"
+
+        left = "(" if self.low_open or self.low == -math.inf else "["
+        right = ")" if self.high == math.inf else "]"
+        kind = "a whole number" if self.integer else "a number"
+        return f"{kind} in {left}{show(self.low)}, {show(self.high)}{right}"
+
+
+# The metadata's numbers that have a meaning, by key path ("*": every element of a list).
+# Each must be a JSON number (not a string, not a boolean) within its rule. The UTC offsets
+# of the world's clocks run from -12 h to +14 h; a tensor dimension is an int32.
+NUMBER_RULES: dict[tuple[str, ...], NumberRule] = {
+    ("threshold",): NumberRule(0.0, 1.0, meaning="a probability"),
+    ("feature_spec", "utc_offset_hours"): NumberRule(-14.0, 14.0, meaning="hours from UTC"),
+    ("feature_spec", "max_len"): NumberRule(1, 2**31 - 1, integer=True, meaning="events"),
+    ("feature_spec", "max_dt_seconds"): NumberRule(0.0, math.inf, low_open=True,
+                                                   meaning="seconds"),
+    ("feature_spec", "mean", "*"): NumberRule(-math.inf, math.inf, meaning="a feature mean"),
+    ("feature_spec", "scale", "*"): NumberRule(0.0, math.inf, low_open=True,
+                                               meaning="a feature's normalisation scale"),
+    ("calibration", "a"): NumberRule(0.0, math.inf, low_open=True,
+                                     meaning="the Platt slope; the map must be increasing"),
+    ("calibration", "b"): NumberRule(-math.inf, math.inf, meaning="the Platt intercept"),
+}
+
+
+def check_numbers(d: object, source: str = "artifact") -> None:
+    """Refuse metadata holding a number that is not finite or out of its range.
+
+    Every number anywhere in ``d`` (provenance included) must be finite: a float that is
+    NaN or infinite, or an integer too large for a float, is refused. The numbers of
+    NUMBER_RULES must moreover be JSON numbers within their rule. Missing keys and
+    containers of the wrong type are left to `ArtifactInfo.from_dict`, which names them.
+
+    Args:
+        d: the parsed metadata JSON.
+        source: the file's name, for messages.
+
+    Raises:
+        ArtifactError: naming the key path (``feature_spec.scale[3]``) and the value.
+    """
+    # Iterative, so a deeply nested provenance cannot exhaust the Python stack.
+    stack: list[tuple[str, object]] = [("", d)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, Mapping):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+        elif _is_number(value) and not _finite(value):
+            shown = (f"the token {value.token}, which JSON does not allow"
+                     if isinstance(value, NonJsonNumber)
+                     else value if isinstance(value, float) else "an integer beyond a float's range")
+            raise ArtifactError(f"{source}: artifact metadata {path} is {shown}; every number "
+                                f"must be finite")
+    for keys, rule in NUMBER_RULES.items():
+        for path, value in _at(d, keys, ""):
+            if not (_is_number(value) and rule.allows(value)):
+                raise ArtifactError(f"{source}: artifact metadata {path} is {_shown(value)}, expected "
+                                    f"{rule.text()} ({rule.meaning})")
+
+
+def _is_number(value: object) -> bool:
+    # numbers.Real takes numpy's floats too (from_dict may be given a dict built in Python);
+    # a boolean is not a number here, though Python's bool is an int.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message is one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range (JSON has no size limit)
+        return False
+
+
+def _at(d: object, keys: tuple[str, ...], path: str):
+    """(key path, value) of every value at ``keys`` in ``d``; "*" walks a list's elements.
+    Paths that are missing or run through a value of another type yield nothing."""
+    if not keys:
+        yield path, d
+        return
+    key, rest = keys[0], keys[1:]
+    if key == "*":
+        if isinstance(d, list):
+            for i, v in enumerate(d):
+                yield from _at(v, rest, f"{path}[{i}]")
+    elif isinstance(d, Mapping) and key in d:
+        yield from _at(d[key], rest, f"{path}.{key}" if path else key)
+
+
 @dataclass(frozen=True)
 class ArtifactInfo:
     """The self-description of an artifact.
@@ -117,13 +247,15 @@ class ArtifactInfo:
 
         Raises:
             ArtifactError: not ours, of another version, or malformed (a field missing or of
-                the wrong type, a threshold outside [0, 1], an unknown graph or calibration).
+                the wrong type, a number that is not finite or outside its range, see
+                `check_numbers`, an unknown graph or calibration).
         """
         if not isinstance(d, Mapping) or d.get("format") != ARTIFACT_FORMAT:
             raise ArtifactError(f"{source}: metadata is not a ubp-edge artifact description")
         if d.get("version") != ARTIFACT_VERSION:
             raise ArtifactError(f"{source}: artifact version {d.get('version')!r} is not supported; "
                                 f"this ubp-edge reads version {ARTIFACT_VERSION}")
+        check_numbers(d, source)
         try:
             spec = FeatureSpec.from_dict(d["feature_spec"])
             threshold = float(d["threshold"])
@@ -141,6 +273,18 @@ class ArtifactInfo:
         if graph not in ("fused", "unrolled"):
             raise ArtifactError(f"{source}: graph {graph!r} not in ['fused', 'unrolled']")
         return cls(spec, threshold, precision, graph, provenance, calibration)
+
+
+class NonJsonNumber(float):
+    """What the tokens NaN, Infinity and -Infinity parse to: Python's json reads them, JSON
+    does not have them. `check_numbers` refuses them by key path, naming the token."""
+
+    token: str
+
+    def __new__(cls, token: str) -> NonJsonNumber:
+        number = super().__new__(cls, token)
+        number.token = token
+        return number
 
 
 def parse_artifact(model: bytes, source: str = "artifact") -> ArtifactInfo:
@@ -161,9 +305,12 @@ def parse_artifact(model: bytes, source: str = "artifact") -> ArtifactInfo:
         raise ArtifactError(f"{source}: not a ubp-edge artifact: a TFLite model without ubp-edge "
                             f"metadata (not produced by `ubp-edge convert`)")
     try:
-        d = json.loads(entries[METADATA_NAME].decode("utf-8"))
+        d = json.loads(entries[METADATA_NAME].decode("utf-8"), parse_constant=NonJsonNumber)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{source}: ubp-edge metadata is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4,300 digits; deep nesting
+        raise ArtifactError(f"{source}: ubp-edge metadata is not valid JSON "
+                            f"({first_line(e, with_type=True, limit=120)})") from None
     return ArtifactInfo.from_dict(d, source)
 
 

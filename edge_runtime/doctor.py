@@ -1,7 +1,8 @@
 """`ubp-edge doctor`: which interpreters this device has, and whether an artifact runs on each.
 
 Seam: `doctor(artifact)` returns a plain dict the CLI renders; the artifact is probed with
-edge_runtime.events.PROBE_SESSION, whole and live.
+edge_runtime.events.PROBE_SESSION, whole and live, after its verification in a child process
+(edge_runtime.verify), whose verdict each row reports.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def doctor(artifact: str | Path | None = None, backends: tuple[str, ...] = tuple
 
     Returns:
         ``{"python", "platform", "numpy", "backends": [{"name", "importable", "version",
-        "error", "loads", "scores", "live", "probability", "detail"}]}``.
+        "error", "loads", "scores", "live", "probability", "verified", "detail"}]}``;
+        ``verified`` is ``"child process"`` (verified now), ``"cached"`` (a verdict of an
+        earlier load) or None (not loaded; ``detail`` says why, a crash of the verifying
+        child included).
     """
     from edge_runtime.scorer import Scorer
 
@@ -57,11 +61,14 @@ def doctor(artifact: str | Path | None = None, backends: tuple[str, ...] = tuple
         except ImportError as e:
             row["error"] = first_line(e)
         if artifact is not None:
-            row.update(loads=False, scores=False, live=False, probability=None, detail=None)
+            row.update(loads=False, scores=False, live=False, probability=None, verified=None,
+                       detail=None)
             if row["importable"]:
                 try:
                     scorer = Scorer.load(artifact, backend=name)
                     row["loads"] = True
+                    if scorer.verdict is not None:
+                        row["verified"] = "cached" if scorer.verdict.cached else "child process"
                     p = scorer.score_sessions([PROBE_SESSION])[0]
                     row.update(scores=bool(np.isfinite(p)), probability=round(float(p), 6))
                     live = scorer.start_session()

@@ -6,13 +6,20 @@ seen, counters) and the LSTM's h and c together, so each click costs one encoder
 one small invoke, however long the session already is. A SessionStore holds many live
 sessions by key, bounded in number (least recently used goes first) and in idle time.
 
+Memory is bounded: a live session holds fixed-size counters, the LSTM state and at most
+edge_runtime.features.MAX_REMEMBERED_IDS 8-byte digests of item ids (and as many of
+category ids); a store holds at most ``max_sessions`` of them, under keys of at most
+MAX_KEY_CHARS characters.
+
 Seams: `StepModel` (the step graph on its own interpreter; Scorer.step_model loads it),
-`LiveSession.push`, which goes through the Scorer's public, locked and calibrated
+`LiveSession.push` (checks the event with edge_runtime.events.canonical_event) and
+`push_event`, which go through the Scorer's public, locked and calibrated
 `Scorer.score_step`, and `SessionStore`.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -22,8 +29,19 @@ import numpy as np
 
 from edge_runtime.backends import INTERPRETER_ERRORS, make_interpreter
 from edge_runtime.errors import ArtifactError, ConfigError, first_line
+from edge_runtime.events import Event, canonical_event, check_time, shown
 from edge_runtime.features import EncoderState
 from edge_runtime.native_logs import quiet_native
+
+# The longest session key a SessionStore holds: keys are kept (and echoed by `serve`), so
+# their length is part of the store's memory bound.
+MAX_KEY_CHARS = 512
+
+# A push to a LiveSession runs under one of these locks, picked by the session's identity:
+# the encoder state and h/c advance together even when two threads push to one session.
+# A table rather than a lock per session: a store holds thousands of sessions, and two
+# sessions that share a lock only wait for each other's few microseconds.
+_PUSH_LOCKS = tuple(threading.Lock() for _ in range(64))
 
 
 class StepModel:
@@ -145,6 +163,10 @@ class LiveSession:
     Create it with `Scorer.start_session`; call `push` with each event (a dict with the
     canonical fields ``ts``, ``event``, ``item`` and optionally ``category`` and ``price``).
     Slots and one (2, units) array for h and c keep it small: a store holds thousands.
+
+    Thread safety: a push is atomic (the encoder state, h and c and the counters advance
+    together), so one session may be pushed from several threads; its events are then
+    taken in the order the pushes get the session's lock.
     """
 
     scorer: object  # the Scorer: its encoder and its locked, calibrated score_step
@@ -164,13 +186,34 @@ class LiveSession:
     def push(self, event: Mapping) -> float:
         """Add one event; return the purchase probability of the session so far.
 
+        Args:
+            event: a canonical event dict, checked by edge_runtime.events.canonical_event.
+
         Raises:
-            ConfigError: a missing field, a non-numeric ts or an unknown event type; the
-                session is left as it was.
+            ConfigError: the event breaks a rule of `canonical_event` (the message names the
+                field and value); the session is left as it was.
             ArtifactError: the step graph fails to run (a damaged artifact).
         """
+        return self.push_event(canonical_event(event))
+
+    def push_event(self, event: Event) -> float:
+        """`push` for an event `canonical_event` has already checked.
+
+        Raises:
+            ArtifactError: as `push`.
+        """
+        with _PUSH_LOCKS[(id(self) >> 4) % len(_PUSH_LOCKS)]:
+            return self.step_locked(event)
+
+    def step_locked(self, event: Event) -> float:
+        """`push_event` for a caller that already serialises the pushes to this session (a
+        SessionStore holds its own lock while it pushes).
+
+        Raises:
+            ArtifactError: as `push`.
+        """
         scorer = self.scorer
-        x = scorer.encoder.step(self.state, event)
+        x = scorer.encoder.step_event(self.state, event)
         p, self.hc = scorer.score_step(x, self.hc)
         self.events += 1
         self.probability = float(p)
@@ -192,7 +235,22 @@ class SessionStore:
     """Many live sessions by key: LRU-bounded, with an idle timeout.
 
     Time is the events' own ``ts`` (seconds), so replaying a log and serving live clicks
-    behave alike and tests need no clock. Thread-safe: one lock guards the table.
+    behave alike and tests need no clock. Thread-safe: one lock guards the table, and a
+    push holds it, so pushes (to one key or to many) are serialised.
+
+    The clock. Times outside 2000..2100 are refused, as the readers refuse them
+    (edge_runtime.events.canonical_event). The store's clock, which decides when a session
+    has been idle too long, is the latest event time that two different session keys have
+    reached; it never goes back. One session, whatever its device's clock says (a time in
+    2099, a time zone hours off), cannot move it and so cannot expire the others, while a
+    genuine pause in the stream is caught up as soon as two sessions have sent an event
+    after it. A session's last activity is its last event's time, but never later than the
+    clock: the time only it claims counts once another key has reached it. A session
+    expires when the clock is more than ``idle_timeout`` past its last activity. Its own
+    next event is judged by its own clock: coming more than ``idle_timeout`` after the
+    session's previous event, it finds the session idle (reported so) and starts it afresh.
+    Until two keys have sent an event nothing expires on the clock. Two keys with the same
+    wrong clock (one device opening several sessions) do move it.
 
     Args:
         scorer: the loaded artifact (edge_runtime.Scorer).
@@ -201,7 +259,8 @@ class SessionStore:
             sessions until they are evicted.
 
     Raises:
-        ConfigError: max_sessions < 1 or idle_timeout <= 0.
+        ConfigError: max_sessions < 1 or idle_timeout <= 0 (`check_limits`, which a
+            command calls first to name its options instead).
         ArtifactError: the scorer's artifact has no usable step graph.
 
     Example:
@@ -210,10 +269,7 @@ class SessionStore:
     """
 
     def __init__(self, scorer, max_sessions: int = 10_000, idle_timeout: float | None = 1800.0) -> None:
-        if max_sessions < 1:
-            raise ConfigError(f"max_sessions must be >= 1, got {max_sessions}")
-        if idle_timeout is not None and not idle_timeout > 0:
-            raise ConfigError(f"idle_timeout must be > 0 seconds or None, got {idle_timeout}")
+        check_limits(max_sessions, idle_timeout)
         # Load and check the step graph now: a damaged or missing one is refused when the
         # store is made (before `serve` reads a line), not on the first event.
         scorer.step_model()
@@ -221,8 +277,21 @@ class SessionStore:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.stats = StoreStats()
+        # key -> (session, its last activity: min(its last event's time, the clock)); least
+        # recently used first, so expiry stops at the first fresh one from the front.
         self._sessions: OrderedDict[str, tuple[LiveSession, float]] = OrderedDict()
         self._lock = threading.Lock()
+        # The clock: the key with the latest time and that time, and the latest time of any
+        # other key (the clock follows the latter).
+        self._lead_key: object = None
+        self._lead_ts = -math.inf
+        self._second_ts = -math.inf
+        self._clock = -math.inf
+
+    @property
+    def clock(self) -> float | None:
+        """The store's clock (Unix seconds), None until two session keys have sent an event."""
+        return None if self._clock == -math.inf else self._clock
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -235,79 +304,121 @@ class SessionStore:
         """Score ``event`` in session ``key`` (started on its first event).
 
         Args:
-            key: the session key.
-            event: a canonical event dict; its ``ts`` also drives the idle timeout.
+            key: the session key, at most MAX_KEY_CHARS characters.
+            event: a canonical event dict (edge_runtime.events.canonical_event); its ``ts``
+                also drives the idle timeout (see the class's note on the clock).
             context: user history for a session's first event (ignored afterwards).
 
         Returns:
-            (probability, sessions removed by this call as (key, "lru" | "idle", events)).
+            (probability, sessions removed by this call as (key, "lru" | "idle", events)):
+            the session's own restart first, then the sessions the clock expired (oldest
+            first), then the one evicted to make room.
 
         Raises:
-            ConfigError: the event is malformed; nothing changes.
+            ConfigError: the key is too long or the event is malformed; nothing changes
+                (the rejection is counted in ``stats.rejected``).
         """
         try:
-            now = float(event["ts"])
-        except (KeyError, TypeError, ValueError):
-            self.stats.rejected += 1
-            raise ConfigError(f"event {dict(event)!r} has no numeric 'ts'") from None
-        with self._lock:
-            # Nothing changes until the event is known to be good: a rejected line neither
-            # expires sessions (their removal would go unreported, and a NaN or infinite
-            # ts would empty the table) nor starts one. A session that has itself timed out
-            # starts afresh, as if it had been expired first.
-            entry = self._sessions.get(key)
-            if entry is not None and self._is_idle(entry[1], now) and key in self._idle_keys(now):
-                entry = None
-            if entry is None:
-                live = self.scorer.start_session(context)
-                fresh = True
-            else:
-                live, fresh = entry[0], False
-            try:
-                p = live.push(event)
-            except ConfigError:
+            if isinstance(key, str) and len(key) > MAX_KEY_CHARS:
+                raise ConfigError(f"session key of {len(key):,} characters is longer than "
+                                  f"{MAX_KEY_CHARS}: {shown(key)}")
+            checked = canonical_event(event)
+        except ConfigError:
+            with self._lock:
                 self.stats.rejected += 1
-                raise
-            removed = self._expire(now)
-            if fresh:
+            raise
+        now = checked.ts
+        sessions, timeout = self._sessions, self.idle_timeout
+        with self._lock:
+            # Nothing changes until the event is scored: a rejected or failed push neither
+            # expires sessions nor starts one.
+            entry = sessions.get(key)
+            restarted = (entry is not None and timeout is not None
+                         and now - entry[0].state.last_ts > timeout)
+            if entry is None or restarted:
+                try:
+                    live = self.scorer.start_session(context)
+                except ConfigError:  # a malformed context
+                    self.stats.rejected += 1
+                    raise
+            else:
+                live = entry[0]
+            p = live.step_locked(checked)  # the store's lock serialises its sessions' pushes
+            removed = []
+            if restarted:
+                del sessions[key]
+                self.stats.expired_idle += 1
+                removed.append((key, "idle", entry[0].events))
+            if key != self._lead_key:
+                self._advance(key, now)
+            elif now > self._lead_ts:
+                self._lead_ts = now
+            if timeout is not None and sessions:
+                self._expire(removed)
+            if key not in sessions:
                 self.stats.started += 1
-                while len(self._sessions) >= self.max_sessions:
-                    old_key, (old, _) = self._sessions.popitem(last=False)
+                while len(sessions) >= self.max_sessions:
+                    old_key, (old, _) = sessions.popitem(last=False)
                     self.stats.evicted_lru += 1
                     removed.append((old_key, "lru", old.events))
-            self._sessions[key] = (live, now)
-            self._sessions.move_to_end(key)
+            sessions[key] = (live, now if now < self._clock else self._clock)
+            sessions.move_to_end(key)
             self.stats.pushed += 1
             return p, removed
 
     def expire(self, now: float) -> list[tuple[str, str, int]]:
-        """Drop sessions idle for longer than ``idle_timeout`` at time ``now`` (Unix seconds)."""
+        """Move the clock to ``now`` (Unix seconds; it never goes back) and drop the sessions
+        idle for longer than ``idle_timeout`` by it, e.g. from a timer on the wall clock.
+
+        Returns:
+            The sessions removed, as (key, "idle", events), oldest first.
+
+        Raises:
+            ConfigError: ``now`` is not a time within 2000..2100.
+        """
+        now = check_time(now)
         with self._lock:
-            return self._expire(now)
+            self._set_clock(now)
+            removed: list[tuple[str, str, int]] = []
+            if self.idle_timeout is not None:
+                self._expire(removed)
+            return removed
 
-    def _is_idle(self, seen: float, now: float) -> bool:
-        return self.idle_timeout is not None and now - seen > self.idle_timeout
+    def _advance(self, key: str, ts: float) -> None:
+        """Move the clock with an event at ``ts`` of ``key``, which is not the leading key:
+        to the latest time that two different keys have reached."""
+        if ts > self._lead_ts:
+            overtaken = self._lead_key
+            self._second_ts, self._lead_key, self._lead_ts = self._lead_ts, key, ts
+            self._set_clock(self._second_ts)
+            # The former leader's time is now reached by another key: it counts in full.
+            entry = self._sessions.get(overtaken)
+            if entry is not None:
+                self._sessions[overtaken] = (entry[0], min(entry[0].state.last_ts, self._clock))
+        elif ts > self._second_ts:
+            self._second_ts = ts
+            self._set_clock(ts)
 
-    def _idle_keys(self, now: float) -> list[str]:
-        """The keys `_expire(now)` would drop, without dropping them."""
-        keys = []
-        for key, (_, seen) in self._sessions.items():
-            if not self._is_idle(seen, now):
-                break
-            keys.append(key)
-        return keys
+    def _set_clock(self, now: float) -> None:
+        if now <= self._clock:
+            return
+        if self._clock == -math.inf:
+            # Sessions seen before the clock started (of one key) get their activity now.
+            for key, (live, _) in self._sessions.items():
+                self._sessions[key] = (live, min(live.state.last_ts, now))
+        self._clock = now
 
-    def _expire(self, now: float) -> list[tuple[str, str, int]]:
-        removed = []
+    def _expire(self, removed: list[tuple[str, str, int]]) -> None:
+        """Drop the sessions idle by the clock onto ``removed`` (``idle_timeout`` is set)."""
+        sessions, clock, timeout = self._sessions, self._clock, self.idle_timeout
         # Least recently used first: the oldest activity is at the front of the table.
-        while self._sessions:
-            key, (live, seen) = next(iter(self._sessions.items()))
-            if not self._is_idle(seen, now):
+        while sessions:
+            key, (live, seen) = next(iter(sessions.items()))
+            if not clock - seen > timeout:
                 break
-            del self._sessions[key]
+            del sessions[key]
             self.stats.expired_idle += 1
             removed.append((key, "idle", live.events))
-        return removed
 
     def events_of(self, key: str) -> int:
         """Events pushed so far in session ``key`` (0 when it is not held)."""
@@ -319,3 +430,29 @@ class SessionStore:
         with self._lock:
             entry = self._sessions.pop(key, None)
             return entry[0] if entry else None
+
+
+def check_limits(max_sessions: int, idle_timeout: float | None,
+                 names: tuple[str, str] = ("max_sessions", "idle_timeout")) -> None:
+    """Check a SessionStore's bounds.
+
+    Args:
+        max_sessions, idle_timeout: as SessionStore.
+        names: what the caller's user calls them, for the message (a command passes its
+            options, ``("--max-sessions", "--idle-timeout")``).
+
+    Raises:
+        ConfigError: ``max_sessions`` is not a whole number >= 1, or ``idle_timeout`` is not
+            a number of seconds > 0 (nor None); the message names the value.
+    """
+    if isinstance(max_sessions, (bool, np.bool_)) or not isinstance(max_sessions, (int, np.integer)) \
+            or max_sessions < 1:
+        raise ConfigError(f"{names[0]} must be a whole number >= 1, got {max_sessions!r}")
+    if idle_timeout is None:
+        return
+    try:  # infinity is allowed: no session then times out
+        ok = not isinstance(idle_timeout, (bool, np.bool_)) and float(idle_timeout) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{names[1]} must be a number of seconds > 0, got {idle_timeout!r}")

@@ -17,6 +17,8 @@ something fails they can be the explanation. So:
 - `capture_process_stderr(path)` sends a worker process's whole stderr to a file its parent
   reads, so that even the last words of a process that aborts are kept
   (converters.tflite's calibration child).
+- `attach_native_log(e, text)` keeps output captured some other way on an exception, as a
+  block does (edge_runtime.verify attaches what its child process wrote).
 
 Threads: fd 2 belongs to the process, not to a thread. While any thread is inside a block,
 everything any thread writes to fd 2 goes to the capture (Python's own ``sys.stderr``
@@ -159,6 +161,21 @@ def capture_process_stderr(path: str | os.PathLike) -> None:
     finally:
         os.close(fd)
     _process_captured = True
+
+
+def attach_native_log(e: BaseException, text: str) -> BaseException:
+    """Keep native output captured elsewhere (a child process's stderr) on an exception, as a
+    `quiet_native` block keeps its own: `native_log_of(e)`, and a note in its traceback.
+
+    Args:
+        e: the exception about to be raised.
+        text: the output; nothing is attached when it is blank.
+
+    Returns:
+        ``e``, for ``raise attach_native_log(error, text)``.
+    """
+    _attach(e, text)
+    return e
 
 
 def native_log_of(e: BaseException) -> str | None:

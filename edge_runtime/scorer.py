@@ -19,11 +19,12 @@ from edge_runtime.artifact import STEP_METADATA_NAME, ArtifactInfo, parse_artifa
 from edge_runtime.backends import INTERPRETER_ERRORS, make_interpreter
 from edge_runtime.calibration import PlattCalibration
 from edge_runtime.errors import ArtifactError, ConfigError, first_line
-from edge_runtime.events import EVENT_CODE
+from edge_runtime.events import canonical_event
 from edge_runtime.features import FeatureEncoder
 from edge_runtime.live import LiveSession, StepModel
 from edge_runtime.native_logs import quiet_native
 from edge_runtime.tflite_reader import read_metadata
+from edge_runtime.verify import Verdict, verify_model
 
 FUSED_LSTM_OP = "UNIDIRECTIONAL_SEQUENCE_LSTM"
 SHORT_SESSION = 16  # events; up to this, encoding one event at a time is faster (measured)
@@ -67,7 +68,24 @@ class Scorer:
     """
 
     def __init__(self, interpreter, info: ArtifactInfo, backend: str, source: str,
-                 step_model: bytes | None = None, num_threads: int = 1) -> None:
+                 step_model: bytes | None = None, num_threads: int = 1,
+                 verdict: Verdict | None = None) -> None:
+        """Wrap an allocated interpreter (use `load` or `from_bytes` rather than this).
+
+        Args:
+            interpreter: the whole graph's interpreter (edge_runtime.backends.make_interpreter).
+            info: the artifact's self-description.
+            backend: the backend's name.
+            source: the artifact's name, for messages.
+            step_model: the step graph's bytes, or None when the artifact has none.
+            num_threads: interpreter threads, for the step graph too.
+            verdict: what edge_runtime.verify found, or None when the artifact was loaded
+                without verification; a step graph it refused is never loaded here.
+
+        Raises:
+            ArtifactError: the graph's inputs and outputs are not the ones its spec and graph
+                kind describe, or it cannot score a blank event.
+        """
         self.info = info
         self._step_bytes = step_model
         self._step: StepModel | None = None
@@ -75,6 +93,8 @@ class Scorer:
         self._lock = threading.Lock()
         self.backend = backend
         self.source = source
+        self.verdict = verdict
+        self._step_refusal = verdict.step_refusal(source) if verdict is not None else None
         self.encoder = FeatureEncoder.from_spec(info.spec)
         self._interpreter = interpreter
         try:
@@ -91,6 +111,10 @@ class Scorer:
         if len(shape) != 3 or shape[2] != info.spec.n_features:
             raise ArtifactError(f"{source}: model input {shape} does not take "
                                 f"{info.spec.n_features} features as its spec says")
+        # The unrolled graph is padded to max_len steps: the spec's max_len must be its length.
+        if info.graph == "unrolled" and shape[1] != info.spec.max_len:
+            raise ArtifactError(f"{source}: the unrolled graph takes {shape[1]} events, but its "
+                                f"spec says max_len {info.spec.max_len}")
         for port in (*inputs, *outputs):
             if np.dtype(port["dtype"]) not in (np.float32, np.int8):
                 raise ArtifactError(f"{source}: model tensor {port['name']!r} is "
@@ -111,45 +135,67 @@ class Scorer:
             raise ArtifactError(f"{source}: corrupted model: it scores a blank event {p}")
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "auto", num_threads: int = 1) -> Scorer:
+    def load(cls, path: str | Path, backend: str = "auto", num_threads: int = 1,
+             verify: bool = True) -> Scorer:
         """Load an artifact file.
+
+        The file is read once; those bytes are checked, verified and loaded.
 
         Args:
             path: a ``.tflite`` written by ``ubp-edge convert``.
             backend: ``auto`` (ai-edge-litert, else tflite-runtime, else tensorflow) or a name.
             num_threads: interpreter threads; 1 is the kiosk default.
+            verify: as `from_bytes`: True (the default) runs the artifact in a child process
+                before this one loads it, unless its verdict is cached.
 
         Raises:
-            ArtifactError: the file is missing, corrupted, not ours or of another version.
+            ArtifactError: the file is missing, corrupted, not ours or of another version, or
+                the interpreter refuses or crashes on it (in the verifying child).
             ConfigError: the backend is unknown or not installed.
         """
         model, info = read_artifact(path)
-        return cls.from_bytes(model, backend, num_threads, source=str(path), info=info)
+        return cls.from_bytes(model, backend, num_threads, source=str(path), info=info,
+                              verify=verify)
 
     @classmethod
     def from_bytes(cls, model: bytes, backend: str = "auto", num_threads: int = 1,
-                   source: str = "artifact", info: ArtifactInfo | None = None) -> Scorer:
+                   source: str = "artifact", info: ArtifactInfo | None = None,
+                   verify: bool = True) -> Scorer:
         """Load an artifact held in memory (e.g. fresh from the converter).
+
+        With ``verify`` (the default), the bytes are first loaded and run, whole and step
+        graphs, in a child process (edge_runtime.verify), whose verdict is cached by the
+        bytes' digest and the runtime: a file that would crash the interpreter kills the
+        child, not this process, and becomes an ArtifactError naming the signal. A cached
+        verdict costs well under a millisecond; a verification a fraction of a second.
+        ``verify=False`` loads in this process at once, after the in-process checks only:
+        for callers that run in a disposable process already (the verifying child itself,
+        a converter's worker) or that trust the bytes.
 
         Args:
             model: the artifact's bytes.
             backend, num_threads: as `load`.
             source: its name in messages.
             info: its ArtifactInfo when already parsed; None reads it from ``model``.
+            verify: verify in a child process first (or find the verdict in the cache).
 
         Raises:
             ArtifactError: as `load` (MalformedModelError when the graph check refuses it; the
-                interpreter's captured output is on the error, edge_runtime.native_logs).
-            ConfigError: as `load`.
+                interpreter's captured output, or the verifying child's, is on the error,
+                edge_runtime.native_logs).
+            ConfigError: as `load`, or no child process can be started to verify it.
         """
         info = info or parse_artifact(model, source)
+        verdict = verify_model(model, backend, num_threads, source) if verify else None
         with quiet_native():  # the error raised here carries what the interpreter printed
             try:
-                interpreter, name = make_interpreter(model, backend, num_threads)
+                interpreter, name = make_interpreter(
+                    model, verdict.backend if verdict else backend, num_threads,
+                    verified=verdict is not None)
             except ArtifactError as e:
                 raise type(e)(f"{source}: {e}") from None
         step = read_metadata(model).get(STEP_METADATA_NAME)
-        return cls(interpreter, info, name, source, step, num_threads)
+        return cls(interpreter, info, name, source, step, num_threads, verdict=verdict)
 
     @property
     def threshold(self) -> float:
@@ -278,6 +324,9 @@ class Scorer:
     def step_model(self) -> StepModel:
         """The artifact's one-event graph, loaded and checked on first use.
 
+        A step graph the verifying child refused, or died on, is refused here with that
+        message and never loaded into this process.
+
         Raises:
             ArtifactError: as start_session.
         """
@@ -285,6 +334,8 @@ class Scorer:
             if self._step_bytes is None:
                 raise ArtifactError(f"{self.source}: no step graph for live scoring; "
                                     f"re-run `ubp-edge convert`")
+            if self._step_refusal is not None:
+                raise type(self._step_refusal)(str(self._step_refusal))
             with self._lock:
                 if self._step is None:
                     self._step = StepModel(self._step_bytes, self.backend, self._num_threads,
@@ -321,38 +372,44 @@ class Scorer:
     def encode_session(self, events: Sequence[Mapping], context: Mapping | None = None) -> np.ndarray:
         """Encode a time-ordered list of canonical event dicts with the artifact's spec.
 
-        Item and category ids are compared as strings (1 and "1" are the same item), as in
-        the live path; they become small integer codes here so the batch encoder sorts ints.
+        Every event is checked by edge_runtime.events.canonical_event, the live path's check,
+        whatever the session's length, so a value is refused or read alike everywhere. Item
+        and category ids are compared as text (1 and "1" are the same item), as in the live
+        path; they become small integer codes here so the batch encoder sorts ints.
+
+        Args:
+            events: the session's events, each a mapping (``ts``, ``event``, ``item``,
+                optionally ``category`` and ``price``).
+            context: the user's history before the session (CONTEXT_FIELDS), or None.
+
+        Returns:
+            The normalised features, float32 (L, F).
 
         Raises:
-            ConfigError: an empty session, a missing field, a bad ts or an unknown event type.
+            ConfigError: an empty session, or an event that breaks a rule of
+                `canonical_event` (the message names its position, the field and the value).
         """
-        if len(events) == 0:
+        checked = []
+        for position, event in enumerate(events, start=1):
+            try:
+                checked.append(canonical_event(event))
+            except ConfigError as e:
+                raise ConfigError(f"event {position} of the session: {e}") from None
+        if not checked:
             raise ConfigError("a session needs at least one event to be scored")
-        if len(events) <= SHORT_SESSION:
+        if len(checked) <= SHORT_SESSION:
             # The one-event path gives the same numbers (tested) and, at about 4 us an event,
             # beats the vectorised path's fixed cost on short sessions, the common case.
             state = self.encoder.start(context)
-            return np.stack([self.encoder.step(state, e) for e in events])
-        items: dict[str, int] = {}
-        categories: dict[str, int] = {"": -1}
-        try:
-            ts = np.array([float(e["ts"]) for e in events])
-            codes = np.array([EVENT_CODE[k] if isinstance(k, str) else int(k)
-                              for k in (e["event"] for e in events)])
-            item = np.array([items.setdefault(str(e["item"]), len(items)) for e in events])
-        except KeyError as e:
-            raise ConfigError(f"event without field or with unknown type: {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"event with a value of the wrong type: {e}") from None
-        if not np.isfinite(ts).all() or (codes < 0).any() or (codes >= len(EVENT_CODE)).any():
-            raise ConfigError("events need finite timestamps and event types in "
-                              f"{list(EVENT_CODE)}")
-        category = np.array([categories.setdefault("" if e.get("category") is None
-                                                   else str(e["category"]), len(categories))
-                             for e in events])
-        price = np.array([np.nan if e.get("price") is None else float(e["price"]) for e in events])
-        return self.encoder.encode(ts, codes, item, category, price, context)
+            return np.stack([self.encoder.step_event(state, e) for e in checked])
+        ts, codes, items, categories, prices = zip(*checked, strict=True)
+        item_codes: dict[str, int] = {}
+        category_codes: dict[str | None, int] = {None: -1}  # None: no category
+        return self.encoder.encode(
+            np.array(ts, np.float64), np.array(codes, np.int64),
+            np.array([item_codes.setdefault(i, len(item_codes)) for i in items], np.int64),
+            np.array([category_codes.setdefault(c, len(category_codes)) for c in categories], np.int64),
+            np.array(prices, np.float64), context)
 
     def score_sessions(self, sessions: Iterable[Sequence[Mapping]],
                        contexts: Iterable[Mapping | None] | None = None) -> np.ndarray:
@@ -361,11 +418,25 @@ class Scorer:
         Args:
             sessions: each a time-ordered list of events with ``ts``, ``event``, ``item`` and
                 optionally ``category`` and ``price``.
-            contexts: optional user history per session (edge_runtime.features.CONTEXT_FIELDS).
+            contexts: optional user history per session (edge_runtime.features.CONTEXT_FIELDS),
+                one (or None) per session.
 
         Returns:
             float32 (N,) purchase probabilities.
+
+        Raises:
+            ConfigError: ``contexts`` is not as long as ``sessions``, or a session cannot be
+                encoded (`encode_session`; the message names the session's position).
         """
         sessions = list(sessions)
         contexts = [None] * len(sessions) if contexts is None else list(contexts)
-        return self.score_encoded(self.encode_session(s, c) for s, c in zip(sessions, contexts, strict=False))
+        if len(contexts) != len(sessions):
+            raise ConfigError(f"{len(sessions)} sessions but {len(contexts)} contexts: give one "
+                              f"context (or None) per session, or no contexts")
+        encoded = []
+        for position, (session, context) in enumerate(zip(sessions, contexts, strict=True), start=1):
+            try:
+                encoded.append(self.encode_session(session, context))
+            except ConfigError as e:
+                raise ConfigError(f"session {position}: {e}") from None
+        return self.score_encoded(encoded)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("UBP_EDGE_DATA", ROOT.parent / "shared" / "data"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Verdicts of edge_runtime.verify (artifacts checked in a child process) go to a folder of
+# this test session, not the user's ~/.cache; subprocesses the tests start inherit it.
+_VERDICTS = tempfile.mkdtemp(prefix="ubp-edge-test-verdicts-")
+os.environ.setdefault("UBP_EDGE_CACHE_DIR", _VERDICTS)
+atexit.register(shutil.rmtree, _VERDICTS, ignore_errors=True)
 # As the CLI does: oneDNN's reordered float sums would make figures differ between the two.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 

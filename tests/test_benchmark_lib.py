@@ -24,7 +24,7 @@ from benchmarks.suite import (
     find_artifacts,
     run_benchmark,
 )
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, RunDirError
 from edge_runtime.events import EVENT_CODE
 from edge_runtime.probes import probe_command, rss_mb
 
@@ -145,6 +145,9 @@ def test_find_artifacts_messages(tmp_path):
                                         tmp_path)
     assert find_artifacts(tmp_path / "model-int8.tflite") == ([tmp_path / "model-int8.tflite"], tmp_path)
     with pytest.raises(ConfigError, match="--peers needs the run directory's weights: .* not found"):
+        check_peer_weights(tmp_path)
+    (tmp_path / "weights.npz").write_bytes(b"not an npz")
+    with pytest.raises(RunDirError):  # damaged or incomplete: refused before any measuring
         check_peer_weights(tmp_path)
 
 

@@ -174,6 +174,35 @@ def test_train_bad_setting(tmp_path, good_csv):
                       "units")
 
 
+# Issue 10: option errors name the options as typed, with the value, never Python syntax.
+@pytest.mark.parametrize(("args", "expected"), [
+    (["train", "--data", "{log}", "--out", "{tmp}/run", "--epochs", "0"],
+     "error: --epochs must be a whole number >= 1, got 0"),
+    (["train", "--data", "{log}", "--out", "{tmp}/run", "--batch-size", "0", "--patience", "0"],
+     "error: --batch-size must be a whole number >= 1, got 0; --patience must be a whole number >= 1, got 0"),
+    (["train", "--data", "{log}", "--out", "{tmp}/run", "--class-weight", "heavy"],
+     "error: --class-weight 'heavy': expected none or balanced"),
+    (["train", "--data", "{log}", "--out", "{tmp}/run", "--learning-rate", "3"],
+     "error: --learning-rate must be in (0, 1), got 3.0"),
+    (["convert", "{tmp}", "--precision", "int9"],
+     "error: --precision int9: unknown precision, expected one of float32, float16, dynamic, int8, "
+     "int8-io, 16x8"),
+    (["convert", "{tmp}", "--graph", "looped"],
+     "error: --graph looped: unknown graph, expected fused or unrolled"),
+    (["compare", "{tmp}", "--data", "{log}", "--split", "x"],
+     "error: --split 'x': expected one of auto, all, train, validation, test"),
+    (["benchmark", "{tmp}", "--runs", "0", "--live-sessions", "-5"],
+     "error: --runs must be >= 1, got 0; --live-sessions must be >= 1, got -5"),
+    (["data", "generate", "{tmp}/x.csv", "--users", "0", "--seed", "-1"],
+     "error: --users must be a whole number >= 1, got 0; --seed must be a whole number >= 0, got -1"),
+])
+def test_option_errors_name_the_option_as_typed(tmp_path, good_csv, args, expected):
+    result = invoke(*[a.format(log=good_csv, tmp=tmp_path) for a in args])
+    line = assert_user_error(result)
+    assert line == expected
+    assert not re.search(r"[{}\[\]]|_", line.replace("--", "").replace("int8-io", "")), line
+
+
 # =========================================================================== convert
 
 def test_convert_missing_run_dir(tmp_path):

@@ -369,3 +369,35 @@ def test_ece_weights_bins_by_their_share_of_sessions():
     assert np.isnan(expected_calibration_error([], []))
     with pytest.raises(ValueError):
         expected_calibration_error([1], [0.5], bins=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [b"{\"test\": ", b"[1, 2]", b"{\"test\": {\"session_digests\": 7}}"])
+def test_a_damaged_split_json_is_one_error_line_naming_it(run_copy, synthetic_log, damage):
+    """Issue 10: split.json damaged is a RunDirError naming the file, for --split auto (the
+    default) and a named split alike, never a traceback."""
+    (run_copy / "split.json").write_bytes(damage)
+    for split in ("auto", "test"):
+        r = invoke(run_copy, "--data", synthetic_log, "--split", split)
+        assert r.exit_code == 1, (r.stdout, r.stderr)
+        errors = [line for line in stderr_lines(r) if line.startswith("error:")]
+        assert len(errors) == 1 and str(run_copy / "split.json") in errors[0], stderr_lines(r)
+        assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_a_report_over_the_log_is_refused_before_scoring(run_copy, synthetic_log, tmp_path):
+    """Issue 10: --report DIR whose compare.md is the log (a hard link here) would replace it."""
+    import os
+
+    log = tmp_path / "log.csv"
+    shutil.copy(synthetic_log, log)
+    report = tmp_path / "report"
+    report.mkdir()
+    os.link(log, report / "compare.md")
+    before = log.read_bytes()
+    r = invoke(run_copy, "--data", log, "--report", report)
+    assert r.exit_code == 1
+    errors = [line for line in stderr_lines(r) if line.startswith("error:")]
+    assert len(errors) == 1 and "--report" in errors[0] and "--data" in errors[0]
+    assert log.read_bytes() == before

@@ -1,9 +1,11 @@
 """The corpus of bad inputs (tests/corpus/, described line by line in its README.md).
 
-One table, one test: each row is a file (committed, or generated into tmp_path when it is big:
-the 100,000-event session, 1 MB lines, the gzip that ends early, the Parquet files of the wrong
-schema), its format, and the outcome: accepted with so many events and bad rows by reason, or
-rejected with a DataError whose one-line message names the file and the problem.
+One table, one test: each row is a file (committed, or generated into tmp_path when it is big,
+binary or not a plain file: the 100,000-event session, 1 MB lines, gzip that ends early or
+expands past the limit, Parquet files of the wrong schema, symbolic links, a device, pipes,
+DIGINETICA's side files), its format, and the outcome: accepted with so many events and bad rows
+by reason, or rejected with a DataError whose one-line message names the file and the problem.
+A case may set environment variables (the size limit, lowered so a bomb stays small).
 
 For every accepted file: ``len(log) + log.bad.total == log.rows_read`` and the quarantine file
 that ``log.bad.write`` produces holds exactly ``bad.total`` lines, each with line, reason and raw.
@@ -11,10 +13,13 @@ that ``log.bad.write`` produces holds exactly ``bad.total`` lines, each with lin
 
 from __future__ import annotations
 
+import bz2
 import datetime as dt
 import gzip
 import json
+import os
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +54,11 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Rejected:
-    """DataError; its one-line message names the file and matches ``message``."""
+    """DataError; its one-line message starts with the file's path and matches ``message``."""
 
     message: str
+    # The file the message names, when not the one read: a side file beside it (DIGINETICA).
+    names: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,10 @@ class Case:
     file: str
     format: str | None  # None: detected from the first line
     outcome: Accepted | Rejected
-    build: Callable[[Path], None] | None = None  # writes the file (big cases are not committed)
+    # Writes the file (big, binary or special cases are not committed); may return a function
+    # that releases what it holds (an open pipe).
+    build: Callable[[Path], Callable[[], None] | None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- checks
@@ -247,6 +257,145 @@ def build_parquet_cut(path: Path) -> None:
     path.write_bytes(data[:len(data) // 2])
 
 
+# Files that cannot be logs, refused on their first bytes, by their kind, or by their size.
+
+LIMIT_ENV = "UBP_EDGE_MAX_LOG_BYTES"
+SMALL_LIMIT = 1 << 20  # the limit the size cases set, so their files stay a few MB
+
+
+def build_zeros(path: Path) -> None:
+    path.write_bytes(bytes(100_000))
+
+
+def build_random_bytes(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(7).integers(0, 256, 100_000, dtype=np.uint8).tobytes())
+
+
+def build_zeros_bomb(path: Path) -> None:
+    """A gzip of 200 MB of NUL bytes (200 KB): refused on its first block, unexpanded."""
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        for _ in range(200):
+            f.write(bytes(1 << 20))
+
+
+def build_text_bomb(path: Path) -> None:
+    """Valid CSV that expands 3,000 times past the file (4 MB of rows in 5 KB), past the 1 MB
+    limit the case sets: it must be refused as it expands, not read whole."""
+    row = b"u1,1700000000,view,i1,c1,1.0\n"
+    path.write_bytes(gzip.compress(HEADER + row * ((4 << 20) // len(row)), compresslevel=9))
+
+
+def build_too_big(path: Path) -> None:
+    row = b"u1,1700000000,view,i1,c1,1.0\n"
+    path.write_bytes(HEADER + row * (2 * SMALL_LIMIT // len(row)))
+
+
+def build_multi_member_gzip(path: Path) -> None:
+    """`cat a.gz b.gz`: two gzip members, read as one text."""
+    path.write_bytes(gzip.compress(HEADER + b"u1,1700000000,view,i1,c1,1.0\n")
+                     + gzip.compress(b"u1,1700000010,cart,i1,c1,1.0\n"))
+
+
+def build_gzip_trailing_garbage(path: Path) -> None:
+    path.write_bytes(gzip.compress(HEADER + b"u1,1700000000,view,i1,c1,1.0\n") + b"garbage")
+
+
+def build_zip(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("log.csv", HEADER + b"u1,1700000000,view,i1,c1,1.0\n")
+
+
+def build_bzip2(path: Path) -> None:
+    path.write_bytes(bz2.compress(HEADER + b"u1,1700000000,view,i1,c1,1.0\n"))
+
+
+def build_symlink_loop(path: Path) -> None:
+    other = path.with_name("loop_b.csv")
+    path.symlink_to(other.name)
+    other.symlink_to(path.name)
+
+
+def build_broken_link(path: Path) -> None:
+    path.symlink_to("moved_away.csv")
+
+
+def build_dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def build_fifo_no_writer(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def build_pipe(path: Path) -> Callable[[], None]:
+    """What `<(zcat log.gz)` passes: a pipe whose writer has written and gone. The name is a
+    link to /proc/self/fd/N, the read end, held open until the test ends."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, HEADER + b"u1,1700000000,view,i1,c1,1.0\nu1,1700000010,cart,i1,c1,1.0\n")
+    os.close(write_end)
+    path.symlink_to(f"/proc/self/fd/{read_end}")
+    return lambda: os.close(read_end)
+
+
+def build_deep_json(path: Path) -> None:
+    """Valid JSON Python will not hold: arrays nested 100,000 deep, integers of 5,000 digits."""
+    good = '{"user": "u1", "ts": %d, "event": "%s", "item": "i1"}\n'
+    path.write_text(good % (T0, "view")
+                    + "[" * 100_000 + "]" * 100_000 + "\n"
+                    + '{"user": "u1", "ts": ' + "9" * 5000 + ', "event": "view", "item": "i1"}\n'
+                    + '{"user": "u1", "ts": 1700000005, "event": "view", "item": ' + "1" * 5000 + "}\n"
+                    + good % (T0 + 10, "cart"))
+
+
+# DIGINETICA: the views file, with train-purchases.csv and product-categories.csv beside it.
+DIGINETICA_VIEWS = (b"session_id;user_id;item_id;timeframe;eventdate\n"
+                    b"1;NA;100;1000;2016-05-09\n1;NA;101;5000;2016-05-09\n2;7;200;0;2016-05-10\n")
+DIGINETICA_PURCHASES = (b"sessionId;userId;timeframe;eventdate;ordernumber;itemId\n"
+                        b"1;NA;9000;2016-05-09;1;101\n")
+
+
+def diginetica_with_categories(categories: bytes) -> Callable[[Path], None]:
+    def build(path: Path) -> None:
+        path.write_bytes(DIGINETICA_VIEWS)
+        path.with_name("train-purchases.csv").write_bytes(DIGINETICA_PURCHASES)
+        path.with_name("product-categories.csv").write_bytes(categories)
+    return build
+
+
+def check_diginetica_categories(log):
+    categories = dict(zip(log.item.values(), log.category.values(), strict=True))
+    # 100 is listed; 101's row has a field too many, 200's is not UTF-8: no category.
+    assert categories == {"100": "7", "101": "", "200": ""}
+    sources = {Path(r["source"]).name for r in log.bad.rows}
+    assert sources == {"product-categories.csv"}
+
+
+def check_otto_lines(log):
+    # Only whole good lines: 1 and 14. Every other line is one bad row, under its first fault.
+    assert sorted(set(map(int, log.line))) == [1, 14]
+    details = {r["line"]: r["detail"] for r in log.bad.rows}
+    assert details[2] == 'event 2 of 2: aid "abc", expected an integer (an OTTO article id)'
+    assert details[3] == 'event 1 of 1: ts "1659304800025", expected a number (milliseconds)'
+    assert details[4].startswith("event 2 of 3: ") and "'teleport'" in details[4]
+    assert details[4].endswith("(and 1 more bad events)")
+    assert details[5].startswith("'events' is {") and details[5].endswith("expected a list of events")
+    assert details[6] == "event 1 of 1: no ts"
+    assert details[7] == "event 2 of 2 is 72, expected an object with aid, ts, type"
+    assert details[8] == "no session id"
+    assert details[12] == "event 1 of 1: aid is null"
+    assert all(r["raw"].startswith("{") for r in log.bad.rows)  # the line as it stands
+
+
+def check_deep_json(log):
+    details = {r["line"]: r["detail"] for r in log.bad.rows}
+    assert details == {2: "nested too deeply to read", 3: "an integer of more than 4,300 digits",
+                       4: "an integer of more than 4,300 digits"}
+
+
+def check_two_members(log):
+    assert [EVENT_TYPES[e] for e in log.event] == ["view", "cart"]
+
+
 # --------------------------------------------------------------------------- the table
 
 CASES = [
@@ -301,23 +450,73 @@ CASES = [
     Case("no_rows.parquet", None, Rejected(r"no data rows$"), build_parquet_no_rows),
     Case("cut.parquet", None, Rejected(r"not a readable Parquet file \(.*magic bytes"),
          build_parquet_cut),
+    # Issue 10: what cannot be a log, refused in one line and in bounded memory.
+    Case("utf16.csv", None, Rejected(r": UTF-16 text \(byte-order mark FF FE\): re-save it as UTF-8$")),
+    Case("utf16_no_bom.csv", None,
+         Rejected(r": UTF-16 text \(big-endian, no byte-order mark\): re-save it as UTF-8$")),
+    Case("zeros.csv", None, Rejected(r": binary data, not a text log \(65,536 NUL and 0 other control "
+                                     r"bytes in its first 65,536\)"), build_zeros),
+    Case("random_bytes.csv", None, Rejected(r": binary data, not a text log"), build_random_bytes),
+    Case("zeros_bomb.csv.gz", None, Rejected(r": binary data, not a text log"), build_zeros_bomb),
+    Case("text_bomb.csv.gz", None,
+         Rejected(r": expands to more than 1,048,576 bytes when decompressed \(a gzip bomb\?\), the "
+                  r"limit set by UBP_EDGE_MAX_LOG_BYTES$"), build_text_bomb, {LIMIT_ENV: "1M"}),
+    Case("too_big.csv", None,
+         Rejected(r": 2,\d{3},\d{3} bytes, more than 1,048,576, the limit set by UBP_EDGE_MAX_LOG_BYTES; "
+                  r"split the log$"), build_too_big, {LIMIT_ENV: str(SMALL_LIMIT)}),
+    Case("multi_member.csv.gz", None, Accepted(2, 2, {}, check_two_members), build_multi_member_gzip),
+    Case("trailing_garbage.csv.gz", None, Rejected(r": corrupted gzip stream \(Not a gzipped file"),
+         build_gzip_trailing_garbage),
+    Case("workbook.xlsx", None, Rejected(r": a ZIP archive \(an \.xlsx workbook is one\)"), build_zip),
+    Case("log.csv.bz2", None, Rejected(r": bzip2-compressed: decompress it first"), build_bzip2),
+    Case("symlink_loop.csv", None, Rejected(r": symbolic link loop"), build_symlink_loop),
+    Case("broken_link.csv", None,
+         Rejected(r": no such file \(a symbolic link to 'moved_away.csv', which does not exist\)$"),
+         build_broken_link),
+    Case("dev_zero.csv", None, Rejected(r": is a character device, not a log file"), build_dev_zero),
+    Case("fifo_no_writer.csv", None, Rejected(r": a named pipe \(FIFO\) with no writer; start the "
+                                              r"program that writes to it first"), build_fifo_no_writer),
+    Case("pipe.csv", None, Accepted(2, 2, {}), build_pipe),
+    Case("deep.jsonl", None, Accepted(2, 5, {"malformed_json": 3}, check_deep_json), build_deep_json),
+    # Issue 10: OTTO lines are quarantined whole, the others read.
+    Case("otto_bad_events.jsonl", None,
+         Accepted(4, 15, {"bad_item": 2, "bad_timestamp": 2, "unknown_event": 2, "malformed_session": 2,
+                          "missing_session": 1, "absurd_timestamp": 1, "missing_item": 1},
+                  check_otto_lines)),
+    Case("otto_no_event_lists.jsonl", None,
+         Rejected(r"none of its 3 rows parse as otto; first: .*:1: bad row \(malformed_session\): "
+                  r"'events' is \"clicks\", expected a list of events$")),
+    # Issue 10: DIGINETICA's categories file: bad rows quarantined, a wrong header refused.
+    Case("diginetica_categories.csv", "diginetica",
+         Accepted(4, 7, {"wrong_field_count": 1, "non_utf8": 1, "missing_item": 1},
+                  check_diginetica_categories),
+         diginetica_with_categories(b"itemId;categoryId\n100;7\n101;8;9\n\xff200;3\n;4\n")),
+    Case("diginetica_categories_header.csv", "diginetica",
+         Rejected(r":1: missing columns \['categoryId'\]; found \['category', 'itemId'\]",
+                  names="product-categories.csv"),
+         diginetica_with_categories(b"itemId;category\n100;7\n")),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.file for c in CASES])
-def test_corpus_file(case: Case, tmp_path: Path):
+def test_corpus_file(case: Case, tmp_path: Path, monkeypatch, request):
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
     if case.build is None:
         path = CORPUS / case.file
     else:
         path = tmp_path / case.file
-        case.build(path)
+        release = case.build(path)
+        if release is not None:
+            request.addfinalizer(release)
     outcome = case.outcome
     if isinstance(outcome, Rejected):
         with pytest.raises(DataError) as info:
             read_log(path, case.format)
         message = str(info.value)
         assert "\n" not in message, message
-        assert message.startswith(str(path)), message
+        named = path if outcome.names is None else path.with_name(outcome.names)
+        assert message.startswith(str(named)), message
         assert re.search(outcome.message, message), message
         return
 
@@ -337,16 +536,20 @@ def test_corpus_file(case: Case, tmp_path: Path):
     lines = quarantine.read_text(encoding="utf-8").splitlines()
     assert len(lines) == log.bad.total
     rows = [json.loads(line) for line in lines]
-    assert all({"line", "reason", "raw"} <= set(r) and r["source"] == str(path) for r in rows)
+    # A bad row comes from the file read, or from a side file beside it (DIGINETICA's).
+    assert all({"line", "reason", "raw"} <= set(r) and Path(r["source"]).parent == path.parent
+               for r in rows)
     assert [(r["line"], r["reason"]) for r in rows] == sorted(
         (r["line"], r["reason"]) for r in log.bad.rows)
     good_lines = set(map(int, log.line))
-    assert not good_lines & {r["line"] for r in rows}, "a line is either an event or quarantined"
+    assert not good_lines & {r["line"] for r in rows if r["source"] == str(path)}, \
+        "a line is either an event or quarantined"
 
 
 def test_the_table_the_folder_and_the_readme_agree():
     """Every committed file has a row in CASES and a line in the README, and back."""
     committed = {p.name for p in CORPUS.iterdir() if p.name != "README.md"}
+    assert len(CASES) >= 50
     in_table = {c.file for c in CASES}
     generated = {c.file for c in CASES if c.build is not None}
     assert committed == in_table - generated

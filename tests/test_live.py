@@ -116,13 +116,17 @@ def test_store_times_out_idle_sessions_on_event_time(tiny_artifact):
     store = SessionStore(Scorer.load(tiny_artifact), max_sessions=100, idle_timeout=60)
     store.push("a", {"ts": 1000.0 + 1.7e9, "event": "view", "item": "x"})
     store.push("b", {"ts": 1030.0 + 1.7e9, "event": "view", "item": "x"})
+    # The store's clock is the latest time two keys have reached (issue 10): c alone at
+    # 1061 does not move it past 1030; d at 1062 moves it to 1061, 61 s after a's event.
     _, removed = store.push("c", {"ts": 1061.0 + 1.7e9, "event": "view", "item": "x"})
+    assert removed == [] and store.clock == 1030.0 + 1.7e9
+    _, removed = store.push("d", {"ts": 1062.0 + 1.7e9, "event": "view", "item": "x"})
     assert removed == [("a", "idle", 1)]
-    assert store.expire(1.7e9 + 2000.0) == [("b", "idle", 1), ("c", "idle", 1)]
-    assert len(store) == 0 and store.stats.expired_idle == 3
-    with pytest.raises(ConfigError):
+    assert store.expire(1.7e9 + 2000.0) == [("b", "idle", 1), ("c", "idle", 1), ("d", "idle", 1)]
+    assert len(store) == 0 and store.stats.expired_idle == 4
+    with pytest.raises(ConfigError, match="max_sessions must be a whole number >= 1, got 0"):
         SessionStore(store.scorer, max_sessions=0)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="idle_timeout must be a number of seconds > 0"):
         SessionStore(store.scorer, idle_timeout=-1)
 
 
@@ -177,6 +181,7 @@ SCRIPTED = [
     '{"session": 7, "ts": 1700000050, "event": "view", "item": "y", "context": {"prior_sessions": 2}}',
     '{"session": "c", "ts": 1700000060, "event": "view", "item": "y"}',
     '{"session": "a", "ts": 1700009000, "event": "view", "item": "x"}',
+    '{"session": "b", "ts": 1700009005, "event": "view", "item": "x"}',
 ]
 
 
@@ -186,19 +191,22 @@ def test_serve_scores_every_event_and_names_every_bad_line(tiny_artifact):
                         idle_timeout=3600)
     records = [json.loads(line) for line in out]
     errors = {r["line"]: r["error"] for r in records if "error" in r}
-    assert sorted(errors) == [3, 4, 5, 6, 7]
+    assert sorted(errors) == [3, 4, 5, 6, 7, 8]  # the blank line 8 gets its answer too (issue 10)
     assert "not JSON" in errors[3] and "JSON object" in errors[4] and "'session'" in errors[5]
-    assert "teleport" in errors[6] and "ts" in errors[7]
+    assert "teleport" in errors[6] and "ts" in errors[7] and errors[8] == "blank line"
     scores = [r for r in records if "probability" in r]
-    assert [(r["session"], r["events"]) for r in scores] == [("a", 1), ("a", 2), ("7", 1), ("c", 1), ("a", 1)]
+    assert [(r["session"], r["events"]) for r in scores] == [("a", 1), ("a", 2), ("7", 1), ("c", 1),
+                                                             ("a", 1), ("b", 1)]
     assert all(0 <= r["probability"] <= 1 and r["decision"] in (0, 1) for r in scores)
     removed = [r for r in records if "removed" in r]
-    # "c" starting evicts the least recently used "a"; the last line comes 2.5 hours later,
-    # so "7" and "c" time out, and "a" starts afresh.
+    # "c" starting evicts the least recently used "a". Then comes a 2.5-hour pause: "a" alone
+    # after it does not move the store's clock (one key's time never does), so "a" starting
+    # afresh evicts the least recently used "7"; "b" after the pause moves the clock, and
+    # "c" times out.
     assert removed == [{"session": "a", "removed": "lru", "events": 2},
-                       {"session": "7", "removed": "idle", "events": 1},
+                       {"session": "7", "removed": "lru", "events": 1},
                        {"session": "c", "removed": "idle", "events": 1}]
-    assert store.stats.rejected == 5 and store.stats.pushed == 5
+    assert store.stats.rejected == 6 and store.stats.pushed == 6
 
 
 def test_serve_command_streams_stdin(tiny_artifact):
@@ -207,8 +215,8 @@ def test_serve_command_streams_stdin(tiny_artifact):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(x) for x in done.stdout.splitlines()]
-    assert sum("probability" in r for r in lines) == 5 and sum("error" in r for r in lines) == 5
-    assert "served 5 events in 4 sessions; 5 lines rejected" in done.stderr
+    assert sum("probability" in r for r in lines) == 6 and sum("error" in r for r in lines) == 6
+    assert "served 6 events in 5 sessions; 6 lines rejected" in done.stderr
 
 
 def test_artifact_without_step_graph_says_so(tmp_path, tiny_artifact):

@@ -165,8 +165,11 @@ def test_platt_calibration_round_trips_and_refuses_what_it_cannot_apply():
 def test_artifact_info_reads_its_calibration_through_platt(tiny_spec_dict):
     d = {"format": "ubp-edge-artifact", "version": 1, "feature_spec": tiny_spec_dict,
          "threshold": 0.3, "precision": "int8", "graph": "fused",
-         "calibration": {"method": "platt", "a": "1.5", "b": 0}}
+         "calibration": {"method": "platt", "a": 1.5, "b": 0}}
     assert ArtifactInfo.from_dict(d).calibration == {"method": "platt", "a": 1.5, "b": 0.0}
+    # Issue 10 (class 5): every number of the metadata is checked at load; text is not a number.
+    with pytest.raises(ArtifactError, match="model.tflite: artifact metadata calibration.a is '1.5'"):
+        ArtifactInfo.from_dict({**d, "calibration": {"method": "platt", "a": "1.5", "b": 0}}, "model.tflite")
     with pytest.raises(ArtifactError, match="model.tflite: artifact metadata is malformed"):
         ArtifactInfo.from_dict({**d, "calibration": {"method": "platt"}}, "model.tflite")
     with pytest.raises(ArtifactError, match="model.tflite: calibration method 'x' not in"):

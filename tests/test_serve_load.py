@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import random
 import subprocess
 import sys
@@ -41,6 +42,8 @@ MALFORMED = {
     "bad-ts": (None, "ts"),
     "nan-ts": (None, "not a finite number"),
 }
+# Every line that gets an error line, and a phrase of its error: a blank line gets one too.
+ERROR_PHRASE = {**{kind: phrase for kind, (_, phrase) in MALFORMED.items()}, "blank": "blank line"}
 
 
 def make_stream(n_events: int, seed: int, malformed_every: int = 97) -> list[tuple[str, str]]:
@@ -113,14 +116,44 @@ def first_events(stream: list[tuple[str, str]], n_good: int) -> list[tuple[str, 
 
 def expected_output(lines: list[str]) -> tuple[list[dict], dict]:
     """What serve must print for ``lines``, from a model of the store written from its
-    documentation: per good line, its removals (idle ones first, oldest first; then the
-    least recently used when a new session needs room) and then its score; per malformed
-    line, one error naming its line number; nothing for a blank line."""
-    held: collections.OrderedDict[str, list] = collections.OrderedDict()  # key -> [events, seen]
+    documentation: per good line, its removals (the session's own restart when its previous
+    event is over the timeout ago; then the sessions idle by the store's clock, oldest
+    first; then the least recently used when a new session needs room) and then its score;
+    per malformed or blank line, one error naming its line number.
+
+    The store's clock is the latest time two different keys have reached; a session's last
+    activity is its last event's time but never later than the clock at that event, and
+    rises to its time once another key overtakes it."""
+    # key -> [events, last activity, last event's time]
+    held: collections.OrderedDict[str, list] = collections.OrderedDict()
+    clock = {"lead_key": None, "lead": -math.inf, "second": -math.inf, "now": -math.inf}
+
+    def set_clock(now: float) -> None:
+        if now > clock["now"]:
+            if clock["now"] == -math.inf:
+                for state in held.values():
+                    state[1] = min(state[2], now)
+            clock["now"] = now
+
+    def advance(key: str, ts: float) -> None:
+        if key == clock["lead_key"]:
+            clock["lead"] = max(clock["lead"], ts)
+        elif ts > clock["lead"]:
+            overtaken = clock["lead_key"]
+            clock["second"], clock["lead_key"], clock["lead"] = clock["lead"], key, ts
+            set_clock(clock["second"])
+            if overtaken in held:
+                held[overtaken][1] = min(held[overtaken][2], clock["now"])
+        else:
+            clock["second"] = max(clock["second"], ts)
+            set_clock(clock["second"])
+
     out: list[dict] = []
     stats = collections.Counter()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
+            out.append({"line": number})
+            stats["rejected"] += 1
             continue
         try:
             record = json.loads(line)
@@ -134,19 +167,23 @@ def expected_output(lines: list[str]) -> tuple[list[dict], dict]:
             stats["rejected"] += 1
             continue
         key, now = record["session"], record["ts"]
-        while held and now - next(iter(held.values()))[1] > IDLE_TIMEOUT:
-            gone, (events, _) = held.popitem(last=False)
+        if key in held and now - held[key][2] > IDLE_TIMEOUT:
+            out.append({"session": key, "removed": "idle", "events": held.pop(key)[0]})
+            stats["idle"] += 1
+        advance(key, now)
+        while held and clock["now"] - next(iter(held.values()))[1] > IDLE_TIMEOUT:
+            gone, (events, _, _) = held.popitem(last=False)
             out.append({"session": gone, "removed": "idle", "events": events})
             stats["idle"] += 1
         if key not in held:
             stats["started"] += 1
             while len(held) >= MAX_SESSIONS:
-                gone, (events, _) = held.popitem(last=False)
+                gone, (events, _, _) = held.popitem(last=False)
                 out.append({"session": gone, "removed": "lru", "events": events})
                 stats["lru"] += 1
-            held[key] = [0, now]
+            held[key] = [0, now, now]
         held[key][0] += 1
-        held[key][1] = now
+        held[key][1:] = [min(now, clock["now"]), now]
         held.move_to_end(key)
         stats["pushed"] += 1
         out.append({"session": key, "events": held[key][0]})
@@ -211,7 +248,7 @@ def check_run(run: dict, stream: list[tuple[str, str]], scorer: Scorer) -> dict:
         if "line" in w:
             assert set(g) == {"line", "error"} and g["line"] == w["line"], (position, g, w)
             kind = stream[w["line"] - 1][0]
-            assert MALFORMED[kind][1] in g["error"], (kind, g)  # says what is wrong
+            assert ERROR_PHRASE[kind] in g["error"], (kind, g)  # says what is wrong
         elif "removed" in w:
             assert g == w, (position, g, w)
         else:
@@ -222,12 +259,12 @@ def check_run(run: dict, stream: list[tuple[str, str]], scorer: Scorer) -> dict:
                 assert g["decision"] == int(g["probability"] >= threshold), (position, g)
 
     kinds = collections.Counter(kind for kind, _ in stream)
-    malformed = sum(kinds[k] for k in MALFORMED)
+    malformed = sum(kinds[k] for k in ERROR_PHRASE)
     scores = sum(1 for g in got if "probability" in g)
     errors = [g["line"] for g in got if "error" in g]
     removed = collections.Counter(g["removed"] for g in got if "removed" in g)
     assert scores == kinds["good"] == stats["pushed"], (scores, kinds["good"])  # no event lost
-    assert errors == [n for n, (kind, _) in enumerate(stream, start=1) if kind in MALFORMED]
+    assert errors == [n for n, (kind, _) in enumerate(stream, start=1) if kind in ERROR_PHRASE]
     assert len(errors) == malformed == stats["rejected"]
     assert removed["lru"] > 0 and removed["idle"] > 0, removed  # both bounds were exercised
     assert (f"served {stats['pushed']:,} events in {stats['started']:,} sessions; "
@@ -272,8 +309,6 @@ def test_serve_output_matches_the_library(tiny_artifact):
     records = [json.loads(x) for x in out]
     position, checked = 0, 0
     for line in lines:
-        if not line.strip():
-            continue  # a blank line gets no output
         while "removed" in records[position]:
             since.pop(records[position]["session"], None)
             position += 1

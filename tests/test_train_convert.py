@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -67,11 +68,43 @@ def test_failed_training_leaves_no_run_directory(tmp_path):
     assert not list(tmp_path.glob(".run.stage-*"))
 
 
-@pytest.mark.parametrize("field, value", [("units", 0), ("epochs", -1), ("learning_rate", 2.0),
-                                          ("gap_minutes", 0.0), ("class_weight", "weird")])
-def test_train_config_refuses_impossible_values(field, value):
-    with pytest.raises((ConfigError, ValueError), match=field if field != "class_weight" else "weird"):
+@pytest.mark.parametrize("field, value, message", [
+    ("units", 0, "--units must be a whole number >= 1, got 0"),
+    ("epochs", -1, "--epochs must be a whole number >= 1, got -1"),
+    ("batch_size", 2.5, "--batch-size must be a whole number >= 1, got 2.5"),
+    ("learning_rate", 2.0, "--learning-rate must be in (0, 1), got 2.0"),
+    ("gap_minutes", 0.0, "--gap-minutes must be > 0, got 0.0"),
+    ("validation", 1.5, "--validation must be a share in (0, 1), got 1.5"),
+    ("test", 0.9, "--validation 0.15 and --test 0.9 leave no training sessions"),
+    ("seed", -1, "--seed must be a whole number in 0..2147483647, got -1"),
+    ("class_weight", "weird", "--class-weight 'weird': expected none or balanced")])
+def test_train_config_refuses_impossible_values_naming_the_option(field, value, message):
+    # Issue 10: messages name options as typed (not `{'epochs': 0}` or `learning_rate=`).
+    with pytest.raises(ConfigError) as caught:
         TrainConfig(data="x", out="y", **{field: value})
+    assert str(caught.value) == message if field != "test" else str(caught.value).startswith(message)
+    assert "{" not in str(caught.value)
+
+
+def test_train_under_a_file_size_limit_is_one_line_and_leaves_no_stage(tmp_path, synthetic_log):
+    """A full disk or a file-size limit while the run is written (here: its first epoch's
+    checkpoint) is one line naming the file; the stage goes, nothing half-written stays."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
+
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "ubp_edge.cli", "train", "--data", str(synthetic_log),
+                           "--out", str(out), "--units", "8", "--epochs", "2", "--max-len", "20"],
+                          capture_output=True, text=True, preexec_fn=limit)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot write (File too large" in errors[0], done.stderr
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
 
 
 def test_artifact_is_one_fused_lstm_with_spec_and_threshold_inside(tiny_run, tiny_artifact):

@@ -24,6 +24,40 @@ class TimeUnit(StrEnum):
     AUTO = "auto"  # numeric: ms when more values fall in 2000..2100 as ms than as s; text: datetime
 
 
+def delimiter_problem(delimiter: object) -> str:
+    """What is wrong with a CSV field separator, or "" when it will do.
+
+    pyarrow and the csv module take one ASCII character; a quote would be read as quoting
+    and a line end as the end of the record. A typed backslash-t is the common slip for tab.
+
+    Args:
+        delimiter: the separator as given (``--delimiter``, or a preset's).
+
+    Returns:
+        The problem, to follow the value in a message (``'ab' is not one character; ...``),
+        or "" for a usable separator.
+    """
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        hint = " (for a tab, pass a real tab: $'\\t' in bash)" if delimiter == "\\t" else ""
+        return f"is not one character; pass one such as ',' ';' '|' or a tab{hint}"
+    if not delimiter.isascii() or (not delimiter.isprintable() and delimiter != "\t"):
+        return "is not a printable ASCII character (or a tab)"
+    if delimiter in "\"\r\n":
+        return "would end or quote fields, not separate them"
+    return ""
+
+
+def check_delimiter(delimiter: object) -> None:
+    """Refuse a ``--delimiter`` the CSV reader cannot use.
+
+    Raises:
+        ConfigError: naming ``--delimiter`` and the value (see `delimiter_problem`).
+    """
+    problem = delimiter_problem(delimiter)
+    if problem:
+        raise ConfigError(f"--delimiter: {delimiter!r} {problem}")
+
+
 @dataclass(frozen=True)
 class FormatPreset:
     """How one log format maps onto canonical events.
@@ -78,6 +112,9 @@ class FormatPreset:
         if bad_events:
             raise ConfigError(f"format {self.name!r}: event values map to {bad_events}; "
                               f"allowed {list(EVENT_TYPES)}")
+        problem = delimiter_problem(self.delimiter)
+        if problem:
+            raise ConfigError(f"format {self.name!r}: delimiter {self.delimiter!r} {problem}")
 
 
 CANONICAL_EVENTS = {name: name for name in EVENT_TYPES}
@@ -164,7 +201,12 @@ def custom_preset(column_map: str | None, event_map: str | None, time_unit: str 
 
     ``time`` is accepted as the canonical ``ts``. ``--events`` maps canonical types to source
     values (``cart=addtocart,purchase=transaction``); unmapped canonical names match themselves.
+
+    Raises:
+        ConfigError: no ``--map``, a pair that is not KEY=VALUE, an event type or time unit
+            not allowed, or a ``--delimiter`` that is not one usable character.
     """
+    check_delimiter(delimiter)
     if not column_map:
         raise ConfigError("--format csv needs --map, e.g. --map user=visitorid,time=timestamp,"
                           "event=event,item=itemid")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_runtime.errors import ConfigError
-from trainer.formats import FORMAT_NAMES, FormatPreset, custom_preset, get_preset
+from trainer.formats import FORMAT_NAMES, FormatPreset, check_delimiter, custom_preset, get_preset
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class EventLogSource:
 
     Raises:
         ConfigError: an unknown format, ``--map``/``--events`` without ``--format csv``, a
-            bad mapping, or a gap that is not a positive number of minutes.
+            bad mapping, a ``--delimiter`` that is not one usable character, or a gap that is
+            not a positive number of minutes.
 
     Example:
         >>> source = EventLogSource(Path("UserBehavior_sample.csv"), format="taobao")
@@ -55,6 +56,9 @@ class EventLogSource:
         object.__setattr__(self, "path", Path(self.path))
         if self.format is not None and self.format not in FORMAT_NAMES:
             raise ConfigError(f"unknown format {self.format!r}; allowed {list(FORMAT_NAMES)}")
+        # Checked whatever the format: a value no CSV reader can use is a typing slip to report,
+        # not a setting to ignore because another format does not read it.
+        check_delimiter(self.delimiter)
         if self.format == "csv":
             preset = custom_preset(self.column_map, self.event_map, self.time_unit, self.delimiter)
         elif self.column_map or self.event_map:
@@ -74,6 +78,7 @@ class EventLogSource:
 
         Raises:
             DataError: the file cannot be read as a log, or a bad row with ``strict``.
+            ConfigError: ``UBP_EDGE_MAX_LOG_BYTES`` (the most text a log may have) is not a size.
         """
         from trainer.readers import read_log
 

@@ -23,7 +23,7 @@ from typing import TextIO
 
 import numpy as np
 
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, RunDirError
 from edge_runtime.scorer import Scorer
 from trainer import dataset
 from trainer.files import atomic_open
@@ -182,17 +182,25 @@ def split_keys(split_manifest: str | os.PathLike, split: str) -> set[str]:
         The digests (`trainer.sessions.key_digests`) of that split's sessions.
 
     Raises:
-        ConfigError: an unknown split, or a split.json without session digests.
+        ConfigError: an unknown split, or a split.json without session digests (another version).
+        RunDirError: split.json missing, unreadable or damaged (not a JSON object, the split or
+            its digests of the wrong type), naming the file.
     """
     from trainer.rundir import read_json
 
-    manifest = read_json(Path(split_manifest))
-    if split not in SPLIT_NAMES or split not in manifest:
+    if split not in SPLIT_NAMES:
         raise ConfigError(f"--split {split!r}: expected {', '.join(SPLIT_NAMES[:-1])} or {SPLIT_NAMES[-1]}")
-    if "session_digests" not in manifest[split]:
-        raise ConfigError(f"{split_manifest}: written by another version (no session digests); "
-                          f"train again")
-    return set(manifest[split]["session_digests"])
+    path = Path(split_manifest)
+    entry = read_json(path).get(split)
+    if not isinstance(entry, dict):
+        raise RunDirError(f"{path}: damaged, no {split} split in it")
+    if "session_digests" not in entry:
+        raise ConfigError(f"{path}: written by another version (no session digests); train again")
+    digests = entry["session_digests"]
+    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+        raise RunDirError(f"{path}: damaged, the {split} split's session_digests are not a list of "
+                          f"digests")
+    return set(digests)
 
 
 def evaluation_report(scored: ScoredLog, threshold: float) -> dict:
@@ -282,10 +290,11 @@ def write_scores_file(scored: ScoredLog, threshold: float, out: str | os.PathLik
 
     Raises:
         ConfigError: ``out`` is neither .jsonl (.json, .ndjson) nor .csv.
+        OutputError: ``out`` cannot be written (a directory, no space left, a file-size
+            limit, permissions); no temporary file is left (`trainer.files.atomic_open`).
     """
     out = Path(out)
     kind = scores_format(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w", newline="") as f:
         write_scores(scored, threshold, f, kind)
     return out

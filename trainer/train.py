@@ -34,11 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.errors import ConfigError, RunDirError
+from edge_runtime.errors import ConfigError, RunDirError, first_line
 from edge_runtime.features import FeatureEncoder
 from trainer import rundir
 from trainer.dataset import aggregate_features, encode_sessions, new_encoder, pad, raw_sessions
-from trainer.files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from trainer.files import (
+    atomic_open,
+    check_outputs,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from trainer.formats import FormatPreset
 from trainer.metrics import (
     METRIC_KEYS,
@@ -86,16 +92,29 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        positive = {"units": self.units, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "max_len": self.max_len, "patience": self.patience}
-        bad = {k: v for k, v in positive.items() if not (isinstance(v, int) and v >= 1)}
-        if bad:
-            raise ConfigError(f"must be whole numbers >= 1: {bad}")
+        problems = [f"{option(k)} must be a whole number >= 1, got {getattr(self, k)!r}"
+                    for k in ("units", "epochs", "batch_size", "max_len", "patience")
+                    if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), int)
+                    or getattr(self, k) < 1]
         if not (0 < self.learning_rate < 1):
-            raise ConfigError(f"learning_rate={self.learning_rate} must be in (0, 1)")
+            problems.append(f"--learning-rate must be in (0, 1), got {self.learning_rate}")
         if not self.gap_minutes > 0:
-            raise ConfigError(f"gap_minutes={self.gap_minutes} must be > 0")
-        object.__setattr__(self, "class_weight", ClassWeight(self.class_weight))
+            problems.append(f"--gap-minutes must be > 0, got {self.gap_minutes}")
+        for k in ("validation", "test"):
+            if not 0 < getattr(self, k) < 1:
+                problems.append(f"{option(k)} must be a share in (0, 1), got {getattr(self, k)}")
+        if 0 < self.validation < 1 and 0 < self.test < 1 and not self.validation + self.test < 1:
+            problems.append(f"--validation {self.validation} and --test {self.test} leave no "
+                            f"training sessions (their sum must be below 1)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"--seed must be a whole number in 0..{MAX_SEED}, got {self.seed!r}")
+        try:
+            object.__setattr__(self, "class_weight", ClassWeight(self.class_weight))
+        except ValueError:
+            problems.append(f"--class-weight {self.class_weight!r}: expected "
+                            f"{' or '.join(c.value for c in ClassWeight)}")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     def to_dict(self) -> dict:
         """The config as config.json stores it."""
@@ -108,6 +127,18 @@ class TrainConfig:
         """A config from config.json; keys this version does not know are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# The largest --seed: NumPy seeds take 32 bits, and a resumed run seeds with seed + epoch.
+MAX_SEED = 2**31 - 1
+# TrainConfig fields whose option is not ``--`` + the field with dashes.
+_OPTIONS = {"use_context": "--context/--no-context"}
+
+
+def option(field_name: str) -> str:
+    """The `ubp-edge train` option of a TrainConfig field, as a user types it
+    (``batch_size`` -> ``--batch-size``), for messages."""
+    return _OPTIONS.get(field_name, "--" + field_name.replace("_", "-"))
 
 
 EpochCallback = Callable[[int, int, dict], None]
@@ -200,11 +231,6 @@ def _save_npz(path: Path, arrays: list[np.ndarray]) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
-def _load_npz(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return [data[f"arr_{i}"] for i in range(len(data.files))]
-
-
 def _compiled_lstm(config: TrainConfig, n_features: int):
     """A fresh LSTM compiled for training (its initial weights draw from the seeded RNG)."""
     import tf_keras as keras
@@ -221,13 +247,29 @@ def _compiled_lstm(config: TrainConfig, n_features: int):
 
 def _restore_checkpoint(model, checkpoint: Path) -> list[np.ndarray]:
     """Load the interrupted run's weights and optimizer state into ``model``; return the
-    best epoch's weights so far."""
-    model.set_weights(_load_npz(checkpoint / "weights.npz"))
-    model.optimizer.build(model.trainable_variables)
-    saved = _load_npz(checkpoint / "optimizer.npz")
-    for variable, value in zip(model.optimizer.variables, saved, strict=True):
-        variable.assign(value)
-    return _load_npz(checkpoint / "best.npz")
+    best epoch's weights so far.
+
+    Raises:
+        RunDirError: a checkpoint file damaged, or of another model shape, naming the file.
+    """
+    files = {name: checkpoint / name for name in ("weights.npz", "optimizer.npz", "best.npz")}
+    saved = {name: _load_checkpoint_file(path) for name, path in files.items()}
+    try:
+        model.set_weights(saved["weights.npz"])
+        model.optimizer.build(model.trainable_variables)
+        for variable, value in zip(model.optimizer.variables, saved["optimizer.npz"], strict=True):
+            variable.assign(value)
+        model.set_weights(saved["best.npz"])  # the shapes are checked here, restored below
+        model.set_weights(saved["weights.npz"])
+    except ValueError as e:  # a shape or a count that does not fit this configuration
+        raise RunDirError(f"{checkpoint}: the checkpoint does not fit this model ({first_line(e)}); "
+                          f"start again without --resume") from None
+    return saved["best.npz"]
+
+
+def _load_checkpoint_file(path: Path) -> list[np.ndarray]:
+    arrays = rundir.read_arrays(path)
+    return [arrays[f"arr_{i}"] for i in range(len(arrays)) if f"arr_{i}" in arrays]
 
 
 def _save_checkpoint(model, checkpoint: Path, state: dict) -> None:
@@ -417,12 +459,14 @@ def _write_run(stage: Path, log: EventLog, data: Prepared, fit: LstmFit, lstm: S
     """Every file of the run directory, into its staging directory; the checkpoint goes."""
     from trainer.model import weights_to_arrays
 
-    # np.savez writes in place: the staging directory is renamed into place whole, and
-    # a --resume rewrites these files.
-    np.savez(stage / rundir.WEIGHTS, **weights_to_arrays(fit.model))
+    # Through the atomic writer like every file, so that a full disk or a file-size limit is
+    # one line naming the file (and a --resume rewrites them whole).
+    with atomic_open(stage / rundir.WEIGHTS, "wb") as f:
+        np.savez(f, **weights_to_arrays(fit.model))
     write_json_atomic(stage / rundir.SPEC, data.encoder.spec().to_dict())
     write_json_atomic(stage / rundir.SPLIT, data.split.manifest(data.sessions))
-    np.savez(stage / rundir.PARITY, **_parity_arrays(data, lstm, seed))
+    with atomic_open(stage / rundir.PARITY, "wb") as f:
+        np.savez(f, **_parity_arrays(data, lstm, seed))
     write_json_atomic(stage / rundir.REPORT_JSON, report)
     write_text_atomic(stage / rundir.REPORT_MD, render_report_md(report))
     log.bad.write(stage / rundir.QUARANTINE)
@@ -454,7 +498,11 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
 
     Raises:
         DataError: the log cannot be read, or has a bad row with ``strict``.
-        RunDirError: ``config.out`` exists and ``overwrite`` is False.
+        RunDirError: ``config.out`` exists and ``overwrite`` is False, is not a run directory,
+            or cannot be created; ``resume`` without an interrupted run or with a damaged one.
+        OutputError: ``config.out`` holds the log, is the current directory (``.``,
+            ``sub/..``) or the root, or a file of the run cannot be written (no space left, a
+            file-size limit); checked before the log is read where it can be.
         ConfigError: impossible settings, or a split without both classes.
 
     Example:
@@ -464,6 +512,9 @@ def train(config: TrainConfig, preset: FormatPreset | None = None,
     """
     stage = on_stage or (lambda _msg: None)
     timings: dict[str, float] = {}
+    # Before anything is read: a run directory that holds the log would delete it when it
+    # is replaced, and `.` or `sub/..` would fail only at the final rename, after training.
+    check_outputs({"--data": config.data}, replaced={"--out": config.out})
     with rundir.staged_run_dir(Path(config.out), config.overwrite, config.resume) as tmp:
         resume_state = _resume_state(tmp, config) if config.resume else None
         if not config.resume:
@@ -496,20 +547,39 @@ RESUME_FREE = ("overwrite", "resume", "strict")
 
 
 def _resume_state(stage: Path, config: TrainConfig) -> dict:
-    """The interrupted run's checkpoint state; ConfigError when it was another configuration."""
+    """The interrupted run's checkpoint state; ConfigError when it was another configuration.
+
+    Raises:
+        RunDirError: no complete checkpoint yet, or a damaged one.
+        ConfigError: settings other than RESUME_FREE differ from the interrupted run's,
+            each named as its option (``--seed 3 -> 4``).
+    """
     try:
-        before = json.loads((stage / rundir.CONFIG).read_text())
-        state = json.loads((stage / CHECKPOINT / "state.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        before = json.loads((stage / rundir.CONFIG).read_bytes())
+        state = json.loads((stage / CHECKPOINT / "state.json").read_bytes())
+    except (OSError, ValueError, RecursionError):
         raise RunDirError(f"{config.out}: the interrupted run has no complete checkpoint yet "
                           f"(killed before its first epoch ended); start it again without --resume") from None
+    if not isinstance(before, dict) or not isinstance(state, dict) or not _valid_state(state):
+        raise RunDirError(f"{config.out}: the interrupted run's checkpoint in {stage} is damaged; "
+                          f"start it again without --resume")
     now = config.to_dict()
-    changed = {k: (before.get(k), v) for k, v in now.items()
-               if k not in RESUME_FREE and before.get(k) != v}
+    changed = [f"{option(k)} {before.get(k)!r} -> {v!r}" for k, v in now.items()
+               if k not in RESUME_FREE and before.get(k) != v]
     if changed:
-        raise ConfigError(f"--resume with other settings than the interrupted run: "
-                          f"{ {k: f'{a!r} -> {b!r}' for k, (a, b) in changed.items()} }")
+        raise ConfigError(f"--resume with other settings than the interrupted run: {', '.join(changed)}")
     return state
+
+
+def _valid_state(state: dict) -> bool:
+    """state.json has what _fit_lstm reads, of the right types."""
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    return (whole(state.get("epoch")) and whole(state.get("best_epoch")) and whole(state.get("wait"))
+            and isinstance(state.get("best_score"), int | float)
+            and isinstance(state.get("history"), dict)
+            and all(isinstance(v, list) for v in state["history"].values()))
 
 
 def _cell(value: float | None) -> str:

@@ -1,9 +1,12 @@
 """What the CLI prints, and what it keeps the libraries from printing.
 
 Every command writes through the two consoles here: ``out`` (stdout: tables, JSON, scores)
-and ``err`` (stderr: progress, warnings, errors, summaries of what was written). Errors a
-person can act on (`UbpEdgeError`) become one red ``error:`` line on stderr and exit code 1
-inside `user_errors`; anything else keeps its traceback, because it is a bug.
+and ``err`` (stderr: progress, warnings, errors, summaries of what was written). `user_errors`
+is each command's error boundary: errors a person can act on (`UbpEdgeError`) become one red
+``error:`` line on stderr and exit code 1, Ctrl-C one line and exit code 130, an optional
+package this install lacks (EXTRAS) the line that says which extra to install; anything else
+keeps its traceback, because it is a bug. `require` checks those packages before a command
+starts its work.
 
 `library_output` is the one switch for the libraries' own output (TensorFlow's C++ logs,
 the TFLite interpreter's native lines, Python warnings, the ``tensorflow``/``absl``/
@@ -27,7 +30,7 @@ from rich.console import Console, RenderableType
 from rich.text import Text
 
 from edge_runtime import native_logs
-from edge_runtime.errors import UbpEdgeError
+from edge_runtime.errors import ConfigError, UbpEdgeError
 from trainer.metrics import METRIC_KEYS, METRICS
 
 out = Console()
@@ -41,18 +44,88 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = tuple((k, METRICS[k].short) for k 
 LIBRARY_LOGGERS = ("tensorflow", "absl", "tf2onnx", "onnx", "onnxruntime", "h5py", "matplotlib")
 
 
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the project's errors into one line on stderr and exit code 1.
+# The optional packages a command may need, by import name: (pip name, the extra that
+# brings it, what it does here). `require` checks them before a command starts its work;
+# `user_errors` turns a missed one into the same line.
+EXTRAS: dict[str, tuple[str, str, str]] = {
+    "pyarrow": ("pyarrow", "data", "reads event logs"),
+    "sklearn": ("scikit-learn", "data", "computes the metrics"),
+    "scipy": ("scipy", "data", "computes rank correlations (scikit-learn brings it)"),
+    "matplotlib": ("matplotlib", "data", "draws the report's plots"),
+    "tensorflow": ("tensorflow-cpu", "train", "trains and converts the model"),
+    "tf_keras": ("tf-keras", "train", "builds the LSTM"),
+}
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command stopped with Ctrl-C
+
+
+def missing_extra(module: str, what: str) -> str:
+    """The line for a command that needs an optional package this install lacks.
+
+    Args:
+        module: the import name (a key of EXTRAS, or a dotted name under one).
+        what: the command as typed (``ubp-edge score``), or a longer phrase naming the option.
+
+    Returns:
+        ``WHAT needs PACKAGE (what it does), which is not installed: pip install 'ubp-edge[EXTRA]'``
+        (tf-keras, which the Makefile installs with --no-deps, says so).
+    """
+    package, extra, does = EXTRAS[module.split(".")[0]]
+    how = f"pip install 'ubp-edge[{extra}]'"
+    if package == "tf-keras":
+        how += " and pip install --no-deps tf-keras==2.21.0 (as `make install` does)"
+    return f"{what} needs {package} ({does}), which is not installed: {how}"
+
+
+def require(what: str, *modules: str) -> None:
+    """Refuse a command, before it reads or trains anything, when an optional package it
+    needs is not installed (`pip install .` is the runtime alone).
+
+    Args:
+        what: the command as typed, for the message (``ubp-edge compare --report``).
+        modules: import names, keys of EXTRAS.
 
     Raises:
-        typer.Exit: code 1, after printing ``error: <message>``, for any `UbpEdgeError`.
+        ConfigError: the first module that cannot be found, with the install line.
+    """
+    from importlib.util import find_spec
+
+    for module in modules:
+        try:
+            found = find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a None in sys.modules
+            found = False
+        if not found:
+            raise ConfigError(missing_extra(module, what))
+
+
+@contextmanager
+def user_errors(interrupted: str | Callable[[], str] = "interrupted") -> Iterator[None]:
+    """The error boundary of a command: the project's errors become one line on stderr and
+    exit code 1; Ctrl-C becomes one line and exit code 130; an optional package that is
+    missing becomes the line that says how to install it. Anything else keeps its traceback.
+
+    Args:
+        interrupted: the line printed on Ctrl-C, or a function that says it then (a command
+            that keeps state for later says what and where, e.g. `train`'s ``--resume``).
+
+    Raises:
+        typer.Exit: code 1 after ``error: <message>`` for a `UbpEdgeError` or a missing optional
+            package (EXTRAS); code 130 after ``interrupted`` for KeyboardInterrupt.
     """
     try:
         yield
     except UbpEdgeError as e:
         print_error(str(e))
         raise typer.Exit(1) from None
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in EXTRAS:
+            raise  # a module of the project or a base dependency: a broken install is a bug
+        print_error(missing_extra(e.name, "this command"))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        line = interrupted if isinstance(interrupted, str) else interrupted()
+        err.print(Text(line, style="yellow"), soft_wrap=True)
+        raise typer.Exit(INTERRUPTED_EXIT) from None
 
 
 def print_error(message: str) -> None:

@@ -77,3 +77,22 @@ def log_source(path: Path, format: str | None = None, column_map: str | None = N
     return EventLogSource(path, format=format, column_map=column_map, event_map=event_map,
                           time_unit=time_unit, delimiter=delimiter, strict=strict,
                           gap_minutes=gap_minutes)
+
+
+def log_inputs(source: EventLogSource) -> list[Path]:
+    """The files reading ``source`` may touch: the log, and the files a format reads beside
+    it (DIGINETICA's ``train-purchases.csv`` and ``product-categories.csv``), for the output
+    guard (`trainer.files.check_outputs`). With the format left to detection, the companion
+    files of every preset that has them count where they exist.
+
+    Args:
+        source: the log and how to read it.
+
+    Returns:
+        The log's path first, then the companion files.
+    """
+    presets = [source.preset] if source.preset is not None else list(PRESETS.values())
+    companions = {source.path.with_name(name) for preset in presets
+                  for key, name in preset.extra.items() if key.endswith("_file")}
+    return [source.path, *sorted(p for p in companions
+                                 if source.preset is not None or p.exists())]

@@ -14,8 +14,17 @@ import typer
 from rich import box
 from rich.table import Table
 
-from ubp_edge.console import err, print_json, print_wide, spinner, user_errors
-from ubp_edge.options import DelimiterOpt, EventsOpt, FormatOpt, JsonOpt, MapOpt, TimeUnitOpt, log_source
+from ubp_edge.console import err, print_json, print_wide, require, spinner, user_errors
+from ubp_edge.options import (
+    DelimiterOpt,
+    EventsOpt,
+    FormatOpt,
+    JsonOpt,
+    MapOpt,
+    TimeUnitOpt,
+    log_inputs,
+    log_source,
+)
 
 
 def benchmark(
@@ -38,13 +47,28 @@ def benchmark(
     """Measure every artifact on this machine: size, cold start, latency per session and per
     event, throughput, memory; one thread unless told otherwise."""
     with user_errors():
+        from edge_runtime.errors import ConfigError
+        from trainer.files import check_outputs
+
+        # The replayed and the embedded sessions both go through the log readers.
+        require("ubp-edge benchmark", "pyarrow")
+        if report is not None:
+            require("ubp-edge benchmark --report", "matplotlib")
         from benchmarks.measure import Effort
-        from benchmarks.report import terminal_table, write_report
+        from benchmarks.report import report_files, terminal_table, write_report
         from benchmarks.suite import BenchmarkRequest, run_benchmark
 
+        bad = [f"{name} must be >= 1, got {value}" for name, value in
+               (("--threads", threads), ("--runs", runs), ("--live-sessions", live_sessions)) if value < 1]
+        if bad:
+            raise ConfigError("; ".join(bad))
         # --format and its mapping describe --data; without a log they have nothing to read.
         source = (log_source(data, format, column_map, event_map, time_unit, delimiter)
                   if data is not None else None)
+        targets = sorted(target.glob("model-*.tflite")) if target.is_dir() else [target]
+        check_outputs({"--data": log_inputs(source) if source is not None else None, "TARGET": targets},
+                      {"--report": report_files(report) if report is not None else None},
+                      folders={"--report": report})
         effort = Effort(threads=threads, min_runs=runs, live_sessions=live_sessions)
         request = BenchmarkRequest(target=target, source=source, peers=peers, effort=effort)
         with spinner() as say:

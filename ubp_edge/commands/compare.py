@@ -11,7 +11,16 @@ from rich.table import Table
 from rich.text import Text
 
 from converters.compare import REFERENCE, SPLITS
-from ubp_edge.console import bad_rows_line, err, out, print_json, print_wide, user_errors, warn
+from ubp_edge.console import (
+    bad_rows_line,
+    err,
+    out,
+    print_json,
+    print_wide,
+    require,
+    user_errors,
+    warn,
+)
 from ubp_edge.options import (
     BackendOpt,
     DelimiterOpt,
@@ -20,6 +29,7 @@ from ubp_edge.options import (
     JsonOpt,
     MapOpt,
     TimeUnitOpt,
+    log_inputs,
     log_source,
 )
 
@@ -52,9 +62,18 @@ def compare(
     Example: ubp-edge compare runs/taobao --data UserBehavior_sample.csv --format taobao --report out/
     """
     with user_errors():
-        from converters.compare import gate, run_comparison
+        from trainer.files import check_outputs
+
+        require("ubp-edge compare", "pyarrow", "sklearn", "scipy")
+        if report is not None:
+            require("ubp-edge compare --report", "matplotlib")
+        from converters.compare import compare_inputs, gate, run_comparison
+        from converters.compare_report import report_files
 
         source = log_source(data, format, column_map, event_map, time_unit, delimiter)
+        check_outputs({"--data": log_inputs(source), "RUN_DIR": compare_inputs(run_dir)},
+                      {"--report": report_files(report) if report is not None else None},
+                      folders={"--report": report})
         comparison = run_comparison(run_dir, source, split, backend)
         result = comparison.to_dict()
         written = None

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from converters.compare import REFERENCE, REFERENCE_GRAPH
 from converters.precisions import GRAPHS, PRECISIONS
-from ubp_edge.console import out, print_error, print_json, user_errors
+from ubp_edge.console import out, print_error, print_json, require, user_errors
 from ubp_edge.options import JsonOpt, one_of
 
 PRECISION_HELP = f"Comma-separated, of {', '.join(PRECISIONS)} (default: all; see below)."
@@ -39,7 +39,9 @@ def convert(
     as_json: JsonOpt = False,
 ) -> None:
     """Write validated TFLite artifacts (spec, threshold and provenance inside) into the run directory."""
-    with user_errors():
+    # Ctrl-C: the artifacts written so far are complete (each is written atomically).
+    with user_errors(interrupted="interrupted; the artifacts written so far are complete"):
+        require("ubp-edge convert", "sklearn", "tensorflow", "tf_keras")
         from converters.tflite import ConvertConfig, auto_convert, convert_run
         from edge_runtime.errors import ConfigError
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from trainer.formats import CUSTOM_DESCRIPTION, CUSTOM_FORMAT, PRESETS
-from ubp_edge.console import bad_rows_line, out, print_json, user_errors
+from ubp_edge.console import bad_rows_line, out, print_json, require, user_errors
 from ubp_edge.options import (
     DelimiterOpt,
     EventsOpt,
@@ -23,6 +23,7 @@ from ubp_edge.options import (
     QuarantineOpt,
     StrictOpt,
     TimeUnitOpt,
+    log_inputs,
     log_source,
 )
 
@@ -39,10 +40,14 @@ def inspect(
 ) -> None:
     """Rows, bad rows by reason, users, sessions, purchases, time span and event mix of a log."""
     with user_errors():
+        from trainer.files import check_outputs
+
+        require("ubp-edge data inspect", "pyarrow")
         from trainer.summary import summarize_log
 
         source = log_source(path, format, column_map, event_map, time_unit, delimiter, strict,
                             gap_minutes)
+        check_outputs({"the log": log_inputs(source)}, {"--quarantine": quarantine})
         started = time.perf_counter()
         summary, log = summarize_log(source)
         summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -74,8 +79,16 @@ def generate(
 ) -> None:
     """Write the embedded demo log: seeded synthetic sessions with a realistic funnel."""
     with user_errors():
+        from edge_runtime.errors import ConfigError
+        from trainer.files import check_outputs
         from trainer.synthetic import generate_events, write_canonical_csv
 
+        bad = [f"{name} must be a whole number >= {low}, got {value}"
+               for name, value, low in (("--users", users, 1), ("--days", days, 1), ("--seed", seed, 0))
+               if value < low]
+        if bad:
+            raise ConfigError("; ".join(bad))
+        check_outputs({}, {"": out_path})
         rows = write_canonical_csv(generate_events(n_users=users, days=days, seed=seed), out_path)
         out.print(f"wrote {rows:,} events of {users} synthetic users over {days} days to {out_path}")
 

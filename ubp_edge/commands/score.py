@@ -22,6 +22,7 @@ from ubp_edge.console import (
     metric_cells,
     out,
     print_json,
+    require,
     user_errors,
     warn,
 )
@@ -38,8 +39,12 @@ from ubp_edge.options import (
     QuarantineOpt,
     StrictOpt,
     TimeUnitOpt,
+    log_inputs,
     log_source,
 )
+
+# Where `score --out FILE` puts the log's bad rows: FILE + this.
+QUARANTINE_SUFFIX = ".quarantine.jsonl"
 
 
 def score(
@@ -55,13 +60,20 @@ def score(
 ) -> None:
     """Score every session of a log on the edge runtime (no TensorFlow): one line per session."""
     with user_errors():
+        from trainer.files import check_outputs
+
+        require("ubp-edge score", "pyarrow")
         from edge_runtime.scorer import Scorer
         from trainer.scoring import score_log, scores_format, write_scores, write_scores_file
 
         source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict,
                             gap_minutes)
+        quarantine = None
         if out_file is not None:
             scores_format(out_file)  # a wrong suffix is refused before the log is read
+            quarantine = out_file.with_name(out_file.name + QUARANTINE_SUFFIX)
+        check_outputs({"--data": log_inputs(source), "--model": model},
+                      {"--out": out_file, "--out's bad rows": quarantine})
         scorer = Scorer.load(model, backend=backend)
         started = time.perf_counter()
         scored = score_log(scorer, source)
@@ -70,14 +82,14 @@ def score(
             warn(w)
         if out_file is None:
             write_scores(scored, scorer.threshold, sys.stdout)
-            quarantine = None
+            written = None
         else:
             write_scores_file(scored, scorer.threshold, out_file)
-            quarantine = scored.log.bad.write(out_file.with_name(out_file.name + ".quarantine.jsonl"))
+            written = scored.log.bad.write(quarantine)
         err.print(f"scored {len(scored.index):,} sessions ({len(scored.sessions) - len(scored.index):,} "
                   f"with nothing before their first purchase) in {seconds:.2f} s with "
                   f"{scorer.backend}" + (f" -> {out_file}" if out_file else ""), soft_wrap=True)
-        err.print(bad_rows_line(scored.log.bad.summary(), quarantine))
+        err.print(bad_rows_line(scored.log.bad.summary(), written))
 
 
 def evaluate(
@@ -96,6 +108,9 @@ def evaluate(
     """Metrics of an artifact on a log's labelled sessions, scored through the edge runtime."""
     with user_errors():
         from edge_runtime.errors import ConfigError
+        from trainer.files import check_outputs
+
+        require("ubp-edge evaluate", "pyarrow", "sklearn", "scipy")
         from edge_runtime.scorer import Scorer
         from trainer.rundir import SPLIT
         from trainer.scoring import evaluation_report, score_log, split_keys
@@ -104,7 +119,10 @@ def evaluate(
                             gap_minutes)
         if (split is None) != (run_dir is None):
             raise ConfigError("--split and --run-dir go together, e.g. --split test --run-dir runs/taobao")
-        keys = split_keys(run_dir / SPLIT, split) if split else None
+        manifest = run_dir / SPLIT if run_dir is not None else None
+        check_outputs({"--data": log_inputs(source), "the artifact": model, "--run-dir": manifest},
+                      {"--quarantine": quarantine})
+        keys = split_keys(manifest, split) if split else None
         scorer = Scorer.load(model, backend=backend)
         scored = score_log(scorer, source, only_keys=keys)
         report = evaluation_report(scored, scorer.threshold)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from edge_runtime.errors import UbpEdgeError
 from ubp_edge.console import err, out, print_json, user_errors
 from ubp_edge.options import BackendOpt, JsonOpt, ModelOpt
+
+if TYPE_CHECKING:
+    from edge_runtime.serve import LongLine
 
 DOCTOR_COLUMNS = ("backend", "version", "loads", "scores", "live", "p")
 
@@ -30,23 +36,72 @@ def serve(
     Input lines: {"session": KEY, "ts": ..., "event": "view|cart|fav|purchase", "item": ...,
     ["category", "price", "context"]}. Output: the updated probability per event, an error line
     for a malformed one (the stream goes on), and a line when a session is evicted or times out.
+    The stream ends when stdin does, or stdout is closed (exit 0), or on Ctrl-C (exit 130); a
+    summary goes to stderr each time.
     """
     with user_errors():
+        from edge_runtime.live import SessionStore, check_limits
         from edge_runtime.scorer import Scorer
-        from edge_runtime.serve import serve_lines
+        from edge_runtime.serve import serve_store
 
-        scorer = Scorer.load(model, backend=backend)
+        # Checked before the model loads, under the names the user typed.
+        check_limits(max_sessions, idle_timeout, names=("--max-sessions", "--idle-timeout"))
+        store, code = None, 0
+        try:
+            scorer = Scorer.load(model, backend=backend)
+            store = SessionStore(scorer, max_sessions=max_sessions, idle_timeout=idle_timeout)
+            serve_store(store, _stdin_lines(), _emit)
+        except KeyboardInterrupt:
+            code = 130  # Ctrl-C: the summary, then the shell's code for SIGINT
+        except BrokenPipeError:
+            _drop_stdout()  # the reader has gone: end quietly
+        finally:  # also before the error line when the model fails mid-stream
+            if store is not None:
+                stats = store.stats
+                err.print(f"served {stats.pushed:,} events in {stats.started:,} sessions; "
+                          f"{stats.rejected:,} lines rejected, {stats.evicted_lru:,} sessions "
+                          f"evicted (LRU), {stats.expired_idle:,} timed out; {len(store):,} still "
+                          f"open", soft_wrap=True)
+        if code:
+            raise typer.Exit(code)
 
-        def emit(line: str) -> None:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
 
-        store = serve_lines(scorer, sys.stdin, emit, max_sessions=max_sessions,
-                            idle_timeout=idle_timeout)
-        stats = store.stats
-        err.print(f"served {stats.pushed:,} events in {stats.started:,} sessions; "
-                  f"{stats.rejected:,} lines rejected, {stats.evicted_lru:,} sessions evicted (LRU), "
-                  f"{stats.expired_idle:,} timed out; {len(store):,} still open", soft_wrap=True)
+def _emit(line: str) -> None:
+    """One output line of `serve`, flushed: the client waits for it.
+
+    Raises:
+        BrokenPipeError: the reader has gone (the stream ends quietly).
+        UbpEdgeError: stdout fails otherwise (a full disk, a file-size limit).
+    """
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        _drop_stdout()  # what is still buffered could only fail again at exit
+        raise UbpEdgeError(f"stdout: cannot write ({e.strerror or e})") from None
+
+
+def _stdin_lines() -> Iterator[bytes | LongLine]:
+    """`read_lines` of stdin; UbpEdgeError when stdin cannot be read (e.g. a directory)."""
+    from edge_runtime.serve import read_lines
+
+    try:
+        yield from read_lines(sys.stdin.buffer)
+    except OSError as e:
+        raise UbpEdgeError(f"stdin: cannot read ({e.strerror or e})") from None
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone, so that the flush at exit does not
+    fail again (Python would print "Exception ignored ... BrokenPipeError")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor: nothing to flush
+        pass
 
 
 def doctor(

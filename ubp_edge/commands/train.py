@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ubp_edge.console import METRIC_COLUMNS, bad_rows_line, err, metric_cells, out, user_errors
+from ubp_edge.console import (
+    METRIC_COLUMNS,
+    bad_rows_line,
+    err,
+    metric_cells,
+    out,
+    require,
+    user_errors,
+)
 from ubp_edge.options import (
     DelimiterOpt,
     EventsOpt,
@@ -17,6 +25,7 @@ from ubp_edge.options import (
     MapOpt,
     StrictOpt,
     TimeUnitOpt,
+    log_inputs,
     log_source,
 )
 
@@ -46,26 +55,29 @@ def train(
         help="Continue an interrupted run (killed or Ctrl-C) from its last epoch.")] = False,
 ) -> None:
     """Train the LSTM and a logistic-regression baseline; write a run directory with the report."""
-    with user_errors():
+    # Ctrl-C keeps the staged run (trainer.rundir.staged_run_dir): say how to continue it.
+    with user_errors(interrupted=lambda: interrupted_line(out_dir)):
+        from trainer.files import check_outputs
+        from trainer.rundir import check_target
+
+        require("ubp-edge train", "pyarrow", "sklearn", "tensorflow", "tf_keras")
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from edge_runtime.errors import ConfigError
         from trainer.train import TrainConfig
         from trainer.train import train as run_training
 
-        try:
-            config = TrainConfig(data=str(data), out=str(out_dir), format=format, units=units,
-                                 epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                 max_len=max_len, gap_minutes=gap_minutes, validation=validation,
-                                 test=test, class_weight=class_weight, patience=patience,
-                                 use_context=context, seed=seed, strict=strict, overwrite=overwrite,
-                                 resume=resume)
-        except ValueError as e:  # an unknown enum value
-            raise ConfigError(f"--class-weight: {e}") from None
+        config = TrainConfig(data=str(data), out=str(out_dir), format=format, units=units,
+                             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                             max_len=max_len, gap_minutes=gap_minutes, validation=validation,
+                             test=test, class_weight=class_weight, patience=patience,
+                             use_context=context, seed=seed, strict=strict, overwrite=overwrite,
+                             resume=resume)
         # TrainConfig carries the log's path, format, gap and strictness into config.json;
         # the source checks the --format csv mapping and resolves the preset.
         source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict,
                             gap_minutes)
+        check_outputs({"--data": log_inputs(source)}, replaced={"--out": out_dir})
+        check_target(out_dir, overwrite, resume)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                       TimeElapsedColumn(), console=err, transient=False) as progress:
             task = progress.add_task("starting", total=epochs, info="")
@@ -81,6 +93,25 @@ def train(
             report = run_training(config, preset=source.preset, on_stage=on_stage, on_epoch=on_epoch)
             progress.update(task, description="done")
         render_report(report, out_dir)
+
+
+def interrupted_line(out_dir: Path) -> str:
+    """What `train` says on Ctrl-C: whether a checkpoint was kept for ``--resume``, and where.
+
+    Args:
+        out_dir: the run directory as typed (``--out``).
+
+    Returns:
+        One line.
+    """
+    from trainer.rundir import stage_dir
+    from trainer.train import CHECKPOINT
+
+    stage = stage_dir(out_dir)
+    if (stage / CHECKPOINT / "state.json").is_file():
+        return (f"interrupted; the last complete epoch is kept in {stage}: run the same command "
+                f"with --resume to continue")
+    return "interrupted before the first epoch ended; nothing to resume"
 
 
 def render_report(report: dict, out_dir: Path) -> None:
