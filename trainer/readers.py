@@ -310,14 +310,21 @@ def _read_fifo(p: Path, limit: int, explicit: bool) -> bytes:
             raise DataError(f"{p}: a named pipe (FIFO) with no writer; start the program that "
                             f"writes to it first (e.g. `cat log.csv > {p} &`), or pass the file")
         os.set_blocking(fd, True)
-        chunks, total = [first or b""], len(first or b"")
-        while total <= limit and (chunk := f.read(CHUNK_BYTES)):
-            total += len(chunk)
-            chunks.append(chunk)
-    if total > limit:
+        data = _read_on(f, first or b"", limit)
+    if len(data) > limit:
         raise DataError(f"{p}: more than {limit:,} bytes from the pipe, {_limit_note(explicit)}; "
                         f"split the log")
-    return b"".join(chunks)
+    return data
+
+
+def _read_on(stream, first: bytes, limit: int) -> bytes:
+    """``first`` and what ``stream`` holds after it, read in CHUNK_BYTES pieces until it ends
+    or the total passes ``limit`` (so a caller can tell "over the limit" by the length)."""
+    chunks, total = [first], len(first)
+    while total <= limit and (chunk := stream.read(CHUNK_BYTES)):
+        total += len(chunk)
+        chunks.append(chunk)
+    return b"".join(chunks) if len(chunks) > 1 else first
 
 
 def _read_text(p: Path, source, size: int, limit: int, explicit: bool) -> bytes:
@@ -332,11 +339,7 @@ def _read_text(p: Path, source, size: int, limit: int, explicit: bool) -> bytes:
         want = min(size, limit) + 1
         data = source.read(want)
         if len(data) == want:
-            chunks, total = [data], len(data)
-            while total <= limit and (chunk := source.read(CHUNK_BYTES)):
-                total += len(chunk)
-                chunks.append(chunk)
-            data = b"".join(chunks)
+            data = _read_on(source, data, limit)
         if len(data) > limit:
             raise DataError(f"{p}: more than {limit:,} bytes, {_limit_note(explicit)}; split the log")
         _refuse_non_text(p, data[:FIRST_BLOCK])
@@ -345,19 +348,17 @@ def _read_text(p: Path, source, size: int, limit: int, explicit: bool) -> bytes:
         with gzip.GzipFile(fileobj=source) as stream:
             first = stream.read(FIRST_BLOCK)
             _refuse_non_text(p, first)
-            # A UTF-8 byte-order mark is not part of the first column's name.
-            chunks, total = [first[3:] if first.startswith(b"\xef\xbb\xbf") else first], len(first)
-            while total <= limit and (chunk := stream.read(CHUNK_BYTES)):
-                total += len(chunk)
-                chunks.append(chunk)
-            if total > limit:
+            # A UTF-8 byte-order mark is not part of the first column's name (the limit counts it).
+            bom = 3 if first.startswith(b"\xef\xbb\xbf") else 0
+            data = _read_on(stream, first[bom:], limit - bom)
+            if len(data) > limit - bom:
                 raise DataError(f"{p}: expands to more than {limit:,} bytes when decompressed "
                                 f"(a gzip bomb?), {_limit_note(explicit)}")
     except EOFError:
         raise DataError(f"{p}: compressed stream ends early (truncated gzip)") from None
     except (gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{p}: corrupted gzip stream ({e})") from None
-    return b"".join(chunks)
+    return data
 
 
 def _refuse_non_text(p: Path, first: bytes) -> None:
