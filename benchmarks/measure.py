@@ -70,7 +70,8 @@ class Effort:
                                  ("live_sessions", self.live_sessions),
                                  ("live_events", self.live_events)) if v < (0 if k == "warmup" else 1)}
         if bad:
-            raise ConfigError(f"benchmark settings must be positive: {bad}")
+            raise ConfigError("benchmark settings must be positive: "
+                              + ", ".join(f"{k} {v!r}" for k, v in bad.items()))
 
 
 @dataclass(frozen=True)

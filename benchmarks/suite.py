@@ -69,7 +69,7 @@ class BenchmarkRequest:
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", Path(self.target))
         if self.replay_limit < 1:
-            raise ConfigError(f"benchmark settings must be positive: {dict(replay_limit=self.replay_limit)}")
+            raise ConfigError(f"benchmark settings must be positive: replay_limit {self.replay_limit!r}")
 
 
 @dataclass(frozen=True)
