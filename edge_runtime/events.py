@@ -133,14 +133,7 @@ def check_time(ts: object) -> float:
         ConfigError: a boolean, not a number, not finite, or outside MIN_TS..MAX_TS
             (2000-01-01..2100-01-01 UTC); a value that reads as milliseconds says so.
     """
-    if isinstance(ts, (bool, np.bool_)):
-        raise ConfigError(f"ts {ts!r} is a boolean, not Unix seconds")
-    try:
-        value = float(ts)
-    except (TypeError, ValueError):
-        raise ConfigError(f"ts {shown(ts)} is not a number") from None
-    except OverflowError:  # an integer of hundreds of digits
-        raise ConfigError(f"ts {shown(ts)} is not a finite number") from None
+    value = _number(ts, "ts", "Unix seconds")
     if MIN_TS <= value <= MAX_TS:
         return value
     if not math.isfinite(value):
@@ -183,15 +176,21 @@ def _id(value: object, field: str) -> str | None:
     raise ConfigError(f"{field} {value!r} is empty")
 
 
-def _price(price: object) -> float:
-    if isinstance(price, (bool, np.bool_)):
-        raise ConfigError(f"price {price!r} is a boolean, not a number")
+def _number(value: object, field: str, unit: str) -> float:
+    """``value`` as a float; ConfigError for a boolean, a non-number or an integer too large
+    for a float (hundreds of digits), naming ``field``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{field} {value!r} is a boolean, not {unit}")
     try:
-        value = float(price)
+        return float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"price {shown(price)} is not a number") from None
+        raise ConfigError(f"{field} {shown(value)} is not a number") from None
     except OverflowError:  # an integer of hundreds of digits
-        raise ConfigError(f"price {shown(price)} is not a finite number") from None
+        raise ConfigError(f"{field} {shown(value)} is not a finite number") from None
+
+
+def _price(price: object) -> float:
+    value = _number(price, "price", "a number")
     if MIN_PRICE <= value < math.inf or value != value:  # NaN: numpy's "no value"
         return value
     raise ConfigError(f"price {shown(price)} is not a finite number >= {MIN_PRICE:g}")

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edge_runtime.errors import UbpEdgeError
-from ubp_edge.console import err, out, print_json, user_errors
+from ubp_edge.console import INTERRUPTED_EXIT, err, out, print_json, user_errors
 from ubp_edge.options import BackendOpt, JsonOpt, ModelOpt
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def serve(
             store = SessionStore(scorer, max_sessions=max_sessions, idle_timeout=idle_timeout)
             serve_store(store, _stdin_lines(), _emit)
         except KeyboardInterrupt:
-            code = 130  # Ctrl-C: the summary, then the shell's code for SIGINT
+            code = INTERRUPTED_EXIT  # Ctrl-C: the summary, then the shell's code for SIGINT
         except BrokenPipeError:
             _drop_stdout()  # the reader has gone: end quietly
         finally:  # also before the error line when the model fails mid-stream
