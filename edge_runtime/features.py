@@ -238,11 +238,27 @@ class FeatureEncoder:
         raw_rows = np.asarray(raw_rows, np.float64)
         if raw_rows.ndim != 2 or raw_rows.shape[1] != len(self.features) or len(raw_rows) == 0:
             raise ConfigError(f"fit needs (N>0, {len(self.features)}) raw rows, got {raw_rows.shape}")
-        self.mean_ = raw_rows.mean(axis=0)
-        std = raw_rows.std(axis=0)
+        return self.set_normalisation(raw_rows.mean(axis=0), raw_rows.std(axis=0))
+
+    def set_normalisation(self, mean: np.ndarray, std: np.ndarray) -> FeatureEncoder:
+        """Set the normalisation from per-feature mean and standard deviation computed
+        elsewhere (the trainer sums training rows exactly: trainer.moments).
+
+        Returns:
+            self, with ``mean_`` and ``scale_`` set.
+        """
+        mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        if mean.shape != (len(self.features),) or std.shape != (len(self.features),):
+            raise ConfigError(f"normalisation needs {len(self.features)} means and deviations, got "
+                              f"{mean.shape} and {std.shape}")
+        self.mean_ = mean
         # A constant feature (e.g. is_purchase, never in a prefix) keeps scale 1, not 0.
         self.scale_ = np.where(std > 1e-12, std, 1.0)
         return self
+
+    def normalise(self, raw_rows: np.ndarray) -> np.ndarray:
+        """Raw rows (from `raw_batch`) -> the model's float32 input, with the fitted spec."""
+        return self._normalise(raw_rows)
 
     # ------------------------------------------------------------------ shared core
     def _transform(self, event: np.ndarray, dt: np.ndarray, ts: np.ndarray, position: np.ndarray,

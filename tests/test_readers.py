@@ -69,7 +69,10 @@ def test_rees46_head_counts_and_cut_off_last_line():
     assert len(log) == 17_434
     assert event_mix(log) == {"view": 17_055, "cart": 165, "fav": 0, "purchase": 214}
     sessions = sessionize(log)
-    assert len(sessions) == 5_066
+    # 5,066 user_session values; one of them holds events of two user ids, and a session
+    # never joins two people: it is two sessions, keyed SESSION@USER.
+    assert len(sessions) == 5_067
+    assert sum("@" in k for k in sessions.key) == 2
     assert int(sessions.label.sum()) == 200
     # The last physical line is cut off mid-row: exactly one bad row, on that line.
     assert log.bad.total == 1

@@ -582,3 +582,67 @@ def test_taobao_time_split_every_scorable_session_once(taobao_sessions):
     n = len(joined)
     assert math.isclose(len(sp.test) / n, 0.15, abs_tol=1 / n)
     assert math.isclose(len(sp.validation) / n, 0.15, abs_tol=1 / n)
+
+
+def _reference_user_history(sessions: Sessions) -> np.ndarray:
+    """The per-session loop user_history was before it was vectorised: the definition."""
+    from edge_runtime.events import CART, PURCHASE
+    from edge_runtime.features import CONTEXT_FIELDS
+
+    log = sessions.log
+    out = np.zeros((len(sessions), len(CONTEXT_FIELDS)), np.float64)
+    session_order = np.lexsort((np.arange(len(sessions)), sessions.start, sessions.user_code))
+    event_order = np.lexsort((np.arange(len(log)), log.ts, log.user.codes))
+    users = log.user.codes[event_order]
+    bounds = np.searchsorted(users, sessions.user_code[session_order], side="left")
+    ends = np.searchsorted(users, sessions.user_code[session_order], side="right")
+    current_user, seen, purchases, open_cart, earlier = -1, 0, 0, set(), 0
+    for k, s in enumerate(session_order):
+        user = int(sessions.user_code[s])
+        if user != current_user:
+            current_user, seen, purchases, open_cart, earlier = user, int(bounds[k]), 0, set(), 0
+            first_of_user = k
+        start = sessions.start[s]
+        while seen < ends[k] and log.ts[event_order[seen]] < start:
+            e = event_order[seen]
+            if log.event[e] == CART:
+                open_cart.add(int(log.item.codes[e]))
+            elif log.event[e] == PURCHASE:
+                purchases += 1
+                open_cart.discard(int(log.item.codes[e]))
+            seen += 1
+        while earlier < k - first_of_user and \
+                sessions.start[session_order[first_of_user + earlier]] < start:
+            earlier += 1
+        out[s] = (earlier, purchases, len(open_cart))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_user_history_equals_the_per_session_loop(tmp_path, seed):
+    """Random logs with ties in time, overlapping log sessions, carts bought and re-carted."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    with_sessions = seed % 2 == 1
+    rows = ["user,session,ts,event,item" if with_sessions else "user,ts,event,item"]
+    for _ in range(n):
+        user, item = f"u{rng.integers(6)}", f"i{rng.integers(5)}"
+        ts = 1_700_000_000 + int(rng.integers(0, 40)) * 600  # many equal times
+        event = rng.choice(["view", "cart", "purchase", "fav"], p=[0.5, 0.25, 0.15, 0.1])
+        rows.append(f"{user},s{rng.integers(12)},{ts},{event},{item}" if with_sessions
+                    else f"{user},{ts},{event},{item}")
+    path = tmp_path / "log.csv"
+    path.write_text("\n".join(rows) + "\n")
+    sessions = sessionize(read_log(path, "canonical"), gap_minutes=15)
+    np.testing.assert_array_equal(user_history(sessions), _reference_user_history(sessions))
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("path, fmt", [("taobao/UserBehavior_sample.csv", "taobao"),
+                                       ("rees46/2019-Oct_head.csv", "rees46")])
+def test_vectorised_user_history_equals_the_loop_on_real_logs(path, fmt):
+    full = Path(__file__).resolve().parents[2] / "shared" / "data" / path
+    if not full.exists():
+        pytest.skip(f"{full} absent")
+    sessions = sessionize(read_log(full, fmt))
+    np.testing.assert_array_equal(sessions.context, _reference_user_history(sessions))

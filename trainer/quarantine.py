@@ -82,6 +82,17 @@ class BadRows:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path, "w") as f:
-            for row in sorted(self.rows, key=lambda r: (r["line"] is None, r["line"] or 0)):
-                f.write(json.dumps(row, ensure_ascii=False).translate(LINE_BREAKS) + "\n")
+            f.writelines(self.lines())
         return path
+
+    def lines(self) -> list[str]:
+        """The bad rows as quarantine lines (JSON, one per row), in line order."""
+        return [json.dumps(row, ensure_ascii=False).translate(LINE_BREAKS) + "\n"
+                for row in sorted(self.rows, key=lambda r: (r["line"] is None, r["line"] or 0))]
+
+    def shift_lines(self, offset: int) -> None:
+        """Add ``offset`` to every row's line: the rows of a block read on its own take the
+        lines they have in the whole file."""
+        for row in self.rows:
+            if row["line"] is not None:
+                row["line"] += offset

@@ -33,7 +33,7 @@ import stat
 import sys
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -1260,3 +1260,117 @@ def _concat(a: EventLog, b: EventLog, b_rows: np.ndarray) -> EventLog:
         line=np.concatenate([a.line, -b.line[b_rows]]),  # negative: a line of the purchases file
         rows_read=a.rows_read + len(b_rows), bad=a.bad,
         utc_offset_hours=a.utc_offset_hours, has_user_ids=a.has_user_ids)
+
+
+# --------------------------------------------------------------------------- streaming (prepare)
+# `trainer.prepare.blocks` reads a log larger than memory block by block through these: the
+# same file checks, parsers and value rules as `read_log`, on a piece of the text at a time.
+
+def stream_text(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The text of a log (gunzipped when it is gzip) in chunks, without holding it whole.
+
+    The file-level checks of `read_bytes` apply (missing, a directory, a device, binary or
+    UTF-16 content, damaged gzip); a UTF-8 byte-order mark is dropped. Parquet files are
+    not text: `parquet_batches` reads them.
+
+    Raises:
+        DataError: one line naming the file, as `read_bytes`.
+    """
+    p = Path(path)
+    st = _stat_log(p)
+    try:
+        source = _read_fifo_stream(p) if stat.S_ISFIFO(st.st_mode) else open(p, "rb")
+        with source:
+            compressed = source.peek(2)[:2] == b"\x1f\x8b" if hasattr(source, "peek") else False
+            stream = gzip.GzipFile(fileobj=source) if compressed else source
+            try:
+                first = stream.read(FIRST_BLOCK)
+                if not first or first.isspace():
+                    rest = stream.read(chunk_bytes)
+                    if not rest or (first + rest).isspace():
+                        raise DataError(f"{p}: empty file")
+                    first += rest
+                _refuse_non_text(p, first[:FIRST_BLOCK])
+                yield first[3:] if first.startswith(b"\xef\xbb\xbf") else first
+                while chunk := stream.read(chunk_bytes):
+                    yield chunk
+            except EOFError:
+                raise DataError(f"{p}: compressed stream ends early (truncated gzip)") from None
+            except (gzip.BadGzipFile, zlib.error) as e:
+                raise DataError(f"{p}: corrupted gzip stream ({e})") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
+
+
+def _read_fifo_stream(p: Path):
+    """A named pipe opened for streaming (peekable); a FIFO with no writer is refused at once."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
+    os.set_blocking(fd, True)
+    return open(fd, "rb")
+
+
+def is_parquet(path: str | Path) -> bool:
+    """Whether the file starts with Parquet's magic bytes (a regular file only)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def file_kind(path: str | Path, first: bytes) -> str:
+    """``csv``, ``jsonl`` or ``parquet``: how a log whose text starts with ``first`` is parsed."""
+    return _file_kind(Path(path), first)
+
+
+def parse_events(path: str | Path, text: bytes, preset: FormatPreset, bad: BadRows) -> EventLog:
+    """Validate whole lines of a log (with a CSV's header first) into canonical events, with
+    exactly the rules of `read_log`; line numbers are those of ``text``. Bad rows go to ``bad``."""
+    return _read_one(Path(path), text, preset, bad)
+
+
+def parse_parquet_rows(path: str | Path, table: pa.Table, first_row: int, preset: FormatPreset,
+                       bad: BadRows) -> EventLog:
+    """Validate rows of a Parquet log (``first_row`` is the 1-based number of the first) into
+    canonical events with the rules of `read_log`."""
+    columns = {n: table.column(n).combine_chunks() for n in table.column_names}
+    rows = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
+    raw = _Raw(columns, rows, np.full(table.num_rows, None, object), np.full(table.num_rows, "", object))
+    _flatten_columns(raw)
+    return _canonicalize(Path(path), raw, preset, bad, rows_before=0)
+
+
+def with_time_unit(path: str | Path, text: bytes, preset: FormatPreset) -> FormatPreset:
+    """``preset`` with its ``auto`` time unit decided on ``text`` (a log's first block), so that
+    every later block of the same log is read with the same unit.
+
+    `read_log` decides ``auto`` on the whole column; a streamed log decides it on its first
+    block, which gives the same unit unless a log changes unit after its first block."""
+    if preset.time_unit is not TimeUnit.AUTO:
+        return preset
+    bad = BadRows(str(path))
+    if _file_kind(Path(path), text) == "jsonl":
+        reader = _read_otto if preset.name == "otto" else _read_jsonl
+        raw = reader(Path(path), text, bad)
+    else:
+        raw = _read_csv(Path(path), text, CsvLayout.of(preset), bad)
+    return with_time_unit_of(preset, raw.columns.get(preset.columns.get("ts")))
+
+
+def with_time_unit_of(preset: FormatPreset, column: pa.Array | None) -> FormatPreset:
+    """``preset`` with its ``auto`` time unit decided on a first block's time ``column``, by
+    the rule `read_log` applies to the whole column (typed times need no unit)."""
+    if preset.time_unit is not TimeUnit.AUTO or column is None:
+        return preset  # no column: read_log's own checks name it
+    if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
+        return preset
+    is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    if is_text and not pc.any(pc.match_substring_regex(column, NUMBER_RE)).as_py():
+        unit = TimeUnit.DATETIME
+    else:
+        ts, valid = _numbers(column)
+        unit = TimeUnit.MILLISECONDS if _mostly_ms(ts[valid]) else TimeUnit.SECONDS
+    return replace(preset, time_unit=unit)

@@ -34,7 +34,7 @@ SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 
 
 @contextmanager
-def staged_run_dir(out: str | os.PathLike, overwrite: bool, resume: bool = False):
+def staged_run_dir(out: str | os.PathLike, overwrite: bool, resume: bool = False, marker: str = CONFIG):
     """Yield the staging directory ``.NAME.partial`` beside ``out``; on success it becomes
     ``out`` in one rename.
 
@@ -46,14 +46,15 @@ def staged_run_dir(out: str | os.PathLike, overwrite: bool, resume: bool = False
 
     Raises:
         RunDirError: ``out`` exists and is not a directory; exists, is not empty and
-            ``overwrite`` is False; is not empty and is not a run directory (no config.json:
-            not replaced even with ``overwrite``); ``resume`` with no interrupted run; or the
+            ``overwrite`` is False; is not empty and is not a run directory (no ``marker``
+            file, config.json for a run directory, manifest.json for a prepared log: not
+            replaced even with ``overwrite``); ``resume`` with no interrupted run; or the
             stage cannot be created (a read-only or unwritable place).
         OutputError: ``out`` is the root, the current directory (or holds it), a mount point,
             or in a place that cannot be written (`trainer.files.check_outputs`).
     """
     shown = Path(out)
-    check_target(shown, overwrite, resume)
+    check_target(shown, overwrite, resume, marker)
     out = resolved_run_dir(out)
     stage = stage_dir(out)
     if not resume:
@@ -86,7 +87,8 @@ def staged_run_dir(out: str | os.PathLike, overwrite: bool, resume: bool = False
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_target(out: str | os.PathLike, overwrite: bool, resume: bool = False) -> None:
+def check_target(out: str | os.PathLike, overwrite: bool, resume: bool = False,
+                 marker: str = CONFIG) -> None:
     """Whether a run directory may be written at ``out``, checked before any work (the
     conditions `staged_run_dir` enforces; the CLI asks before it starts its progress bar).
 
@@ -101,9 +103,11 @@ def check_target(out: str | os.PathLike, overwrite: bool, resume: bool = False) 
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise RunDirError(f"{shown}: run directory exists; pass --overwrite to replace it")
-        if not (out / CONFIG).is_file():
-            raise RunDirError(f"{shown}: not a run directory (no {CONFIG}) and not empty; "
-                              f"--overwrite replaces run directories only: choose a new folder")
+        if not (out / marker).is_file():
+            one, many = (("run directory", "run directories") if marker == CONFIG
+                         else ("prepared log", "prepared logs"))
+            raise RunDirError(f"{shown}: not a {one} (no {marker}) and not empty; "
+                              f"--overwrite replaces {many} only: choose a new folder")
     if resume and not stage_dir(out).is_dir():
         raise RunDirError(f"{shown}: nothing to resume (no interrupted run in {stage_dir(out)})")
 

@@ -77,7 +77,7 @@ class Sessions:
 
 
 def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
-               use_log_sessions: bool = True) -> Sessions:
+               use_log_sessions: bool = True, shared_sessions: set[str] | None = None) -> Sessions:
     """Group a log's events into sessions and label them.
 
     Args:
@@ -85,6 +85,9 @@ def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
         gap_minutes: the inactivity gap that ends a session, used when the log has no
             session ids (or ``use_log_sessions`` is False).
         use_log_sessions: use the log's own session id where it has one.
+        shared_sessions: the log's session ids that hold events of more than one user, when
+            ``log`` is a part of the whole log (a partition of users): their sessions are keyed
+            ``SESSION@USER``. None: found in ``log`` itself.
 
     Returns:
         Sessions, ordered by start time (ties by key).
@@ -97,10 +100,14 @@ def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
     n = len(log)
     idx = np.arange(n)
     if use_log_sessions and log.session is not None:
-        # Stable sort: equal timestamps keep file order, which is the log's own order.
-        order = np.lexsort((idx, log.ts, log.session.codes))
-        group = log.session.codes[order]
-        new = np.r_[True, group[1:] != group[:-1]]
+        # Stable sort: equal timestamps keep file order, which is the log's own order. A session
+        # id never joins two people: where user ids name people, its events of each user are a
+        # session of their own (elsewhere the user is the session's stand-in: DIGINETICA
+        # purchases carry no user id where the views have one).
+        people = log.user.codes if log.has_user_ids else np.zeros(n, np.int64)
+        order = np.lexsort((idx, log.ts, people, log.session.codes))
+        group, person = log.session.codes[order], people[order]
+        new = np.r_[True, (group[1:] != group[:-1]) | (person[1:] != person[:-1])]
         gap = None
     else:
         order = np.lexsort((idx, log.ts, log.user.codes))
@@ -113,7 +120,7 @@ def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
     start, end = log.ts[first], log.ts[last]
     user_code = log.user.codes[first]
     if gap is None:
-        key = log.session.names[log.session.codes[first]]
+        key = _log_session_keys(log, first, shared_sessions)
     else:
         key = _unique_keys([f"{u}@{int(s)}" for u, s in zip(log.user.names[user_code], start, strict=True)])
 
@@ -153,6 +160,34 @@ def _labels(events: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.nda
     return label, np.where(first_buy >= 0, first_buy, lengths).astype(np.int64)
 
 
+def _log_session_keys(log: EventLog, first: np.ndarray, shared: set[str] | None) -> np.ndarray:
+    """Keys of log sessions (first event of each at ``first``): the session id, or
+    ``SESSION@USER`` for an id that holds events of several people (REES46 has one)."""
+    names = log.session.names[log.session.codes[first]]
+    if not log.has_user_ids:
+        return names
+    if shared is None:
+        per_id = np.bincount(log.session.codes[first], minlength=len(log.session.names))
+        spans = per_id[log.session.codes[first]] > 1
+    else:
+        spans = np.isin(names.astype(str), np.array(sorted(shared), dtype=str)) if shared else \
+            np.zeros(len(names), bool)
+    if not spans.any():
+        return names
+    users = log.user.names[log.user.codes[first]]
+    return np.array([f"{k}@{u}" if span else k for k, u, span in zip(names, users, spans, strict=True)],
+                    object)
+
+
+def shared_session_ids(log: EventLog) -> set[str]:
+    """The log's session ids that hold events of more than one user (where ids name people)."""
+    if log.session is None or len(log) == 0 or not log.has_user_ids:
+        return set()
+    pairs = np.unique(np.stack([log.session.codes, log.user.codes]), axis=1)
+    per_id = np.bincount(pairs[0], minlength=len(log.session.names))
+    return set(log.session.names[np.flatnonzero(per_id > 1)].tolist())
+
+
 def key_digests(keys: np.ndarray) -> np.ndarray:
     """A 16-hex-digit SHA-256 digest per session key. Keys of gap sessions hold user ids;
     what the run directory stores is the digest, which matches a key without revealing it."""
@@ -177,34 +212,57 @@ def user_history(sessions: Sessions) -> np.ndarray:
     the user's purchases, and items carted and not bought, counting only events with a
     timestamp before this session's start. Nothing leaks from the session itself, nor from
     an earlier session that overlaps it (logs with their own session ids can overlap).
+
+    Vectorised: events and session starts are merged in (user, time) order, a start before
+    the events of its own second, and running sums are read at each start. "Carted and not
+    bought" is a set per user (a cart adds the item, a purchase removes it), so each cart or
+    purchase contributes +1, -1 or 0 by what the same user last did to the same item.
     """
     log = sessions.log
     out = np.zeros((len(sessions), len(CONTEXT_FIELDS)), np.float64)
-    session_order = np.lexsort((np.arange(len(sessions)), sessions.start, sessions.user_code))
-    event_order = np.lexsort((np.arange(len(log)), log.ts, log.user.codes))
-    users = log.user.codes[event_order]
-    bounds = np.searchsorted(users, sessions.user_code[session_order], side="left")
-    ends = np.searchsorted(users, sessions.user_code[session_order], side="right")
-    current_user, seen, purchases, open_cart, earlier = -1, 0, 0, set(), 0
-    for k, s in enumerate(session_order):
-        user = int(sessions.user_code[s])
-        if user != current_user:
-            current_user, seen, purchases, open_cart, earlier = user, int(bounds[k]), 0, set(), 0
-            first_of_user = k
-        start = sessions.start[s]
-        # Advance through this user's events strictly before the session starts.
-        while seen < ends[k] and log.ts[event_order[seen]] < start:
-            e = event_order[seen]
-            if log.event[e] == CART:
-                open_cart.add(int(log.item.codes[e]))
-            elif log.event[e] == PURCHASE:
-                purchases += 1
-                open_cart.discard(int(log.item.codes[e]))
-            seen += 1
-        while earlier < k - first_of_user and \
-                sessions.start[session_order[first_of_user + earlier]] < start:
-            earlier += 1
-        out[s] = (earlier, purchases, len(open_cart))
+    n_events, n_sessions = len(log), len(sessions)
+    if n_sessions == 0:
+        return out
+    users, items, events = log.user.codes, log.item.codes, log.event
+    is_buy = events == PURCHASE
+    # Open-cart changes: carts and purchases of one (user, item), in the order they happened.
+    touch = np.flatnonzero((events == CART) | is_buy)
+    touch = touch[np.lexsort((touch, log.ts[touch], items[touch], users[touch]))]
+    touch_user, touch_item = users[touch], items[touch]
+    same_item = np.r_[False, (touch_user[1:] == touch_user[:-1]) & (touch_item[1:] == touch_item[:-1])]
+    cart = events[touch] == CART
+    was_open = np.r_[False, cart[:-1]] & same_item
+    delta = np.zeros(n_events, np.int64)
+    delta[touch] = np.where(cart, ~was_open, -was_open.astype(np.int64))
+
+    # Events and session starts in one (user, time) order; at equal times the start first.
+    merged_user = np.r_[users, sessions.user_code]
+    order = np.lexsort((np.r_[np.ones(n_events, np.int8), np.zeros(n_sessions, np.int8)],
+                        np.r_[log.ts, sessions.start], merged_user))
+    buys = np.cumsum(np.r_[is_buy.astype(np.int64), np.zeros(n_sessions, np.int64)][order])
+    open_cart = np.cumsum(np.r_[delta, np.zeros(n_sessions, np.int64)][order])
+    at = np.empty(len(order), np.int64)
+    at[order] = np.arange(len(order))
+    here = at[n_events:]  # each session's place in the merged order
+    user_first = np.searchsorted(merged_user[order], sessions.user_code, side="left")
+    before = user_first - 1
+
+    def since_user_start(running: np.ndarray) -> np.ndarray:
+        return running[here] - np.where(before >= 0, running[np.maximum(before, 0)], 0)
+
+    # Sessions the user started strictly earlier: the first of its (user, start) group's rank.
+    by_user = np.lexsort((sessions.start, sessions.user_code))
+    u, t = sessions.user_code[by_user], sessions.start[by_user]
+    new_user = np.r_[True, u[1:] != u[:-1]]
+    new_time = new_user | np.r_[True, t[1:] != t[:-1]]
+    rank = np.arange(n_sessions)
+    group_first = np.maximum.accumulate(np.where(new_time, rank, 0))
+    user_start = np.maximum.accumulate(np.where(new_user, rank, 0))
+    earlier = np.empty(n_sessions, np.int64)
+    earlier[by_user] = group_first - user_start
+    out[:, 0] = earlier
+    out[:, 1] = since_user_start(buys)
+    out[:, 2] = since_user_start(open_cart)
     return out
 
 

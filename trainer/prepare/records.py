@@ -1,0 +1,123 @@
+"""Session records of a set of whole users: the per-user half of `prepare`, for both engines.
+
+`session_records` takes every event of some users (a local hash bucket, or a Spark group)
+and runs the in-memory code on them: `trainer.sessions.sessionize` (sessions, labels,
+prefixes, user history), `trainer.dataset.raw_sessions` (the encoder's raw features of each
+prefix's last ``max_len`` events) and `trainer.dataset.aggregate_features` (the baseline's
+counts). Everything there depends on one user's events only, so a partition of users gives
+the records the whole log would give; what needs the whole log (the time split, the
+normalisation) is `trainer.prepare.finish`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from edge_runtime.features import FeatureEncoder
+from trainer.dataset import aggregate_features, raw_sessions
+from trainer.quarantine import BadRows
+from trainer.readers import EventLog, Ids
+from trainer.sessions import key_digests, sessionize
+
+RECORD_SCHEMA = pa.schema([
+    ("key", pa.string()), ("key_digest", pa.string()), ("start", pa.float64()),
+    ("label", pa.int8()), ("prefix_len", pa.int64()),
+    ("raw", pa.list_(pa.float64())),        # the prefix's raw feature rows, flattened
+    ("baseline", pa.list_(pa.float64())),   # trainer.dataset.aggregate_features, in order
+])
+COUNT_KEYS = ("events", "sessions", "sessions_with_purchase", "sessions_excluded_empty_prefix",
+              "sessions_scorable")
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    """What `session_records` needs besides the events; small and picklable (it travels to
+    Spark executors).
+
+    Attributes:
+        gap_minutes: the inactivity gap of logs without session ids.
+        max_len: each prefix's last ``max_len`` events are kept.
+        features: the encoder's features (chosen on the whole log: price, category, context).
+        utc_offset_hours: the shop's clock.
+        has_user_ids: the log's user ids name people (user-history context).
+        log_sessions: the log has its own session ids.
+        shared_sessions: session ids holding events of several users, found on the whole log.
+    """
+
+    gap_minutes: float
+    max_len: int
+    features: tuple[str, ...]
+    utc_offset_hours: float
+    has_user_ids: bool
+    log_sessions: bool
+    shared_sessions: frozenset[str] = frozenset()
+
+
+def partition_column(has_user_ids: bool, log_sessions: bool) -> str:
+    """The column whose equal values must meet in one `session_records` call: the user where
+    ids name people or sessions are cut by time (user history, gap sessions), else the log's
+    session (DIGINETICA: one session's views and purchases can carry different user ids)."""
+    return "user" if has_user_ids or not log_sessions else "session"
+
+
+def event_log(events: pa.Table, settings: RecordSettings, source: str = "") -> EventLog:
+    """EVENT_SCHEMA rows (any order) as an EventLog in file order."""
+    events = events.sort_by("order")
+
+    def ids(name: str) -> Ids:
+        return Ids.encode(events.column(name))
+
+    return EventLog(
+        source=source, format="", user=ids("user"),
+        session=ids("session") if settings.log_sessions else None,
+        ts=events.column("ts").to_numpy(), event=events.column("event").to_numpy().astype(np.int8),
+        item=ids("item"), category=ids("category") if "repeat_category" in settings.features else None,
+        price=events.column("price").to_numpy(), line=events.column("line").to_numpy(),
+        rows_read=events.num_rows, bad=BadRows(source), utc_offset_hours=settings.utc_offset_hours,
+        has_user_ids=settings.has_user_ids)
+
+
+def session_records(events: pa.Table, settings: RecordSettings) -> tuple[pa.Table, dict]:
+    """One record per scorable session of the users whose events these are.
+
+    Args:
+        events: EVENT_SCHEMA rows: ALL events of the values of `partition_column` they hold
+            (a user split between two calls would get two histories), in any order.
+        settings: see RecordSettings.
+
+    Returns:
+        (RECORD_SCHEMA table, counts by COUNT_KEYS plus ``min_ts`` / ``max_ts``).
+    """
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    if events.num_rows == 0:
+        return RECORD_SCHEMA.empty_table(), counts
+    log = event_log(events, settings)
+    sessions = sessionize(log, settings.gap_minutes, shared_sessions=set(settings.shared_sessions))
+    summary = sessions.summary()
+    counts.update(events=len(log), **{k: summary[k] for k in COUNT_KEYS if k in summary},
+                  min_ts=float(log.ts.min()), max_ts=float(log.ts.max()))
+    index = np.flatnonzero(sessions.scorable)
+    encoder = FeatureEncoder(settings.features, utc_offset_hours=settings.utc_offset_hours,
+                             max_len=settings.max_len)
+    raw = raw_sessions(sessions, index, encoder)
+    baseline, _ = aggregate_features(sessions, index)
+    keys = sessions.key[index].astype(str)
+    table = pa.table([
+        pa.array(keys, pa.string()), pa.array(key_digests(keys), pa.string()),
+        pa.array(sessions.start[index], pa.float64()), pa.array(sessions.label[index], pa.int8()),
+        pa.array(sessions.prefix_len[index], pa.int64()),
+        _lists([r.reshape(-1) for r in raw]),
+        _lists(list(baseline) if len(index) else []),
+    ], schema=RECORD_SCHEMA)
+    return table, counts
+
+
+def _lists(rows: list[np.ndarray]) -> pa.ListArray:
+    """Rows of float64 values as one Arrow list array (no copy per row through Python)."""
+    lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+    values = np.concatenate(rows) if rows else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float64()))
