@@ -248,7 +248,9 @@ def _run_child(model: bytes, backend: str, num_threads: int, source: str,
     """(verdict, whether it may be cached); the errors of `verify_model`."""
     package_root = Path(__file__).resolve().parents[1]
     env = {k: os.environ[k] for k in ENVIRONMENT if k in os.environ}
-    command = [sys.executable or "python3", "-X", "faulthandler", "-m", CHILD_MODULE, backend,
+    # -B: the child writes no .pyc. Under a file-size limit (ulimit -f) CPython's write of a
+    # .pyc is cut short without an error and the truncated file breaks every later import.
+    command = [sys.executable or "python3", "-B", "-X", "faulthandler", "-m", CHILD_MODULE, backend,
                str(int(num_threads)), source]
     try:
         # `-m` puts the working folder first on sys.path: the child imports the very

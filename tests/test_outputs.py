@@ -173,6 +173,10 @@ def test_writing_into_a_read_only_folder_is_one_line(tmp_path):
         folder.chmod(0o755)
 
 
+# A child under a file-size limit must not write .pyc files: they would be cut at the limit
+# and break every later import of the module (seen when the tree had no __pycache__ yet).
+NO_BYTECODE = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+
 FSIZE_WRITER = textwrap.dedent("""
     import sys
     from trainer.files import OutputError, write_bytes_atomic
@@ -195,7 +199,8 @@ def _file_size_limit(limit: int):
 def test_a_file_size_limit_is_one_line_and_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "big.bin"
     done = subprocess.run([sys.executable, "-c", FSIZE_WRITER, str(target)], cwd=ROOT,
-                          capture_output=True, text=True, preexec_fn=_file_size_limit(10_000))
+                          capture_output=True, text=True, env=NO_BYTECODE,
+                          preexec_fn=_file_size_limit(10_000))
     assert done.returncode == 3, done.stderr
     assert done.stdout.strip() == f"{target}: cannot write (File too large: the process's file-size " \
                                   f"limit (ulimit -f) or the file system's)"
@@ -390,7 +395,7 @@ def test_score_under_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, 
     out = tmp_path / "out" / "scores.jsonl"
     done = subprocess.run([sys.executable, "-m", "ubp_edge.cli", "score", "--model", str(MODEL),
                            "--data", str(log), "--out", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, preexec_fn=_file_size_limit(1000))
+                          text=True, env=NO_BYTECODE, preexec_fn=_file_size_limit(1000))
     assert done.returncode == 1, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {out}: cannot write (File too large: the process's file-size limit "
@@ -405,7 +410,7 @@ def test_quarantine_under_a_file_size_limit_is_one_line(tmp_path):
     quarantine = tmp_path / "q.jsonl"
     done = subprocess.run([sys.executable, "-m", "ubp_edge.cli", "data", "inspect", str(data),
                            "--quarantine", str(quarantine)], cwd=ROOT, capture_output=True, text=True,
-                          preexec_fn=_file_size_limit(len(data.read_bytes()) + 4096))
+                          env=NO_BYTECODE, preexec_fn=_file_size_limit(len(data.read_bytes()) + 4096))
     assert done.returncode == 1, done.stderr
     assert f"error: {quarantine}: cannot write (File too large" in done.stderr
     assert "Traceback" not in done.stderr
