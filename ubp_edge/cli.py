@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from ubp_edge.commands import benchmark, compare, convert, data, score, serve, train
+from ubp_edge.commands import benchmark, compare, convert, data, prepare, score, serve, train
 from ubp_edge.console import library_output
 
 app = typer.Typer(help="Purchase-intent scoring of browsing sessions, trained with an LSTM and "
@@ -36,6 +36,7 @@ def options(
     library_output(verbose)
 
 
+app.command("prepare", epilog=prepare.EPILOG)(prepare.prepare)
 app.command("train")(train.train)
 app.command("convert", epilog=convert.EPILOG)(convert.convert)
 app.command("score")(score.score)

@@ -54,6 +54,8 @@ EXTRAS: dict[str, tuple[str, str, str]] = {
     "matplotlib": ("matplotlib", "data", "draws the report's plots"),
     "tensorflow": ("tensorflow-cpu", "train", "trains and converts the model"),
     "tf_keras": ("tf-keras", "train", "builds the LSTM"),
+    "duckdb": ("duckdb", "data", "sorts prepared sessions larger than memory"),
+    "pyspark": ("pyspark", "spark", "runs --engine spark"),
 }
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command stopped with Ctrl-C
 

@@ -148,7 +148,8 @@ def prepare(config: PrepareConfig, on_stage: Stage | None = None) -> dict:
         stage("encoding into shards")
         from trainer.dataset import BASELINE_FEATURES
 
-        writer = PrepWriter(tmp, len(features), BASELINE_FEATURES, shards=config.shards)
+        writer = PrepWriter(tmp, len(features), BASELINE_FEATURES, shards=config.shards,
+                            total_sessions=n if config.shards else None)
         per_split = write_sessions(ordered, plan, encoder, writer)
         shards, content_digest = writer.close()
         shutil.rmtree(work)

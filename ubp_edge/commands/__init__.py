@@ -9,6 +9,7 @@ imports (pyarrow, sklearn, TensorFlow) happen inside the command functions, so
 ``ubp-edge --help`` starts fast.
 
     data       data inspect, data generate, data formats
+    prepare    prepare
     train      train
     convert    convert
     score      score, evaluate
