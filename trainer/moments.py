@@ -3,11 +3,14 @@
 The encoder's normalisation is learned on the training split's raw feature rows. The
 in-memory path has them all at once; `prepare` sees them block by block, in an order that
 depends on the engine (users by hash bucket locally, by partition in Spark). A float sum
-depends on the order of its terms, so each value is taken as an integer number of
-2**-FRACTION_BITS (exact for |x| < 2**LIMIT_BITS, far above any raw feature: the largest is a
-log1p) and summed in integers, split into 21-bit limbs so that no int64 sum overflows. The
-sums, combined as Python integers, are exact: mean and variance are rounded once, at the
-end. Any order of rows and any split into batches give the same bits, in every engine.
+depends on the order of its terms, so each value is cut to a whole number of 2**-40 (for
+the mean; of 2**-16 for the variance) and summed as int64 in chunks small enough never to
+overflow, the chunk sums then added as Python integers. The sums are exact: mean and variance
+are rounded once, at the end, and any order of rows and any split into batches give the same
+bits, in every engine.
+
+Raw features are bounded: every one is a 0/1 flag, a sine or cosine, or a log1p of a finite
+float (at most 709.8), so |x| < 2**10 always holds; the check is there for a future feature.
 """
 
 from __future__ import annotations
@@ -19,12 +22,21 @@ import numpy as np
 
 from edge_runtime.errors import ConfigError
 
-FRACTION_BITS = 40
-LIMIT_BITS = 21  # |x| < 2**21: x * 2**40 < 2**61 fits an int64 with its sign
-LIMB_BITS = 21
-LIMB = 1 << LIMB_BITS
-# Rows summed per int64 pass: a product of two limbs is < 2**42, times 2**20 rows < 2**62.
-ROWS_PER_PASS = 1 << 20
+LIMIT = 2.0 ** 10
+MEAN_BITS = 40  # |x * 2**40| < 2**50: 4096 of them sum below 2**62
+SQUARE_BITS = 16  # |x * 2**16| < 2**26, its square < 2**52: 1024 of them sum below 2**62
+MEAN_CHUNK = 1 << 12
+SQUARE_CHUNK = 1 << 10
+
+
+def _exact_sum(values: np.ndarray, chunk: int) -> list[int]:
+    """Column sums of int64 ``values`` as Python integers, int64 sums of ``chunk`` rows at a time."""
+    n, width = values.shape
+    pad = (-n) % chunk
+    if pad:
+        values = np.concatenate([values, np.zeros((pad, width), np.int64)])
+    partial = values.reshape(-1, chunk, width).sum(axis=1)  # each < 2**62: exact
+    return [sum(column) for column in partial.T.tolist()]
 
 
 class ExactMoments:
@@ -39,40 +51,39 @@ class ExactMoments:
     def __init__(self, n_columns: int) -> None:
         self.n_columns = n_columns
         self.rows = 0
-        self._sum = [0] * n_columns
-        self._squares = [0] * n_columns
+        self._sum = [0] * n_columns      # of x * 2**MEAN_BITS
+        self._coarse = [0] * n_columns   # of x * 2**SQUARE_BITS
+        self._squares = [0] * n_columns  # of (x * 2**SQUARE_BITS)**2
 
     def add(self, rows: np.ndarray) -> None:
         """Add raw rows (N, n_columns).
 
         Raises:
-            ConfigError: a value that is not finite, or of magnitude 2**21 or more.
+            ConfigError: a value that is not finite, or of magnitude 2**10 or more.
         """
         rows = np.asarray(rows, np.float64).reshape(-1, self.n_columns)
-        if not np.isfinite(rows).all() or (np.abs(rows) >= 2.0 ** LIMIT_BITS).any():
-            raise ConfigError(f"feature values must be finite and below 2**{LIMIT_BITS} in "
-                              f"magnitude to be normalised exactly; max |x| = {np.abs(rows).max()}")
-        for lo in range(0, len(rows), ROWS_PER_PASS):
-            self._add_pass(rows[lo:lo + ROWS_PER_PASS])
+        if len(rows) == 0:
+            return
+        if not np.isfinite(rows).all() or (np.abs(rows) >= LIMIT).any():
+            raise ConfigError(f"raw feature values must be finite and below {LIMIT:g} in magnitude "
+                              f"to be normalised exactly; max |x| = {np.abs(rows).max()}")
+        # Truncated toward zero: any fixed rule makes the sums independent of the order.
+        fine = (rows * float(1 << MEAN_BITS)).astype(np.int64)
+        coarse = (rows * float(1 << SQUARE_BITS)).astype(np.int64)
+        for total, part in ((self._sum, _exact_sum(fine, MEAN_CHUNK)),
+                            (self._coarse, _exact_sum(coarse, MEAN_CHUNK)),
+                            (self._squares, _exact_sum(coarse * coarse, SQUARE_CHUNK))):
+            for c in range(self.n_columns):
+                total[c] += part[c]
         self.rows += len(rows)
-
-    def _add_pass(self, rows: np.ndarray) -> None:
-        q = np.rint(np.ldexp(rows, FRACTION_BITS)).astype(np.int64)
-        sign = np.sign(q)
-        mag = np.abs(q)
-        limbs = [mag & (LIMB - 1), (mag >> LIMB_BITS) & (LIMB - 1), mag >> (2 * LIMB_BITS)]
-        for c in range(self.n_columns):
-            a = [limb[:, c] for limb in limbs]
-            s = sign[:, c]
-            self._sum[c] += sum(int((s * a[i]).sum()) << (LIMB_BITS * i) for i in range(3))
-            self._squares[c] += sum((int((a[i] * a[j]).sum()) << (LIMB_BITS * (i + j))) * (1 if i == j else 2)
-                                    for i in range(3) for j in range(i, 3))
 
     def merge(self, other: ExactMoments) -> ExactMoments:
         """Add another accumulator's sums (partial moments from another worker)."""
         self.rows += other.rows
-        self._sum = [a + b for a, b in zip(self._sum, other._sum, strict=True)]
-        self._squares = [a + b for a, b in zip(self._squares, other._squares, strict=True)]
+        for mine, theirs in ((self._sum, other._sum), (self._coarse, other._coarse),
+                             (self._squares, other._squares)):
+            for c in range(self.n_columns):
+                mine[c] += theirs[c]
         return self
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +95,7 @@ class ExactMoments:
         n = self.rows
         if n == 0:
             raise ConfigError("no training rows to learn the feature normalisation from")
-        unit = 1 << FRACTION_BITS
-        mean = [float(Fraction(s, n * unit)) for s in self._sum]
-        std = [math.sqrt(float(Fraction(n * q - s * s, n * n * unit * unit)))
-               for s, q in zip(self._sum, self._squares, strict=True)]
+        mean = [float(Fraction(s, n << MEAN_BITS)) for s in self._sum]
+        std = [math.sqrt(float(Fraction(n * q - s * s, (n * n) << (2 * SQUARE_BITS))))
+               for s, q in zip(self._coarse, self._squares, strict=True)]
         return np.array(mean, np.float64), np.array(std, np.float64)
