@@ -28,7 +28,7 @@ def test_any_order_and_batching_gives_the_same_bits_close_to_numpy():
             np.testing.assert_array_equal(a, b)
     mean, std = whole.mean_std()
     np.testing.assert_allclose(mean, x.mean(axis=0), rtol=0, atol=1e-10)
-    np.testing.assert_allclose(std, x.std(axis=0), rtol=1e-8)
+    np.testing.assert_allclose(std, x.std(axis=0), rtol=1e-9)
 
 
 def test_values_it_cannot_sum_exactly_are_refused():

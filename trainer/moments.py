@@ -4,7 +4,7 @@ The encoder's normalisation is learned on the training split's raw feature rows.
 in-memory path has them all at once; `prepare` sees them block by block, in an order that
 depends on the engine (users by hash bucket locally, by partition in Spark). A float sum
 depends on the order of its terms, so each value is cut to a whole number of 2**-40 (for
-the mean; of 2**-16 for the variance) and summed as int64 in chunks small enough never to
+the mean; of 2**-30 for the variance) and summed as int64 in chunks small enough never to
 overflow, the chunk sums then added as Python integers. The sums are exact: mean and variance
 are rounded once, at the end, and any order of rows and any split into batches give the same
 bits, in every engine.
@@ -24,9 +24,9 @@ from edge_runtime.errors import ConfigError
 
 LIMIT = 2.0 ** 10
 MEAN_BITS = 40  # |x * 2**40| < 2**50: 4096 of them sum below 2**62
-SQUARE_BITS = 16  # |x * 2**16| < 2**26, its square < 2**52: 1024 of them sum below 2**62
-MEAN_CHUNK = 1 << 12
-SQUARE_CHUNK = 1 << 10
+SQUARE_BITS = 30  # |x * 2**30| < 2**40, squared through 15-bit halves (see `add`)
+HALF_BITS = 15
+CHUNK = 1 << 12  # rows summed in int64 at a time: every term is < 2**50, so sums stay < 2**62
 
 
 def _exact_sum(values: np.ndarray, chunk: int) -> list[int]:
@@ -70,11 +70,15 @@ class ExactMoments:
         # Truncated toward zero: any fixed rule makes the sums independent of the order.
         fine = (rows * float(1 << MEAN_BITS)).astype(np.int64)
         coarse = (rows * float(1 << SQUARE_BITS)).astype(np.int64)
-        for total, part in ((self._sum, _exact_sum(fine, MEAN_CHUNK)),
-                            (self._coarse, _exact_sum(coarse, MEAN_CHUNK)),
-                            (self._squares, _exact_sum(coarse * coarse, SQUARE_CHUNK))):
-            for c in range(self.n_columns):
-                total[c] += part[c]
+        # coarse = high * 2**15 + low with 0 <= low < 2**15, so coarse**2 is the sum of three
+        # terms below 2**50 each: high**2 * 2**30 + 2 * high * low * 2**15 + low**2.
+        high, low = coarse >> HALF_BITS, coarse & ((1 << HALF_BITS) - 1)
+        sums = [_exact_sum(v, CHUNK) for v in (fine, coarse, high * high, high * low, low * low)]
+        for c in range(self.n_columns):
+            self._sum[c] += sums[0][c]
+            self._coarse[c] += sums[1][c]
+            self._squares[c] += ((sums[2][c] << (2 * HALF_BITS)) + (sums[3][c] << (HALF_BITS + 1))
+                                 + sums[4][c])
         self.rows += len(rows)
 
     def merge(self, other: ExactMoments) -> ExactMoments:
