@@ -127,8 +127,9 @@ def sessionize(log: EventLog, gap_minutes: float = DEFAULT_GAP_MINUTES,
     # Reorder sessions by start time so that splits and reports read chronologically.
     by_start = np.lexsort((key.astype(str), start))
     lengths = np.diff(offsets)[by_start]
-    order = np.concatenate([order[offsets[s]:offsets[s + 1]] for s in by_start]) if n else order
-    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    moved = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    order = order[np.repeat(offsets[:-1][by_start] - moved[:-1], lengths) + np.arange(n)]
+    offsets = moved
     key, user_code, start, end = key[by_start], user_code[by_start], start[by_start], end[by_start]
 
     label, prefix_len = _labels(log.event[order], offsets)
