@@ -80,7 +80,7 @@ def sort_records(records: list[Path], out: Path, scratch: Path, threads: int = 2
         files = [str(p) for p in records]
         # Keys compare byte by byte (DuckDB's default collation), as numpy compares str.
         con.execute(f"COPY (SELECT * FROM read_parquet(?) ORDER BY start, key) TO '{_sql_text(out)}' "
-                    f"(FORMAT parquet, COMPRESSION lz4, ROW_GROUP_SIZE {BATCH_ROWS})", [files])
+                    f"(FORMAT parquet, COMPRESSION uncompressed, ROW_GROUP_SIZE {BATCH_ROWS})", [files])
         return int(con.execute("SELECT count(*) FROM read_parquet(?)", [str(out)]).fetchone()[0])
     finally:
         con.close()
@@ -132,15 +132,14 @@ def write_sessions(sorted_records: Path, plan: SplitPlan, encoder: FeatureEncode
         names = plan.names(rank, count)
         label = batch.column("label").to_numpy(zero_copy_only=False).astype(np.int8)
         raw = batch.column("raw")
-        offsets = (np.asarray(raw.offsets) - raw.offsets[0].as_py()) // n_features
         rows = encoder.normalise(raw.flatten().to_numpy(zero_copy_only=False).reshape(-1, n_features))
-        encoded = [rows[offsets[k]:offsets[k + 1]] for k in range(count)]
         baseline = batch.column("baseline").flatten().to_numpy(zero_copy_only=False).reshape(count, -1)
         writer.add({"key_digest": batch.column("key_digest").to_numpy(zero_copy_only=False),
                     "split": names, "label": label,
                     "start": batch.column("start").to_numpy(),
                     "prefix_len": batch.column("prefix_len").to_numpy(),
-                    "features": encoded, "baseline": baseline})
+                    "features": rows, "lengths": raw.value_lengths().to_numpy() // n_features,
+                    "baseline": baseline})
         for name in SPLIT_NAMES:
             mine = names == name
             per_split[name]["sessions"] += int(mine.sum())

@@ -159,7 +159,7 @@ def _append_to_buckets(events: pa.Table, key: str, n: int, folder: Path,
         b = int(sorted_buckets[lo])
         if b not in writers:
             writers[b] = stack.enter_context(
-                pq.ParquetWriter(folder / f"bucket-{b:05d}.parquet", EVENT_SCHEMA, compression="lz4"))
+                pq.ParquetWriter(folder / f"bucket-{b:05d}.parquet", EVENT_SCHEMA, compression="none"))
         writers[b].write_table(events.slice(lo, hi - lo))
 
 
@@ -172,7 +172,7 @@ def bucket_records(buckets: list[Path], settings: RecordSettings, out: Path,
     """
     totals: dict = dict.fromkeys(COUNT_KEYS, 0)
     span = [np.inf, -np.inf]
-    with pq.ParquetWriter(out, RECORD_SCHEMA, compression="lz4") as writer:
+    with pq.ParquetWriter(out, RECORD_SCHEMA, compression="none") as writer:
         for k, path in enumerate(buckets):
             records, counts = session_records(pq.read_table(path), settings)
             writer.write_table(records)
