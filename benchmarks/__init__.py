@@ -21,4 +21,6 @@ Suites and scripts (run from this folder, not imported):
 - ``test_bench_runtime.py`` + ``conftest.py``: pytest-benchmark suites (``make bench``).
 - ``encode_throughput.py``: read / sessionize / encode throughput of a log.
 - ``live_memory.py``: per-event latency and memory with many live sessions.
+- ``prepare_scale.py``: `prepare` events/s and peak RSS on 1/4/16 M-event synthetic logs, both
+  engines (``python -m benchmarks.prepare_scale``).
 """

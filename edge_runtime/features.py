@@ -23,6 +23,7 @@ import numpy as np
 
 from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.events import CART, EVENT_TYPES, Event, canonical_event
+from edge_runtime.moments import ExactMoments
 
 SPEC_VERSION = 1
 
@@ -238,11 +239,14 @@ class FeatureEncoder:
         raw_rows = np.asarray(raw_rows, np.float64)
         if raw_rows.ndim != 2 or raw_rows.shape[1] != len(self.features) or len(raw_rows) == 0:
             raise ConfigError(f"fit needs (N>0, {len(self.features)}) raw rows, got {raw_rows.shape}")
-        return self.set_normalisation(raw_rows.mean(axis=0), raw_rows.std(axis=0))
+        # Exact sums: the same bits as `prepare`, which sees the rows in another order.
+        moments = ExactMoments(len(self.features))
+        moments.add(raw_rows)
+        return self.set_normalisation(*moments.mean_std())
 
     def set_normalisation(self, mean: np.ndarray, std: np.ndarray) -> FeatureEncoder:
         """Set the normalisation from per-feature mean and standard deviation computed
-        elsewhere (the trainer sums training rows exactly: trainer.moments).
+        elsewhere (`prepare` sums training rows block by block: edge_runtime.moments).
 
         Returns:
             self, with ``mean_`` and ``scale_`` set.

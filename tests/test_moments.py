@@ -1,4 +1,4 @@
-"""trainer.moments: the normalisation's sums do not depend on the order or batching of rows."""
+"""edge_runtime.moments: the normalisation's sums do not depend on the order or batching of rows."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.errors import ConfigError
-from trainer.moments import ExactMoments
+from edge_runtime.moments import ExactMoments
 
 
 def test_any_order_and_batching_gives_the_same_bits_close_to_numpy():

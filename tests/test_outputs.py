@@ -330,12 +330,13 @@ def test_train_out_naming_the_current_directory_is_refused_before_reading(tmp_pa
 
 
 def test_train_api_refuses_sub_dotdot_before_reading(tmp_path, log, monkeypatch):
+    import trainer.prepare
     from trainer import train as train_module
 
     def read_log(*args, **kwargs):
         raise AssertionError("read before --out was checked")
 
-    monkeypatch.setattr(train_module, "read_log", read_log)
+    monkeypatch.setattr(trainer.prepare, "prepare", read_log)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
     with pytest.raises(OutputError, match="current directory"):

@@ -23,7 +23,6 @@ from conftest import ROOT, real_file
 from edge_runtime.errors import ConfigError, DataError, RunDirError
 from trainer.dataset import aggregate_features, encode_sessions, new_encoder, raw_sessions
 from trainer.logsource import EventLogSource
-from trainer.moments import ExactMoments
 from trainer.prepare import MANIFEST, QUARANTINE, PrepareConfig, prepare
 from trainer.prepdir import PrepDir
 from trainer.readers import read_log
@@ -38,9 +37,7 @@ def in_memory(path: Path, fmt: str, max_len: int = 50):
     sessions = sessionize(log)
     split = time_split(sessions)
     encoder = new_encoder(sessions, max_len, True)
-    moments = ExactMoments(len(encoder.features))
-    moments.add(np.concatenate(raw_sessions(sessions, split.train, encoder)))
-    encoder.set_normalisation(*moments.mean_std())
+    encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder)))
     parts = {name: (key_digests(sessions.key[ix]), sessions.label[ix],
                     encode_sessions(sessions, ix, encoder), aggregate_features(sessions, ix)[0])
              for name, ix in split.parts().items()}

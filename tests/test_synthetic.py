@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
@@ -12,7 +13,7 @@ import pytest
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.events import EVENT_TYPES
-from trainer.synthetic import generate_events, write_canonical_csv
+from trainer.synthetic import generate_events, iter_event_batches, write_canonical_csv, write_synthetic_log
 
 COLUMNS = ("user", "ts", "event", "item", "category", "price")
 SESSION_GAP_S = 30 * 60.0
@@ -219,3 +220,91 @@ def test_write_canonical_csv_rejects_ragged_columns(tmp_path, small_log):
     with pytest.raises(ValueError, match="item"):
         write_canonical_csv(missing, tmp_path / "events.csv")
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------ streamed generation
+
+@pytest.mark.parametrize("batch_users", [1, 7, 40, 1_000])
+def test_batches_concatenate_to_the_in_memory_log(small_log, batch_users):
+    batches = list(iter_event_batches(n_users=40, days=3, seed=11, batch_users=batch_users))
+    assert len(batches) == -(-40 // batch_users)
+    users_per_batch = [len(np.unique(b["user"])) for b in batches]
+    assert users_per_batch == [min(batch_users, 40 - k * batch_users) for k in range(len(batches))]
+    for name in COLUMNS:
+        joined = np.concatenate([b[name] for b in batches])
+        assert joined.dtype == small_log[name].dtype
+        np.testing.assert_array_equal(joined, small_log[name])
+
+
+def test_streamed_csv_is_the_in_memory_csv_byte_for_byte(tmp_path, small_log):
+    memory, streamed = tmp_path / "memory.csv", tmp_path / "streamed.csv"
+    write_canonical_csv(small_log, memory)
+    seen = []
+    rows = write_synthetic_log(streamed, n_users=40, days=3, seed=11, batch_users=7,
+                               on_batch=lambda users, events: seen.append((users, events)))
+    assert rows == len(small_log["ts"])
+    assert streamed.read_bytes() == memory.read_bytes()
+    assert [u for u, _ in seen] == [7, 14, 21, 28, 35, 40]
+    assert seen[-1][1] == rows and all(a[1] < b[1] for a, b in zip(seen, seen[1:], strict=False))
+    assert sorted(os.listdir(tmp_path)) == ["memory.csv", "streamed.csv"]
+
+
+# sha256 of the file `ubp-edge data generate OUT` writes with its defaults (400 users, 9 days,
+# seed 0), taken before the generator streamed: the demo and many tests read this log.
+DEFAULT_CSV_DIGEST = "5a1d5343cd5b1756349a405f2a3cbf311acd5cd8b131f9fb968d4b1c761fcbd2"
+
+
+def test_default_streamed_log_keeps_its_bytes(tmp_path):
+    path = tmp_path / "events.csv"
+    assert write_synthetic_log(path) == 47_343
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == DEFAULT_CSV_DIGEST
+
+
+def test_gz_name_writes_the_same_csv_gzipped_and_reproducibly(tmp_path, small_log):
+    plain, packed = tmp_path / "events.csv", tmp_path / "events.csv.gz"
+    write_synthetic_log(plain, n_users=40, days=3, seed=11, batch_users=9)
+    write_synthetic_log(packed, n_users=40, days=3, seed=11, batch_users=9)
+    first = packed.read_bytes()
+    assert first[:2] == b"\x1f\x8b"
+    assert gzip.decompress(first) == plain.read_bytes()
+    write_canonical_csv(small_log, packed)  # the in-memory writer gzips a .gz name too
+    assert packed.read_bytes() == first  # no timestamp or temporary name in the gzip header
+    assert sorted(os.listdir(tmp_path)) == ["events.csv", "events.csv.gz"]
+
+
+@pytest.mark.parametrize("kwargs", [{"n_users": 0}, {"days": 0}, {"batch_users": 0},
+                                    {"batch_users": 1.5}])
+def test_streamed_generation_refuses_bad_arguments_before_writing(tmp_path, kwargs):
+    with pytest.raises(ConfigError):
+        iter_event_batches(**kwargs)  # at the call, not at the first batch
+    with pytest.raises(ConfigError):
+        write_synthetic_log(tmp_path / "events.csv", **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+def test_streamed_generation_failure_leaves_no_file(tmp_path, monkeypatch):
+    path = tmp_path / "events.csv"
+    path.write_text("previous\n", encoding="utf-8")
+
+    def failing(users, events):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_synthetic_log(path, n_users=40, days=3, seed=11, batch_users=10, on_batch=failing)
+    assert path.read_text(encoding="utf-8") == "previous\n"
+    assert os.listdir(tmp_path) == ["events.csv"]
+
+
+def test_cli_generate_streams_and_gzips(tmp_path, small_log):
+    from typer.testing import CliRunner
+
+    from ubp_edge.cli import app
+
+    path = tmp_path / "events.csv.gz"
+    result = CliRunner().invoke(app, ["data", "generate", str(path), "--users", "40", "--days", "3",
+                                      "--seed", "11"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {len(small_log['ts']):,} events of 40 synthetic users" in result.output
+    memory = tmp_path / "memory.csv"
+    write_canonical_csv(small_log, memory)
+    assert gzip.decompress(path.read_bytes()) == memory.read_bytes()

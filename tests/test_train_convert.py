@@ -99,7 +99,8 @@ def test_train_under_a_file_size_limit_is_one_line_and_leaves_no_stage(tmp_path,
     out = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "ubp_edge.cli", "train", "--data", str(synthetic_log),
                            "--out", str(out), "--units", "8", "--epochs", "2", "--max-len", "20"],
-                          capture_output=True, text=True, preexec_fn=limit)
+                          capture_output=True, text=True, preexec_fn=limit,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # no .pyc cut at the limit
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]

@@ -706,7 +706,7 @@ class PrepDir:
         self.shards: list[dict] = manifest["shards"]
         self.baseline_names: list[str] = list(manifest["baseline_features"])
         self.n_features = spec.n_features
-        self._split_counts: list[dict[str, int]] | None = None
+        self._length_counts: list[dict[str, np.ndarray]] | None = None
         self._failures: list[UbpEdgeError] = []
 
     @classmethod
@@ -817,16 +817,28 @@ class PrepDir:
                 if not ok:
                     raise self._damaged(i, f"{name} lists of another width than the manifest's")
 
-    def split_counts(self) -> list[dict[str, int]]:
-        """Sessions of each split in each shard (read from the ``split`` column alone)."""
-        if self._split_counts is None:
+    def length_counts(self) -> list[dict[str, np.ndarray]]:
+        """Per shard, per split in it: how many sessions have each encoded length
+        (``counts[i][split][L]``, L in 0..max_len), read once from the shards' split and
+        features columns (what `dataset` needs to know its number of batches in advance)."""
+        if self._length_counts is None:
             counts = []
             for i in range(len(self.shards)):
-                split = self.read_shard(i, ["split"]).column("split").to_numpy(zero_copy_only=False)
-                names, n = np.unique(split, return_counts=True)
-                counts.append({str(a): int(b) for a, b in zip(names, n, strict=True)})
-            self._split_counts = counts
-        return self._split_counts
+                table = self.read_shard(i, ["split", "features"])
+                counts.append(self._histograms(table))
+            self._length_counts = counts
+        return self._length_counts
+
+    def _histograms(self, table: pa.Table) -> dict[str, np.ndarray]:
+        split = np.asarray(table.column("split").to_numpy(zero_copy_only=False), dtype=str)
+        lengths = table.column("features").combine_chunks().value_lengths().to_numpy(
+            zero_copy_only=False) // self.n_features
+        return {name: np.bincount(lengths[split == name], minlength=self.spec.max_len + 1)
+                for name in SPLIT_NAMES if (split == name).any()}
+
+    def split_counts(self) -> list[dict[str, int]]:
+        """Sessions of each split in each shard."""
+        return [{name: int(h.sum()) for name, h in shard.items()} for shard in self.length_counts()]
 
     def rows(self, split: str, features: bool = True, baseline: bool = True,
              shards: Sequence[int] | None = None, chunk: int | None = None) -> Iterator[SplitRows]:
@@ -879,6 +891,36 @@ class PrepDir:
         return SplitRows.concat(list(self.rows(split, features, baseline)), self.n_features,
                                 len(self.baseline_names))
 
+    def read_splits(self, features: Sequence[str] = SPLIT_NAMES,
+                    baseline: bool = True) -> dict[str, SplitRows]:
+        """Every split in memory, in one pass over the shards (each read and checked once).
+
+        Args:
+            features: the splits whose encoded events are read; the others get
+                ``values`` None (their events are streamed when needed).
+            baseline: read the baseline counts.
+
+        Returns:
+            SplitRows per name of SPLIT_NAMES.
+
+        Raises:
+            DataError: as `read_shard`.
+        """
+        columns = ["key_digest", "split", "label", "start", "prefix_len", "features"]
+        columns += ["baseline"] if baseline else []
+        parts: dict[str, list[SplitRows]] = {name: [] for name in SPLIT_NAMES}
+        counts = []
+        for i in range(len(self.shards)):
+            table = self.read_shard(i, columns)
+            counts.append(self._histograms(table))
+            for name in SPLIT_NAMES:
+                mine = table.filter(pa.compute.equal(table.column("split"), name))
+                if len(mine):
+                    parts[name].append(self._split_rows(mine, name in features, baseline))
+        self._length_counts = counts
+        return {name: SplitRows.concat(rows, self.n_features, len(self.baseline_names))
+                for name, rows in parts.items()}
+
     def recompute_content_digest(self) -> str:
         """The content digest of what the shards hold now (`verify` checks bytes; this checks
         that the bytes are the sessions the manifest describes)."""
@@ -915,68 +957,154 @@ class PrepDir:
                 worker: tuple[int, int] | None = None, cycle_length: int = 4):
         """The sessions of ``split`` as a tf.data pipeline of length-bucketed batches.
 
-        Shards are read through `read_shard` (digest checked), several at a time
-        (interleave), filtered to ``split``; sessions are shuffled in a buffer, then grouped
-        by length (`length_buckets`) and padded with zeros only to the longest session of
-        their batch (real events first, as the Masking layer expects).
+        Each epoch (each new iterator) reads this split's shards through `read_shard`
+        (digest checked), ``cycle_length`` at a time in turn (interleave), shuffles sessions
+        in windows of ``shuffle_buffer``, and groups them by length (`length_buckets`): a
+        batch is padded with zeros only to its longest session (real events first, as the
+        Masking layer expects). Sessions left in a bucket at the end of a window wait for
+        the next; the last partial batch of each bucket comes at the end of the epoch, so
+        the number of batches is known in advance (Keras's ``steps_per_execution`` needs it).
+
+        Batching is done in NumPy inside one generator: the equivalent of
+        interleave + shuffle + ``bucket_by_sequence_length`` in tf.data, whose per-session
+        element ops (ragged unbatch, shuffle, group_by_window) cost 3-4x the training steps
+        of the short sessions that make up most of a log.
 
         Args:
             split: a name of SPLIT_NAMES.
             batch_size: sessions per batch (a bucket's last batch may be smaller).
-            shuffle: shuffle shard order and sessions, anew each epoch (training); else
-                shards are read in order (validation, evaluation).
-            seed: the shuffles' seed.
+            shuffle: interleave shards, shuffle their order and the sessions, anew each epoch
+                (training); else shards are read one after the other and sessions keep
+                canonical order (validation, evaluation).
+            seed: the shuffles' seed (epoch k of this dataset uses (seed, k)).
             class_weights: {0: w0, 1: w1}: yield (x, y, sample_weight); None: (x, y).
-            shuffle_buffer: sessions shuffled among.
-            boundaries: bucket boundaries (`tf.data.Dataset.bucket_by_sequence_length`);
-                default `length_buckets` of the spec's max_len.
+            shuffle_buffer: sessions shuffled together.
+            boundaries: bucket boundaries as `tf.data.Dataset.bucket_by_sequence_length`
+                takes them; default `length_buckets` of the spec's max_len.
             worker: (index, count): read only the shards ``i`` with ``i % count == index``
                 among this split's shards (a worker's share in multi-worker training).
-            cycle_length: shards read at a time.
+            cycle_length: shards read at a time when shuffling.
 
         Returns:
-            tf.data.Dataset of (x (B, T, F) float32, y (B,) float32[, w (B,) float32]).
-            Errors of a damaged shard surface as TensorFlow errors; run the pipeline within
-            `shard_errors` to get the shard's one-line DataError.
+            tf.data.Dataset of (x (B, T, F) float32, y (B,) float32[, w (B,) float32]), of
+            known cardinality. Errors of a damaged shard surface as TensorFlow errors; run
+            the pipeline within `shard_errors` to get the shard's one-line DataError.
         """
         import tensorflow as tf
 
-        counts = self.split_counts()
-        files = [i for i, c in enumerate(counts) if c.get(split, 0)]
+        histograms = self.length_counts()
+        files = [i for i, h in enumerate(histograms) if split in h]
         if worker is not None:
             index, count = worker
             files = files[index::count]
-        n_features = self.n_features
+        bounds = np.asarray(list(boundaries) if boundaries is not None else length_buckets(self.spec.max_len))
+        per_length = sum((histograms[i][split] for i in files), np.zeros(self.spec.max_len + 1, np.int64))
+        per_bucket = np.bincount(np.searchsorted(bounds, np.arange(len(per_length)), side="right"),
+                                 weights=per_length, minlength=len(bounds) + 1)
+        n_batches = int(sum(-(-int(n) // batch_size) for n in per_bucket))
+        epochs = iter(range(1 << 62))
 
-        def read(i):
+        def batches():
+            rng = np.random.default_rng((seed, next(epochs))) if shuffle else None
+            order = list(rng.permutation(files)) if shuffle else list(files)
             try:
-                for part in self.rows(split, baseline=False, shards=[int(i)], chunk=READ_CHUNK_SESSIONS):
-                    yield part.values, part.lengths, part.label.astype(np.float32)
+                for x, y in self._bucketed(order, split, batch_size, rng, shuffle_buffer, bounds,
+                                           cycle_length if shuffle else 1):
+                    if class_weights is None:
+                        yield x, y
+                    else:
+                        yield x, y, np.where(y > 0.5, class_weights[1], class_weights[0]).astype(np.float32)
             except UbpEdgeError as e:
                 self._failures.append(e)
                 raise
 
-        signature = (tf.TensorSpec((None, n_features), tf.float32), tf.TensorSpec((None,), tf.int64),
-                     tf.TensorSpec((None,), tf.float32))
-        ds = tf.data.Dataset.from_tensor_slices(np.array(files, np.int64))
-        if shuffle and len(files) > 1:
-            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.interleave(lambda i: tf.data.Dataset.from_generator(read, args=(i,),
-                                                                    output_signature=signature),
-                           cycle_length=max(1, min(cycle_length, len(files))), block_length=1)
-        ds = ds.map(lambda v, n, y: (tf.RaggedTensor.from_row_lengths(v, n), y)).unbatch()
-        # unbatch leaves each session a ragged-rank-0 value; padded_batch takes plain tensors.
-        ds = ds.map(lambda x, y: (x if isinstance(x, tf.Tensor) else x.to_tensor(), y))
-        if shuffle:
-            ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
-        bounds = list(boundaries) if boundaries is not None else length_buckets(self.spec.max_len)
-        ds = ds.bucket_by_sequence_length(lambda x, y: tf.shape(x)[0], bounds,
-                                          [batch_size] * (len(bounds) + 1),
-                                          padded_shapes=([None, n_features], []))
-        if class_weights is not None:
-            w0, w1 = float(class_weights[0]), float(class_weights[1])
-            ds = ds.map(lambda x, y: (x, y, tf.where(y > 0.5, w1, w0)))
-        return ds.prefetch(tf.data.AUTOTUNE)
+        vector = tf.TensorSpec((None,), tf.float32)
+        signature = (tf.TensorSpec((None, None, self.n_features), tf.float32), vector)
+        signature += (vector,) if class_weights is not None else ()
+        ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
+        return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)
+
+    def _interleaved(self, files: Sequence[int], split: str, cycle_length: int) -> Iterator[SplitRows]:
+        """Chunks of ``split``'s sessions, taken in turn from ``cycle_length`` shards at a time
+        (a finished shard's place goes to the next file), as tf.data's interleave does."""
+        pending = list(files)
+        active = []
+        while pending or active:
+            while pending and len(active) < max(1, cycle_length):
+                active.append(self.rows(split, baseline=False, shards=[int(pending.pop(0))],
+                                        chunk=READ_CHUNK_SESSIONS))
+            for reader in list(active):
+                chunk = next(reader, None)
+                if chunk is None:
+                    active.remove(reader)
+                else:
+                    yield chunk
+
+    def _bucketed(self, files: Sequence[int], split: str, batch_size: int, rng, window: int,
+                  bounds: np.ndarray, cycle_length: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(x, y) batches of sessions of similar length; see `dataset`."""
+        carry: list[SplitRows] = []
+        held = 0
+        chunks = self._interleaved(files, split, cycle_length)
+        done = False
+        while not done:
+            parts, held = carry, sum(len(c) for c in carry)
+            while held < window:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    done = True
+                    break
+                parts.append(chunk)
+                held += len(chunk)
+            if not held:
+                return
+            rows = SplitRows.concat(parts, self.n_features, 0)
+            order = rng.permutation(len(rows)) if rng is not None else np.arange(len(rows))
+            emitted, carry = _bucket_batches(rows.lengths[order], bounds, batch_size, final=done)
+            starts = np.cumsum(rows.lengths) - rows.lengths
+            for members in emitted:
+                index = order[members]
+                yield _padded(rows.values, rows.lengths, starts, index), rows.label[index].astype(np.float32)
+            carry = [rows.take(order[carry])] if len(carry) else []
+
+
+def _bucket_batches(lengths: np.ndarray, bounds: np.ndarray, batch_size: int,
+                    final: bool) -> tuple[list[np.ndarray], np.ndarray]:
+    """Group a stream of sessions (their lengths, in stream order) into batches by bucket,
+    as ``group_by_window`` does: a bucket's batch is emitted when its ``batch_size``-th
+    session arrives. With ``final`` the partial batches follow, bucket by bucket.
+
+    Returns:
+        (the batches, each as positions into the stream, in emission order; the positions of
+        the sessions left in partial batches when not ``final``).
+    """
+    bucket = np.searchsorted(bounds, lengths, side="right")
+    by_bucket = np.argsort(bucket, kind="stable")  # stream order kept within each bucket
+    counts = np.bincount(bucket, minlength=len(bounds) + 1)
+    first = np.cumsum(counts) - counts
+    rank = np.empty(len(lengths), np.int64)
+    rank[by_bucket] = np.arange(len(lengths)) - first[bucket[by_bucket]]
+    full = rank < (counts[bucket] // batch_size) * batch_size
+    closing = np.flatnonzero(full & (rank % batch_size == batch_size - 1))  # in stream order
+    batches = [by_bucket[first[bucket[p]] + rank[p] - batch_size + 1:first[bucket[p]] + rank[p] + 1]
+               for p in closing]
+    rest = np.flatnonzero(~full)
+    if not final:
+        return batches, rest
+    for b in np.unique(bucket[rest]):
+        batches.append(rest[bucket[rest] == b])
+    return batches, np.zeros(0, np.int64)
+
+
+def _padded(values: np.ndarray, lengths: np.ndarray, starts: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Sessions ``index`` of a ragged array (stacked ``values``, ``lengths``, row ``starts``)
+    as one (B, T, F) batch, zero-padded after their events to the longest of them."""
+    lens = lengths[index]
+    x = np.zeros((len(index), max(int(lens.max()), 1), values.shape[1]), np.float32)
+    row = np.repeat(np.arange(len(index)), lens)
+    step = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+    x[row, step] = values[_ragged_rows(starts, lengths, index)]
+    return x
 
 
 def length_buckets(max_len: int, exact_up_to: int = 8, growth: float = 1.25) -> list[int]:
@@ -1027,10 +1155,6 @@ def predict_by_length(predict: Callable[[np.ndarray], np.ndarray], values: np.nd
     order = np.argsort(lengths, kind="stable")
     for a in range(0, n, batch_size):
         index = order[a:a + batch_size]
-        lens = lengths[index]
-        x = np.zeros((len(index), max(int(lens.max()), 1), values.shape[1]), np.float32)
-        row = np.repeat(np.arange(len(index)), lens)
-        step = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
-        x[row, step] = values[_ragged_rows(starts, lengths, index)]
+        x = _padded(values, lengths, starts, index)
         out[index] = np.asarray(predict(x)).reshape(-1)
     return out

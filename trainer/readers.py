@@ -1303,17 +1303,51 @@ def stream_text(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[by
 
 
 def _read_fifo_stream(p: Path):
-    """A named pipe opened for streaming (peekable); a FIFO with no writer is refused at once."""
+    """A named pipe opened for streaming (peekable); a FIFO with no writer is refused at once,
+    as `_read_fifo` does (a first non-blocking read tells "no writer" from "nothing yet")."""
     try:
         fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
+    try:
+        first = os.read(fd, CHUNK_BYTES)
+    except BlockingIOError:
+        first = None  # a writer holds the pipe and has not written yet: wait for it
+    if first == b"":
+        os.close(fd)
+        raise DataError(f"{p}: a named pipe (FIFO) with no writer; start the program that "
+                        f"writes to it first (e.g. `cat log.csv > {p} &`), or pass the file")
     os.set_blocking(fd, True)
-    return open(fd, "rb")
+    return io.BufferedReader(_Prefixed(first or b"", open(fd, "rb", buffering=0)))
+
+
+class _Prefixed(io.RawIOBase):
+    """A raw stream that gives ``first`` and then what ``rest`` holds (a pipe's first read,
+    taken to see whether it has a writer, put back in front)."""
+
+    def __init__(self, first: bytes, rest) -> None:
+        self._first, self._rest = first, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._first:
+            n = min(len(buffer), len(self._first))
+            buffer[:n], self._first = self._first[:n], self._first[n:]
+            return n
+        return self._rest.readinto(buffer)
+
+    def close(self) -> None:
+        self._rest.close()
+        super().close()
 
 
 def is_parquet(path: str | Path) -> bool:
-    """Whether the file starts with Parquet's magic bytes (a regular file only)."""
+    """Whether the file starts with Parquet's magic bytes (a regular file only: opening a pipe
+    to look would wait for its writer, and take its first bytes)."""
+    if not os.path.isfile(path):
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(4) == b"PAR1"

@@ -45,7 +45,10 @@ carts, 2-4% favs, 1.5-3% purchases, and 8-14% of sessions contain a purchase.
 
 In the code: `_Catalogue` is step 1, `_simulate_user` steps 2-3, `_Visit` (one
 session, stage by stage) steps 4-5. `generate_events` is the entry point and
-`write_canonical_csv` writes its result through `trainer.files.atomic_open`.
+`write_canonical_csv` writes its result through `trainer.files.atomic_open`. For logs
+bigger than memory (the scale benchmark's 16 million events), `iter_event_batches` yields
+the same log in batches of whole users and `write_synthetic_log` streams it to a CSV
+(gzipped for a .gz name), the same bytes as the in-memory pair writes.
 Every draw comes from one seeded generator in a fixed order: a seed pins the log
 (tests/test_synthetic.py holds a digest of one).
 """
@@ -54,9 +57,14 @@ from __future__ import annotations
 
 import bisect
 import csv
+import gzip
+import io
 import math
 import os
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +76,9 @@ CSV_HEADER: tuple[str, ...] = ("user", "ts", "event", "item", "category", "price
 
 N_ITEMS = 5_000
 N_CATEGORIES = 100
+
+# Users per batch of a streamed log: about 117,000 events, a few tens of MB in Python lists.
+DEFAULT_BATCH_USERS = 1_000
 
 # Relative activity per local hour, shaped after the hours of the Taobao
 # sample's events (UTC+8): a night trough, a plateau by day, an evening peak.
@@ -380,13 +391,107 @@ def _simulate_user(rng: np.random.Generator, r: _Uniforms, cat: _Catalogue, prop
     return times
 
 
+def _checked(n_users: int, days: int, start_ts: float, batch_users: int) -> tuple[int, int, int]:
+    """The arguments of generate_events / iter_event_batches as ints, or a ConfigError."""
+    if int(n_users) != n_users or n_users < 1:
+        raise ConfigError(f"n_users must be a positive integer, got {n_users!r}")
+    if int(days) != days or days < 1:
+        raise ConfigError(f"days must be a positive integer, got {days!r}")
+    if not math.isfinite(start_ts):
+        raise ConfigError(f"start_ts must be a finite Unix time, got {start_ts!r}")
+    if int(batch_users) != batch_users or batch_users < 1:
+        raise ConfigError(f"batch_users must be a positive integer, got {batch_users!r}")
+    return int(n_users), int(days), int(batch_users)
+
+
+def iter_event_batches(
+    n_users: int = 400,
+    days: int = 9,
+    seed: int = 0,
+    start_ts: float = 1_700_000_000.0,
+    batch_users: int = DEFAULT_BATCH_USERS,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The log of `generate_events`, as consecutive batches of whole users.
+
+    Memory stays bounded by one batch (plus 16 bytes per user for the propensities and
+    activity rates, which are drawn for all users up front: drawing them per batch would
+    move every later draw of the seeded stream and so change the log). Concatenating the
+    batches gives exactly the arrays `generate_events` returns, whatever ``batch_users``
+    is: users are simulated in id order from one generator, and each batch is sorted on
+    its own, which equals the global (user, ts) sort because batches never share a user.
+
+    Args:
+        n_users, days, seed, start_ts: as `generate_events`.
+        batch_users: users simulated and handed out per batch (the last batch may hold
+            fewer).
+
+    Returns:
+        An iterator of dicts with the columns of `generate_events`. The arguments are
+        checked at the call, not at the first ``next``.
+
+    Raises:
+        ConfigError: as `generate_events`, or batch_users below 1.
+    """
+    n_users, days, batch_users = _checked(n_users, days, start_ts, batch_users)
+    return _batches(n_users, days, seed, start_ts, batch_users)
+
+
+def _batches(n_users: int, days: int, seed: int, start_ts: float,
+             batch_users: int) -> Iterator[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    cat = _Catalogue(rng)
+    r = _Uniforms(rng)
+
+    propensity = rng.normal(0.0, 1.0, size=n_users)
+    rate = np.clip(rng.gamma(shape=2.0, scale=1.0, size=n_users), 0.5, 6.0)
+
+    event_names = np.array(EVENT_TYPES)
+    item_names = np.array([f"i{i:05d}" for i in range(N_ITEMS)])
+    cat_names = np.array([f"c{i:03d}" for i in range(N_CATEGORIES)])
+    for first in range(0, n_users, batch_users):
+        last = min(first + batch_users, n_users)
+        user_idx: list[np.ndarray] = []
+        ts_parts: list[np.ndarray] = []
+        items: list[int] = []
+        events: list[int] = []
+        for u in range(first, last):
+            user_begin = len(events)
+            ts_parts += _simulate_user(rng, r, cat, float(propensity[u]), float(rate[u]), days,
+                                       items, events)
+            user_idx.append(np.full(len(events) - user_begin, u - first, dtype=np.int64))
+
+        uid = np.concatenate(user_idx)
+        # Millisecond resolution, as the CSV stores it, so the arrays and their CSV
+        # round trip agree and a demo trained from either sees the same data.
+        ts = np.round(start_ts + np.concatenate(ts_parts), 3)
+        item = np.asarray(items, dtype=np.int64)
+        ev = np.asarray(events, dtype=np.int64)
+
+        # Already in (user, ts) order by construction; the sort makes it a guarantee.
+        order = np.lexsort((ts, uid))
+        uid, ts, item, ev = uid[order], ts[order], item[order], ev[order]
+
+        user_names = np.array([f"u{i:05d}" for i in range(first, last)])
+        yield {
+            "user": user_names[uid],
+            "ts": ts.astype(np.float64),
+            "event": event_names[ev],
+            "item": item_names[item],
+            "category": cat_names[cat.item_category[item]],
+            "price": cat.price[item].astype(np.float64),
+        }
+
+
 def generate_events(
     n_users: int = 400,
     days: int = 9,
     seed: int = 0,
     start_ts: float = 1_700_000_000.0,
 ) -> dict[str, np.ndarray]:
-    """Generate a seeded synthetic browsing log in canonical columns.
+    """Generate a seeded synthetic browsing log in canonical columns, in memory.
+
+    For logs too big for memory, `iter_event_batches` hands out the same log in batches
+    of users and `write_synthetic_log` streams it to a file.
 
     Args:
         n_users: Number of distinct users; each gets at least one session.
@@ -407,53 +512,10 @@ def generate_events(
     Raises:
         ConfigError: If n_users or days is below 1, or start_ts is not finite.
     """
-    if int(n_users) != n_users or n_users < 1:
-        raise ConfigError(f"n_users must be a positive integer, got {n_users!r}")
-    if int(days) != days or days < 1:
-        raise ConfigError(f"days must be a positive integer, got {days!r}")
-    if not math.isfinite(start_ts):
-        raise ConfigError(f"start_ts must be a finite Unix time, got {start_ts!r}")
-    n_users, days = int(n_users), int(days)
-
-    rng = np.random.default_rng(seed)
-    cat = _Catalogue(rng)
-    r = _Uniforms(rng)
-
-    propensity = rng.normal(0.0, 1.0, size=n_users)
-    rate = np.clip(rng.gamma(shape=2.0, scale=1.0, size=n_users), 0.5, 6.0)
-
-    user_idx: list[np.ndarray] = []
-    ts_parts: list[np.ndarray] = []
-    items: list[int] = []
-    events: list[int] = []
-    for u in range(n_users):
-        user_begin = len(events)
-        ts_parts += _simulate_user(rng, r, cat, float(propensity[u]), float(rate[u]), days,
-                                   items, events)
-        user_idx.append(np.full(len(events) - user_begin, u, dtype=np.int64))
-
-    uid = np.concatenate(user_idx)
-    # Millisecond resolution, as the CSV stores it, so the arrays and their CSV
-    # round trip agree and a demo trained from either sees the same data.
-    ts = np.round(start_ts + np.concatenate(ts_parts), 3)
-    item = np.asarray(items, dtype=np.int64)
-    ev = np.asarray(events, dtype=np.int64)
-
-    # Already in (user, ts) order by construction; the sort makes it a guarantee.
-    order = np.lexsort((ts, uid))
-    uid, ts, item, ev = uid[order], ts[order], item[order], ev[order]
-
-    user_names = np.array([f"u{i:05d}" for i in range(n_users)])
-    item_names = np.array([f"i{i:05d}" for i in range(N_ITEMS)])
-    cat_names = np.array([f"c{i:03d}" for i in range(N_CATEGORIES)])
-    return {
-        "user": user_names[uid],
-        "ts": ts.astype(np.float64),
-        "event": np.array(EVENT_TYPES)[ev],
-        "item": item_names[item],
-        "category": cat_names[cat.item_category[item]],
-        "price": cat.price[item].astype(np.float64),
-    }
+    n_users, days, _ = _checked(n_users, days, start_ts, 1)
+    # One batch of all users: no concatenation, so no second copy of the log.
+    (log,) = _batches(n_users, days, seed, start_ts, batch_users=n_users)
+    return log
 
 
 def write_canonical_csv(events: dict[str, np.ndarray], path: str | os.PathLike) -> int:
@@ -464,10 +526,87 @@ def write_canonical_csv(events: dict[str, np.ndarray], path: str | os.PathLike) 
             columns of CSV_HEADER, all of equal length.
         path: Destination file; its directory is created if needed. A reader never sees a
             half-written file: rows go to a temporary file beside it, which then
-            replaces the destination in one step.
+            replaces the destination in one step. A name ending in ``.gz`` is gzipped.
 
     Returns:
         The number of data rows written (the header excluded).
+
+    Raises:
+        ValueError: If a column is missing or the columns differ in length.
+        OutputError: The file cannot be written (trainer.files.atomic_path).
+    """
+    rows = _csv_rows(events)  # checked before the destination is touched
+    with _open_csv(Path(path)) as writer:
+        writer.writerows(rows)
+    return len(events["user"])
+
+
+def write_synthetic_log(
+    path: str | os.PathLike,
+    n_users: int = 400,
+    days: int = 9,
+    seed: int = 0,
+    start_ts: float = 1_700_000_000.0,
+    batch_users: int = DEFAULT_BATCH_USERS,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> int:
+    """Generate the log of `generate_events` and write it as a canonical CSV, streaming.
+
+    Users are simulated and written ``batch_users`` at a time, so memory does not grow
+    with the log (16 bytes per user aside, see `iter_event_batches`); the file is the one
+    ``write_canonical_csv(generate_events(...), path)`` writes, byte for byte.
+
+    Example:
+        ``write_synthetic_log("events-16M.csv", n_users=137_000)`` writes about 16 million
+        events (about 117 per user over the default 9 days).
+
+    Args:
+        path: Destination file, written atomically as `write_canonical_csv` does; a name
+            ending in ``.gz`` is gzipped.
+        n_users, days, seed, start_ts, batch_users: as `iter_event_batches`.
+        on_batch: Called after each batch with (users written, events written) so far,
+            for a progress display.
+
+    Returns:
+        The number of data rows written (the header excluded).
+
+    Raises:
+        ConfigError: As `iter_event_batches`, before the destination is touched.
+        OutputError: The file cannot be written.
+    """
+    batches = iter_event_batches(n_users, days, seed, start_ts, batch_users)
+    rows = users = 0
+    with _open_csv(Path(path)) as writer:
+        for batch in batches:
+            writer.writerows(_csv_rows(batch))
+            rows += len(batch["user"])
+            users = min(users + int(batch_users), int(n_users))
+            if on_batch is not None:
+                on_batch(users, rows)
+    return rows
+
+
+@contextmanager
+def _open_csv(dest: Path) -> Iterator[Any]:
+    """A csv writer on an atomically written ``dest`` (gzipped if its name ends in .gz),
+    the header already written."""
+    with ExitStack() as stack:
+        if dest.name.endswith(".gz"):
+            raw = stack.enter_context(atomic_open(dest, "wb"))
+            # mtime=0 and the final name (not the temporary file's): the same log gives
+            # the same bytes. Level 6, zlib's default: level 9 costs far more for little.
+            gz = stack.enter_context(gzip.GzipFile(filename=dest.name, mode="wb", fileobj=raw,
+                                                   compresslevel=6, mtime=0))
+            f = stack.enter_context(io.TextIOWrapper(gz, encoding="utf-8", newline=""))
+        else:
+            f = stack.enter_context(atomic_open(dest, "w", newline=""))
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        yield writer
+
+
+def _csv_rows(events: dict[str, np.ndarray]) -> Iterator[tuple[str, ...]]:
+    """The CSV rows of ``events`` (ts to the millisecond, price to the cent), as strings.
 
     Raises:
         ValueError: If a column is missing or the columns differ in length.
@@ -482,7 +621,7 @@ def write_canonical_csv(events: dict[str, np.ndarray], path: str | os.PathLike) 
 
     ts = np.char.mod("%.3f", np.asarray(events["ts"], dtype=np.float64))
     price = np.char.mod("%.2f", np.asarray(events["price"], dtype=np.float64))
-    rows = zip(
+    return zip(
         np.asarray(events["user"]).astype(str).tolist(),
         ts.tolist(),
         np.asarray(events["event"]).astype(str).tolist(),
@@ -490,11 +629,3 @@ def write_canonical_csv(events: dict[str, np.ndarray], path: str | os.PathLike) 
         np.asarray(events["category"]).astype(str).tolist(),
         price.tolist(), strict=True,
     )
-
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(dest, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(CSV_HEADER)
-        writer.writerows(rows)
-    return n

@@ -1,18 +1,23 @@
-"""Train the LSTM (and the logistic-regression baseline) from an event log into a run directory.
+"""Train the LSTM (and the logistic-regression baseline) from a prepared log into a run directory.
 
 Entry point: `train(TrainConfig(...))`. The run directory holds everything `convert`
 needs and everything a person needs to trust the model: weights, FeatureSpec, config,
 split manifest, report with test metrics, and the quarantined rows.
 
-`train` runs in named stages, one function each:
+Training reads a PREP_DIR (trainer.prepdir), the log's scorable sessions encoded once by
+`ubp-edge prepare`. Given a log instead, `train` prepares it first into its own staging
+folder (`trainer.prepare.prepare`): one code path, whatever the input. It runs in named
+stages, one function each:
 
-1. read the log (`trainer.readers.read_log`);
-2. `_prepare`: sessions, the time split, the fitted encoder, and one `SplitData` per
-   name of `trainer.rundir.SPLIT_NAMES` (the only place the three splits are spelt out);
-3. `_fit_lstm`: Keras training, checkpointed after every epoch so ``--resume`` continues
-   a killed run;
-4. `_score_lstm`: the LSTM's probabilities per split and its threshold;
-5. `_fit_baseline`: the logistic regression on per-session counts;
+1. `_opened` / `_prepare_log`: the PREP_DIR, opened as given (its settings reconciled with
+   the configuration, `TrainConfig.settled`) or prepared from the log;
+2. `_load`: the validation and test splits in memory, the training split's labels and
+   baseline counts (not its events, which are streamed);
+3. `_fit_lstm`: Keras training on length-bucketed tf.data streams of the shards
+   (`trainer.prepdir.PrepDir.dataset`), checkpointed after every epoch so ``--resume``
+   continues a killed run; the model is built inside an optional tf.distribute strategy;
+4. `_score_lstm`: the LSTM's probabilities per split, in session order, and its threshold;
+5. `_fit_baseline`: the logistic regression on the shards' per-session counts;
 6. `_report`: report.json's content (`render_report_md` renders it for a person);
 7. `_write_run`: every file, into the staging directory that `trainer.rundir` renames
    into place (the parity sessions through `trainer.rundir.ragged`).
@@ -26,26 +31,25 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_runtime.errors import ConfigError, RunDirError, first_line
-from edge_runtime.features import FeatureEncoder
+from edge_runtime.errors import ConfigError, DataError, RunDirError, first_line
 from trainer import rundir
-from trainer.dataset import aggregate_features, encode_sessions, new_encoder, pad, raw_sessions
 from trainer.files import (
     atomic_open,
+    atomic_path,
     check_outputs,
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
 )
-from trainer.formats import FormatPreset
+from trainer.logsource import EventLogSource
 from trainer.metrics import (
     METRIC_KEYS,
     METRICS,
@@ -53,8 +57,7 @@ from trainer.metrics import (
     choose_threshold,
     classification_metrics,
 )
-from trainer.readers import EventLog, read_log
-from trainer.sessions import Sessions, Split, sessionize, time_split
+from trainer.prepdir import MANIFEST, PrepDir, SplitRows, predict_by_length, predictor, sha256_file
 
 
 class ClassWeight(StrEnum):
@@ -64,12 +67,21 @@ class ClassWeight(StrEnum):
     BALANCED = "balanced"
 
 
+# The settings that decide which sessions exist, how they split and how they are encoded:
+# a PREP_DIR fixes them (its manifest's ``settings``); for a log, these defaults apply.
+DATA_DEFAULTS: dict[str, Any] = {"gap_minutes": 30.0, "validation": 0.15, "test": 0.15,
+                                 "max_len": 50, "use_context": True}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run; written to the run directory as config.json.
 
     Defaults for the model follow the user's article: LSTM(128), Adam 1e-3, binary
-    cross-entropy, batch 32, 10 epochs.
+    cross-entropy, batch 32, 10 epochs. The data settings (`DATA_DEFAULTS`: max_len,
+    gap_minutes, validation, test, use_context) are None until `settled`: the defaults for a
+    log, the PREP_DIR's own for a prepared folder (an explicit value must agree with it).
+    config.json holds them settled.
     """
 
     data: str
@@ -79,33 +91,38 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3
-    max_len: int = 50
-    gap_minutes: float = 30.0
-    validation: float = 0.15
-    test: float = 0.15
+    max_len: int | None = None
+    gap_minutes: float | None = None
+    validation: float | None = None
+    test: float | None = None
     class_weight: ClassWeight = ClassWeight.BALANCED
     patience: int = 3
-    use_context: bool = True
+    use_context: bool | None = None
     seed: int = 0
     strict: bool = False
     overwrite: bool = False
     resume: bool = False
 
     def __post_init__(self) -> None:
-        problems = [f"{option(k)} must be a whole number >= 1, got {getattr(self, k)!r}"
-                    for k in ("units", "epochs", "batch_size", "max_len", "patience")
+        whole = [k for k in ("units", "epochs", "batch_size", "max_len", "patience")
+                 if getattr(self, k) is not None or k != "max_len"]  # max_len None: not settled yet
+        problems = [f"{option(k)} must be a whole number >= 1, got {getattr(self, k)!r}" for k in whole
                     if isinstance(getattr(self, k), bool) or not isinstance(getattr(self, k), int)
                     or getattr(self, k) < 1]
         if not (0 < self.learning_rate < 1):
             problems.append(f"--learning-rate must be in (0, 1), got {self.learning_rate}")
-        if not self.gap_minutes > 0:
+        if self.gap_minutes is not None and not self.gap_minutes > 0:
             problems.append(f"--gap-minutes must be > 0, got {self.gap_minutes}")
-        for k in ("validation", "test"):
-            if not 0 < getattr(self, k) < 1:
-                problems.append(f"{option(k)} must be a share in (0, 1), got {getattr(self, k)}")
-        if 0 < self.validation < 1 and 0 < self.test < 1 and not self.validation + self.test < 1:
-            problems.append(f"--validation {self.validation} and --test {self.test} leave no "
+        shares = {k: DATA_DEFAULTS[k] if getattr(self, k) is None else getattr(self, k)
+                  for k in ("validation", "test")}
+        for k, v in shares.items():
+            if not 0 < v < 1:
+                problems.append(f"{option(k)} must be a share in (0, 1), got {v}")
+        if all(0 < v < 1 for v in shares.values()) and not sum(shares.values()) < 1:
+            problems.append(f"--validation {shares['validation']} and --test {shares['test']} leave no "
                             f"training sessions (their sum must be below 1)")
+        if self.use_context is not None and not isinstance(self.use_context, bool):
+            problems.append(f"--context/--no-context must be true or false, got {self.use_context!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             problems.append(f"--seed must be a whole number in 0..{MAX_SEED}, got {self.seed!r}")
         try:
@@ -115,6 +132,26 @@ class TrainConfig:
                             f"{' or '.join(c.value for c in ClassWeight)}")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def settled(self, fixed: dict | None = None, where: str = "") -> TrainConfig:
+        """This config with every data setting decided.
+
+        Args:
+            fixed: a PREP_DIR manifest's ``settings``, or None for a log (`DATA_DEFAULTS`).
+            where: the manifest, for messages.
+
+        Raises:
+            ConfigError: an explicit setting that contradicts the PREP_DIR's, naming both.
+        """
+        given = {k: getattr(self, k) for k in DATA_DEFAULTS}
+        if fixed is None:
+            return replace(self, **{k: DATA_DEFAULTS[k] if v is None else v for k, v in given.items()})
+        clashes = [f"{option(k)} {v!r} (the prepared folder has {k} {fixed[k]!r})"
+                   for k, v in given.items() if v is not None and v != fixed[k]]
+        if clashes:
+            raise ConfigError(f"{where}: {', '.join(clashes)}: the prepared folder fixes these; leave "
+                              f"them out or run prepare again with them")
+        return replace(self, **{k: fixed[k] for k in DATA_DEFAULTS})
 
     def to_dict(self) -> dict:
         """The config as config.json stores it."""
@@ -147,36 +184,43 @@ EpochCallback = Callable[[int, int, dict], None]
 # --------------------------------------------------------------------------- stage results
 
 @dataclass(frozen=True)
-class SplitData:
-    """One split's sessions as the models take them.
+class Loaded:
+    """What training keeps in memory of a PREP_DIR: the validation and test splits whole,
+    the training split without its events (streamed from the shards instead).
 
     Attributes:
-        index: the sessions' indices into `Sessions`.
-        encoded: each session's prefix, encoded: (L, F) float32 with L <= max_len.
-        x: the same, padded to (N, max_len, F) for Keras.
-        y: 0/1 labels, float32 (N,).
+        prep: the PREP_DIR.
+        parts: SplitRows per name of SPLIT_NAMES, in canonical order; ``parts["train"].values``
+            is None.
     """
 
-    index: np.ndarray
-    encoded: list[np.ndarray]
-    x: np.ndarray
-    y: np.ndarray
+    prep: PrepDir
+    parts: dict[str, SplitRows]
 
-
-@dataclass(frozen=True)
-class Prepared:
-    """The log turned into model inputs: its sessions, their time split, the encoder fitted
-    on the training split, and one SplitData per name of SPLIT_NAMES."""
-
-    sessions: Sessions
-    split: Split
-    encoder: FeatureEncoder
-    parts: dict[str, SplitData]
+    def y(self, name: str) -> np.ndarray:
+        """0/1 labels of one split, float32 (as Keras and the parity file take them)."""
+        return self.parts[name].label.astype(np.float32)
 
     @property
     def events_encoded(self) -> int:
         """Encoded events over all splits (after the cut to max_len)."""
-        return sum(len(x) for part in self.parts.values() for x in part.encoded)
+        return int(sum(int(part.lengths.sum()) for part in self.parts.values()))
+
+
+@dataclass(frozen=True)
+class Streams:
+    """Where `_fit_lstm` gets its data: factories, so that a tf.distribute strategy can
+    build them per worker or inside its scope.
+
+    Attributes:
+        n_features: values per encoded event.
+        train: seed -> tf.data.Dataset of (x, y, sample_weight) batches, shuffled by seed.
+        validation: () -> tf.data.Dataset of (x, y) batches.
+    """
+
+    n_features: int
+    train: Callable[[int], Any]
+    validation: Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -198,28 +242,105 @@ class Scores:
 
 # --------------------------------------------------------------------------- stages
 
-def _prepare(log: EventLog, config: TrainConfig) -> Prepared:
-    """Sessions, split, encoder (fitted on the training split only), encoded splits."""
-    sessions = sessionize(log, config.gap_minutes)
-    split = time_split(sessions, config.validation, config.test)
-    encoder = new_encoder(sessions, config.max_len, config.use_context)
-    encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder)))
-    parts = {}
-    for name, index in split.parts().items():
-        encoded = encode_sessions(sessions, index, encoder)
-        parts[name] = SplitData(index, encoded, pad(encoded, config.max_len),
-                                sessions.label[index].astype(np.float32))
-    return Prepared(sessions, split, encoder, parts)
+# The folder inside the run's staging folder where a log is prepared (removed at the end).
+PREPARED = "prepared"
 
 
-def _class_weights(y: np.ndarray, mode: ClassWeight) -> dict[int, float]:
+def _opened(config: TrainConfig) -> tuple[PrepDir | None, TrainConfig]:
+    """The PREP_DIR given as ``--data`` (None for a log), and the config with its data
+    settings settled: the PREP_DIR's, checked against the config's, or the defaults.
+
+    Raises:
+        DataError: a PREP_DIR that is damaged or not one; with ``strict``, one whose log had
+            bad rows.
+        ConfigError: settings that contradict the PREP_DIR's, or a ``--format`` other than
+            the one it was prepared from.
+    """
+    if not Path(config.data).is_dir():
+        return None, config.settled()
+    prep = PrepDir.open(config.data)
+    settled = config.settled(prep.settings, str(prep.path / MANIFEST))
+    made_from = prep.manifest["input"]["format"]
+    if config.format is not None and config.format != made_from:
+        raise ConfigError(f"--format {config.format}: {prep.path} was prepared from a "
+                          f"{made_from} log; leave --format out")
+    if config.strict:
+        _refuse_bad_rows(prep)
+    return prep, settled
+
+
+def _prepare_log(config: TrainConfig, source: EventLogSource | None, stage_dir: Path,
+                 stage: Callable[[str], None]) -> PrepDir:
+    """Prepare the log ``config.data`` into ``stage_dir/prepared`` with the config's settled
+    settings (`trainer.prepare.prepare`), so that a log trains exactly as its PREP_DIR
+    would. A resumed run reuses a finished preparation of the same log.
+
+    Raises:
+        DataError: the log cannot be read, or has a bad row with ``strict``.
+        ConfigError: a split would be empty.
+    """
+    folder = stage_dir / PREPARED
+    if config.resume and (folder / MANIFEST).is_file() and Path(config.data).is_file():
+        try:  # a pipe is never read twice: prepared again below
+            prep = PrepDir.open(folder)
+            if prep.manifest["input"]["sha256"] == sha256_file(config.data)[1]:
+                return prep
+        except (DataError, OSError):
+            pass  # prepared again below
+    from trainer.prepare import PrepareConfig, prepare
+
+    if source is None:
+        source = EventLogSource(Path(config.data), format=config.format, strict=config.strict,
+                                gap_minutes=config.gap_minutes)
+    prepare(PrepareConfig(source=source, out=str(folder), gap_minutes=config.gap_minutes,
+                          validation=config.validation, test=config.test, max_len=config.max_len,
+                          use_context=config.use_context, overwrite=True), on_stage=stage)
+    return PrepDir.open(folder)
+
+
+def _refuse_bad_rows(prep: PrepDir) -> None:
+    """``--strict`` on a PREP_DIR whose log had bad rows: DataError naming the first one (the
+    quarantine's first line), as reading the log with ``--strict`` would have."""
+    from trainer.quarantine import BadRows
+
+    total = prep.counts["bad_rows"]["total"]
+    if not total:
+        return
+    first = f"{prep.manifest['input']['path']}: {total} bad rows"
+    try:
+        with open(prep.quarantine, encoding="utf-8") as f:
+            row = json.loads(f.readline())
+        bad = BadRows(source=row["source"])
+        bad.add(row["line"], row["reason"], row["raw"], row.get("detail", ""))
+        first = bad.first_message()
+    except (OSError, TypeError, ValueError, KeyError, AttributeError):
+        pass  # no readable quarantine: the count alone
+    raise DataError(f"{first} ({total} bad rows; --strict)")
+
+
+def _load(prep: PrepDir) -> Loaded:
+    """The splits as training keeps them (see `Loaded`), every shard read and its digest
+    checked once, before training starts."""
+    return Loaded(prep, prep.read_splits(features=("validation", "test")))
+
+
+def _class_weights(n: int, pos: int, mode: ClassWeight) -> dict[int, float]:
+    """Loss weights of the two classes, from the training split's size and positives."""
     if mode is ClassWeight.NONE:
         return {0: 1.0, 1: 1.0}
-    n, pos = len(y), int(y.sum())
     if pos == 0 or pos == n:
         raise ConfigError(f"the training split has {pos} purchasing sessions of {n}: "
                           f"both classes are needed")
     return {0: n / (2.0 * (n - pos)), 1: n / (2.0 * pos)}
+
+
+def _streams(prep: PrepDir, config: TrainConfig, weights: dict[int, float]) -> Streams:
+    """The training and validation streams of a PREP_DIR, batched by length."""
+    return Streams(
+        prep.n_features,
+        train=lambda seed: prep.dataset("train", config.batch_size, shuffle=True, seed=seed,
+                                        class_weights=weights),
+        validation=lambda: prep.dataset("validation", VALIDATION_BATCH, shuffle=False))
 
 
 CHECKPOINT = "checkpoint"
@@ -229,6 +350,15 @@ def _save_npz(path: Path, arrays: list[np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, *arrays)
     write_bytes_atomic(path, buf.getvalue())
+
+
+# Training steps run per call of Keras's compiled train function: the same updates in the same
+# order as one step per call, without Python's overhead between steps, which is most of the
+# time of a step on the 1-3-event batches that length bucketing makes.
+STEPS_PER_EXECUTION = 32
+# Validation sessions per batch: metrics over the split do not depend on it (AUC accumulates
+# counts per threshold); larger batches are fewer calls.
+VALIDATION_BATCH = 256
 
 
 def _compiled_lstm(config: TrainConfig, n_features: int):
@@ -241,7 +371,8 @@ def _compiled_lstm(config: TrainConfig, n_features: int):
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="roc_auc"),
-                           keras.metrics.AUC(curve="PR", name="pr_auc")])
+                           keras.metrics.AUC(curve="PR", name="pr_auc")],
+                  steps_per_execution=STEPS_PER_EXECUTION)
     return model
 
 
@@ -289,28 +420,40 @@ def _undo_class_weights(model, weights: dict[int, float]) -> None:
         dense.set_weights([kernel, bias - math.log(weights[1] / weights[0])])
 
 
-def _fit_lstm(config: TrainConfig, train: SplitData, validation: SplitData,
-              weights: dict[int, float], on_epoch: EpochCallback | None, checkpoint: Path,
-              resume: dict | None = None) -> LstmFit:
+def _fit_lstm(config: TrainConfig, streams: Streams, weights: dict[int, float],
+              on_epoch: EpochCallback | None, checkpoint: Path, resume: dict | None = None,
+              strategy: Any = None) -> LstmFit:
     """Train with early stopping on validation PR-AUC, checkpointing after every epoch.
 
     The checkpoint (weights, optimizer state, best weights, history, early-stopping state)
     is written atomically, state.json last, so a run killed at any moment resumes from its
     last complete epoch. A resumed run is not bit-identical to an uninterrupted one (the
     shuffling stream restarts), but it continues the same optimisation.
+
+    Args:
+        config: the settled config.
+        streams: the data, as factories of tf.data pipelines.
+        weights: the class weights the training stream applies (undone on the output bias).
+        on_epoch: called after every epoch.
+        checkpoint: the checkpoint folder.
+        resume: the interrupted run's state.json, or None.
+        strategy: a tf.distribute strategy to build, compile and restore the model in
+            (None: the default strategy, one process).
     """
     import tensorflow as tf
     import tf_keras as keras
 
-    keras.utils.set_random_seed(config.seed + (resume["epoch"] if resume else 0))
+    first_epoch = resume["epoch"] if resume else 0
+    keras.utils.set_random_seed(config.seed + first_epoch)
     tf.config.experimental.enable_op_determinism()
-    model = _compiled_lstm(config, train.x.shape[2])
     checkpoint.mkdir(exist_ok=True)
     state = {"epoch": 0, "history": {}, "best_score": -1.0, "best_epoch": 0, "wait": 0}
     best_weights = None
-    if resume:
-        state = resume
-        best_weights = _restore_checkpoint(model, checkpoint)
+    with strategy.scope() if strategy is not None else nullcontext():
+        model = _compiled_lstm(config, streams.n_features)
+        if resume:
+            state = resume
+            best_weights = _restore_checkpoint(model, checkpoint)
 
     class Checkpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -333,9 +476,9 @@ def _fit_lstm(config: TrainConfig, train: SplitData, validation: SplitData,
                 self.model.stop_training = True
 
     if state["epoch"] < config.epochs and state["wait"] < config.patience:
-        model.fit(train.x, train.y, validation_data=(validation.x, validation.y),
-                  epochs=config.epochs, initial_epoch=state["epoch"], batch_size=config.batch_size,
-                  class_weight=weights, shuffle=True, callbacks=[Checkpoint()], verbose=0)
+        model.fit(streams.train(config.seed + first_epoch), validation_data=streams.validation(),
+                  epochs=config.epochs, initial_epoch=state["epoch"], callbacks=[Checkpoint()],
+                  verbose=0)
     if best_weights is not None:
         model.set_weights(best_weights)  # early stopping restores the best epoch
     _undo_class_weights(model, weights)
@@ -343,27 +486,40 @@ def _fit_lstm(config: TrainConfig, train: SplitData, validation: SplitData,
                    state["best_epoch"] or len(state["history"].get("loss", [])))
 
 
-def _score_lstm(model, data: Prepared) -> Scores:
-    """The LSTM's probabilities on every split; its threshold maximises F1 on validation."""
-    probability = {name: model.predict(part.x, batch_size=256, verbose=0).reshape(-1)
-                   for name, part in data.parts.items()}
-    return Scores(probability, choose_threshold(data.parts["validation"].y, probability["validation"]))
+# Sessions scored per call: sorted by length first, so a batch is padded to about its own length.
+SCORE_BATCH = 256
+# Training sessions scored per pass over the shards (their events are never all in memory).
+SCORE_CHUNK = 1 << 16
 
 
-def _fit_baseline(data: Prepared, seed: int) -> Scores:
-    """The logistic-regression baseline on per-session counts (no order): its probabilities
-    on validation and test, its threshold chosen on validation as the LSTM's is."""
+def _score_lstm(model, data: Loaded) -> Scores:
+    """The LSTM's probabilities on every split, in session order; its threshold maximises
+    F1 on validation. The training split is scored from the shards, chunk by chunk."""
+    probability, predict = {}, predictor(model)
+    for name, part in data.parts.items():
+        if part.values is not None:
+            probability[name] = predict_by_length(predict, part.values, part.lengths, SCORE_BATCH)
+        else:
+            probability[name] = np.concatenate(
+                [predict_by_length(predict, rows.values, rows.lengths, SCORE_BATCH)
+                 for rows in data.prep.rows(name, baseline=False, chunk=SCORE_CHUNK)] or
+                [np.zeros(0, np.float32)])
+    return Scores(probability, choose_threshold(data.y("validation"), probability["validation"]))
+
+
+def _fit_baseline(data: Loaded, seed: int) -> Scores:
+    """The logistic-regression baseline on the shards' per-session counts (no order): its
+    probabilities on validation and test, its threshold chosen on validation as the LSTM's is."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    counts = {name: aggregate_features(data.sessions, part.index)[0]
-              for name, part in data.parts.items()}
     # Unweighted: the baseline's probabilities stay calibrated; only ranking is compared.
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
-    model.fit(counts["train"], data.parts["train"].y)
-    probability = {name: model.predict_proba(counts[name])[:, 1] for name in ("validation", "test")}
-    return Scores(probability, choose_threshold(data.parts["validation"].y, probability["validation"]))
+    model.fit(data.parts["train"].baseline, data.y("train"))
+    probability = {name: model.predict_proba(data.parts[name].baseline)[:, 1]
+                   for name in ("validation", "test")}
+    return Scores(probability, choose_threshold(data.y("validation"), probability["validation"]))
 
 
 CALIBRATION_SESSIONS = 1000
@@ -399,21 +555,41 @@ def calibration_sample(y: np.ndarray, p: np.ndarray, seed: int,
     return rng.permutation(chosen)
 
 
-def _report(config: TrainConfig, log: EventLog, data: Prepared, weights: dict[int, float],
-            fit: LstmFit, lstm: Scores, logreg: Scores, timings: dict[str, float]) -> dict:
-    """report.json: the data read, the split, training, and test metrics of both models."""
-    test = data.parts["test"]
-    counts = {"n_sessions": int(len(test.index)), "n_positive": int(test.y.sum())}
+def _calibration_sessions(data: Loaded, chosen: np.ndarray) -> list[np.ndarray]:
+    """The encoded training sessions at positions ``chosen`` (in that order), read from the
+    shards in one pass."""
+    found: dict[int, np.ndarray] = {}
+    wanted = np.sort(chosen)
+    first = 0
+    for rows in data.prep.rows("train", baseline=False, chunk=SCORE_CHUNK):
+        mine = wanted[(wanted >= first) & (wanted < first + len(rows))]
+        if len(mine):
+            picked = rows.take(mine - first)
+            found.update(zip(mine.tolist(), picked.encoded, strict=True))
+        first += len(rows)
+    return [found[int(i)] for i in chosen]
+
+
+def _report(config: TrainConfig, data: Loaded, weights: dict[int, float], fit: LstmFit,
+            lstm: Scores, logreg: Scores, timings: dict[str, float]) -> dict:
+    """report.json: the data read (from the PREP_DIR's manifest), the split, training, and
+    test metrics of both models."""
+    manifest, counts = data.prep.manifest, data.prep.counts
+    test, y = data.parts["test"], data.y("test")
+    n = {"n_sessions": int(len(test)), "n_positive": int(y.sum())}
     p, q = lstm.probability["test"], logreg.probability["test"]
+    source = {"path": manifest["input"]["path"], "format": manifest["input"]["format"]}
+    if Path(config.data).is_dir():
+        source["prepared"] = str(config.data)
     return {
-        "data": {"path": str(config.data), "format": log.format, "rows_read": log.rows_read,
-                 "events": len(log), "bad_rows": log.bad.summary(), **data.sessions.summary(),
-                 "has_user_ids": log.has_user_ids,
-                 "time_span_utc": [float(log.ts.min()), float(log.ts.max())]},
-        "split": {name: {"sessions": int(len(part.index)),
-                         "positives": int(data.sessions.label[part.index].sum())}
+        "data": {**source, "rows_read": counts["rows_read"], "events": counts["events"],
+                 "bad_rows": counts["bad_rows"],
+                 **{k: counts[k] for k in ("sessions", "sessions_with_purchase",
+                                           "sessions_excluded_empty_prefix", "sessions_scorable")},
+                 "has_user_ids": manifest["has_user_ids"], "time_span_utc": manifest["time_span_utc"]},
+        "split": {name: {"sessions": int(len(part)), "positives": int(part.label.sum())}
                   for name, part in data.parts.items()},
-        "features": list(data.encoder.features),
+        "features": list(data.prep.spec.features),
         "threshold": lstm.threshold,
         "threshold_rule": "maximises F1 on the validation split",
         "class_weights": {str(k): v for k, v in weights.items()},
@@ -421,28 +597,40 @@ def _report(config: TrainConfig, log: EventLog, data: Prepared, weights: dict[in
         "epochs_run": len(fit.history["loss"]),
         "history": fit.history,
         "test": {
-            "lstm": {**counts, **classification_metrics(test.y, p, lstm.threshold),
-                     "by_prefix_length": by_prefix_length(test.y, p, data.sessions.prefix_len[test.index],
-                                                          lstm.threshold)},
-            "logreg": {**counts, "threshold": logreg.threshold,
-                       **classification_metrics(test.y, q, logreg.threshold)},
+            "lstm": {**n, **classification_metrics(y, p, lstm.threshold),
+                     "by_prefix_length": by_prefix_length(y, p, test.prefix_len, lstm.threshold)},
+            "logreg": {**n, "threshold": logreg.threshold,
+                       **classification_metrics(y, q, logreg.threshold)},
         },
         "timings": {**{k: round(v, 3) for k, v in timings.items()},
                     "events_encoded": data.events_encoded},
     }
 
 
-def _parity_arrays(data: Prepared, lstm: Scores, seed: int) -> dict[str, np.ndarray]:
+def _split_manifest(data: Loaded) -> dict:
+    """split.json: the rule, the cut times, and per split its session count, purchasing
+    sessions and session-key digests (no raw ids), as trainer.sessions.Split.manifest has it."""
+    rule = data.prep.manifest["split_rule"]
+    return {"rule": rule.get("rule", "by session start; a session belongs to exactly one split"),
+            "session_digests": "first 16 hex digits of SHA-256 of the session key "
+                               "(trainer.sessions.key_digests); no raw user ids are stored",
+            "validation_from_ts": rule["validation_from_ts"], "test_from_ts": rule["test_from_ts"],
+            **{name: {"sessions": int(len(part)), "positives": int(part.label.sum()),
+                      "session_digests": part.key_digest.tolist()}
+               for name, part in data.parts.items()}}
+
+
+def _parity_arrays(data: Loaded, lstm: Scores, seed: int) -> dict[str, np.ndarray]:
     """parity_sessions.npz: the test sessions as the model saw them, with the Keras
     probabilities (`convert` checks every artifact against these without reading the log
     again); validation sessions, which pick and recalibrate quantized artifacts; and a
     sample of training sessions, which calibrate int8."""
-    train, validation, test = data.parts["train"], data.parts["validation"], data.parts["test"]
-    calibration = calibration_sample(train.y, lstm.probability["train"], seed)
+    calibration = calibration_sample(data.y("train"), lstm.probability["train"], seed)
     stored = {  # parity part: (encoded sessions, labels, Keras probabilities or None)
-        "test": (test.encoded, test.y, lstm.probability["test"]),
-        "validation": (validation.encoded, validation.y, lstm.probability["validation"]),
-        "calibration": ([train.encoded[i] for i in calibration], train.y[calibration], None),
+        "test": (data.parts["test"].encoded, data.y("test"), lstm.probability["test"]),
+        "validation": (data.parts["validation"].encoded, data.y("validation"),
+                       lstm.probability["validation"]),
+        "calibration": (_calibration_sessions(data, calibration), data.y("train")[calibration], None),
     }
     arrays: dict[str, np.ndarray] = {}
     for part, (sessions, labels, probability) in stored.items():
@@ -454,23 +642,26 @@ def _parity_arrays(data: Prepared, lstm: Scores, seed: int) -> dict[str, np.ndar
     return arrays
 
 
-def _write_run(stage: Path, log: EventLog, data: Prepared, fit: LstmFit, lstm: Scores,
-               report: dict, seed: int) -> None:
-    """Every file of the run directory, into its staging directory; the checkpoint goes."""
+def _write_run(stage: Path, data: Loaded, fit: LstmFit, lstm: Scores, report: dict, seed: int) -> None:
+    """Every file of the run directory, into its staging directory; the checkpoint and a
+    preparation made for this run go."""
     from trainer.model import weights_to_arrays
 
     # Through the atomic writer like every file, so that a full disk or a file-size limit is
     # one line naming the file (and a --resume rewrites them whole).
     with atomic_open(stage / rundir.WEIGHTS, "wb") as f:
         np.savez(f, **weights_to_arrays(fit.model))
-    write_json_atomic(stage / rundir.SPEC, data.encoder.spec().to_dict())
-    write_json_atomic(stage / rundir.SPLIT, data.split.manifest(data.sessions))
+    write_json_atomic(stage / rundir.SPEC, data.prep.spec.to_dict())
+    write_json_atomic(stage / rundir.SPLIT, _split_manifest(data))
     with atomic_open(stage / rundir.PARITY, "wb") as f:
         np.savez(f, **_parity_arrays(data, lstm, seed))
     write_json_atomic(stage / rundir.REPORT_JSON, report)
     write_text_atomic(stage / rundir.REPORT_MD, render_report_md(report))
-    log.bad.write(stage / rundir.QUARANTINE)
+    if data.prep.quarantine is not None:
+        with atomic_path(stage / rundir.QUARANTINE) as tmp:
+            shutil.copyfile(data.prep.quarantine, tmp)
     shutil.rmtree(stage / CHECKPOINT, ignore_errors=True)
+    shutil.rmtree(stage / PREPARED, ignore_errors=True)
 
 
 @contextmanager
@@ -482,63 +673,73 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
 
 # --------------------------------------------------------------------------- entry point
 
-def train(config: TrainConfig, preset: FormatPreset | None = None,
+def train(config: TrainConfig, source: EventLogSource | None = None,
           on_stage: Callable[[str], None] | None = None,
-          on_epoch: EpochCallback | None = None) -> dict:
-    """Train from a log and write a complete run directory.
+          on_epoch: EpochCallback | None = None, strategy: Any = None) -> dict:
+    """Train from a PREP_DIR or a log and write a complete run directory.
 
     Args:
-        config: the run's configuration.
-        preset: a custom format (``--format csv`` with ``--map``), else ``config.format``.
+        config: the run's configuration; ``config.data`` a PREP_DIR (`ubp-edge prepare`) or
+            a log (prepared first, inside the run's staging folder).
+        source: how to read the log (``--format csv`` with ``--map``...); default: from
+            ``config.format`` and ``config.strict``. Not used for a PREP_DIR.
         on_stage: called with a short description as each stage starts (for progress).
         on_epoch: called after every epoch with (epoch, epochs, Keras logs).
+        strategy: a tf.distribute strategy for the model (None: one process).
 
     Returns:
         The report (also written as report.json / report.md).
 
     Raises:
-        DataError: the log cannot be read, or has a bad row with ``strict``.
+        DataError: the log cannot be read, or has a bad row with ``strict``; the PREP_DIR is
+            not one, or a manifest field or a shard is damaged (named).
         RunDirError: ``config.out`` exists and ``overwrite`` is False, is not a run directory,
             or cannot be created; ``resume`` without an interrupted run or with a damaged one.
-        OutputError: ``config.out`` holds the log, is the current directory (``.``,
+        OutputError: ``config.out`` holds the data, is the current directory (``.``,
             ``sub/..``) or the root, or a file of the run cannot be written (no space left, a
-            file-size limit); checked before the log is read where it can be.
-        ConfigError: impossible settings, or a split without both classes.
+            file-size limit); checked before the data is read where it can be.
+        ConfigError: impossible settings, settings that contradict the PREP_DIR's, or a split
+            without both classes.
 
     Example:
-        >>> report = train(TrainConfig(data="events.csv", out="runs/demo", epochs=3))
+        >>> report = train(TrainConfig(data="prepared/taobao", out="runs/demo", epochs=3))
         >>> sorted(report["test"])
         ['logreg', 'lstm']
     """
     stage = on_stage or (lambda _msg: None)
     timings: dict[str, float] = {}
-    # Before anything is read: a run directory that holds the log would delete it when it
+    # Before anything is read: a run directory that holds the data would delete it when it
     # is replaced, and `.` or `sub/..` would fail only at the final rename, after training.
     check_outputs({"--data": config.data}, replaced={"--out": config.out})
     with rundir.staged_run_dir(Path(config.out), config.overwrite, config.resume) as tmp:
+        prep, config = _opened(config)
         resume_state = _resume_state(tmp, config) if config.resume else None
         if not config.resume:
             write_json_atomic(tmp / rundir.CONFIG, config.to_dict())
-        with _timed(timings, "read_s"):
-            stage("reading the log")
-            log = read_log(config.data, config.format, preset=preset, strict=config.strict)
-        with _timed(timings, "sessionize_encode_s"):
-            stage("sessions, labels, split, features")
-            data = _prepare(log, config)
-        weights = _class_weights(data.parts["train"].y, config.class_weight)
+        if prep is None:
+            with _timed(timings, "prepare_s"):
+                stage("preparing the log")
+                prep = _prepare_log(config, source, tmp, stage)
+        with _timed(timings, "load_s"):
+            stage("checking shards, loading validation and test")
+            data = _load(prep)
+        split = prep.counts["split"]["train"]
+        weights = _class_weights(split["sessions"], split["positives"], config.class_weight)
 
         stage("training the LSTM")
-        with _timed(timings, "train_lstm_s"):
+        with _timed(timings, "train_lstm_s"), prep.shard_errors():
             if resume_state:
                 stage(f"training the LSTM (resumed after epoch {resume_state['epoch']})")
-            fit = _fit_lstm(config, data.parts["train"], data.parts["validation"], weights,
-                            on_epoch, tmp / CHECKPOINT, resume_state)
-        lstm = _score_lstm(fit.model, data)
+            fit = _fit_lstm(config, _streams(prep, config, weights), weights, on_epoch,
+                            tmp / CHECKPOINT, resume_state, strategy)
+        with _timed(timings, "score_s"):
+            stage("scoring the splits")
+            lstm = _score_lstm(fit.model, data)
 
         stage("logistic-regression baseline")
         logreg = _fit_baseline(data, config.seed)
-        report = _report(config, log, data, weights, fit, lstm, logreg, timings)
-        _write_run(tmp, log, data, fit, lstm, report, config.seed)
+        report = _report(config, data, weights, fit, lstm, logreg, timings)
+        _write_run(tmp, data, fit, lstm, report, config.seed)
     return report
 
 

@@ -7,7 +7,7 @@ on the training split, encode. The stages and who runs them:
 1. read + validate in blocks (`blocks.LogReader`), both engines;
 2. per set of whole users, the session records (`records.session_records`): the local
    engine over hash buckets on disk (`local`), the Spark engine in
-   ``groupBy(...).applyInPandas`` on executors (`spark_engine`);
+   ``groupBy(...).applyInArrow`` on executors (`spark_engine`);
 3. time split, exact normalisation, encoding and shards in canonical order (`finish`),
    both engines, out of core (DuckDB sorts).
 
@@ -128,6 +128,10 @@ def prepare(config: PrepareConfig, on_stage: Stage | None = None) -> dict:
         work = tmp / WORK
         work.mkdir()
         stage("reading and validating the log")
+        if config.engine is Engine.SPARK:
+            from trainer.prepare.spark_engine import check_spark_input
+
+            check_spark_input(path)  # before a pipe is opened and its first bytes taken
         reader = LogReader(config.source)
         if config.engine is Engine.SPARK:
             from trainer.prepare.spark_engine import spark_records
@@ -135,12 +139,13 @@ def prepare(config: PrepareConfig, on_stage: Stage | None = None) -> dict:
             records, tally, counts = spark_records(reader, config, work, tmp / QUARANTINE, stage)
         else:
             records, tally, counts = _local_records(reader, config, work, tmp / QUARANTINE, stage)
-        features = _features(tally, config)
 
         stage("time split and normalisation")
         ordered = work / "sorted.parquet"
         n = sort_records(records, ordered, work / "duckdb")
         plan = SplitPlan.of(n, config.validation, config.test)
+        features = default_features(tally.has_price, tally.has_category,
+                                    config.use_context and tally.has_user_ids)
         encoder = FeatureEncoder(features, utc_offset_hours=reader.preset.utc_offset_hours,
                                  max_len=config.max_len)
         plan = fit_normalisation(ordered, plan, encoder)
@@ -185,27 +190,13 @@ def _local_records(reader: LogReader, config: PrepareConfig, work: Path, quarant
                                on_block=lambda rows: stage(f"reading and validating the log "
                                                            f"({rows:,} rows)"))
     tally.check(reader.path, reader.preset.name, reader.kind)
-    settings = record_settings(reader, tally, config, shared_session_ids(buckets) if tally.log_sessions
-                               else frozenset())
+    settings = RecordSettings.for_log(tally, config.gap_minutes, config.max_len, config.use_context,
+                                      reader.preset.utc_offset_hours,
+                                      shared_session_ids(buckets) if tally.log_sessions else frozenset())
     out = work / "records.parquet"
     counts = bucket_records(buckets, settings, out,
                             on_bucket=lambda k, n: stage(f"sessions, labels, features (bucket {k}/{n})"))
     return [out], tally, counts
-
-
-def record_settings(reader: LogReader, tally: ReadTally, config: PrepareConfig,
-                    shared: frozenset[str]) -> RecordSettings:
-    """What every per-user stage needs, decided on the whole log."""
-    return RecordSettings(gap_minutes=config.gap_minutes, max_len=config.max_len,
-                          features=_features(tally, config),
-                          utc_offset_hours=reader.preset.utc_offset_hours,
-                          has_user_ids=tally.has_user_ids, log_sessions=tally.log_sessions,
-                          shared_sessions=shared)
-
-
-def _features(tally: ReadTally, config: PrepareConfig) -> tuple[str, ...]:
-    """The encoder's features: price, category and context only where the log has them."""
-    return default_features(tally.has_price, tally.has_category, config.use_context and tally.has_user_ids)
 
 
 def _input_checksum(path: Path) -> dict:

@@ -48,7 +48,7 @@ EVENT_SCHEMA = pa.schema([
     ("line", pa.int64()), ("order", pa.int64()),
 ])
 ORDER_BITS = 24
-DEFAULT_BLOCK_BYTES = 64 << 20
+DEFAULT_BLOCK_BYTES = 8 << 20
 PARQUET_BATCH_ROWS = 1 << 20
 
 
@@ -202,7 +202,7 @@ class LogReader:
             body, rest = text[:cut], text[cut:]
             pending, size = [rest], len(rest)
             yield self.validate_text(body, line)
-            line += body.count(b"\n")
+            line += line_ends(body)
         text = b"".join(pending)
         if text:
             yield self.validate_text(text, line)
@@ -226,6 +226,14 @@ class LogReader:
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"{self.path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") \
                 from None
+
+
+def line_ends(text: bytes) -> int:
+    """Lines ``text`` ends, counted as the readers count them: LF, CRLF, and a lone CR (old
+    Mac files, which pyarrow ends a line at)."""
+    lf = text.count(b"\n")
+    cr = text.count(b"\r")
+    return lf if cr == 0 else lf + cr - text.count(b"\r\n")
 
 
 def _column(table: pa.Table, name: str | None) -> pa.Array | None:

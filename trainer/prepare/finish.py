@@ -7,7 +7,7 @@ engine. Three steps, none holding more than a batch of records in Python:
    cuts the in-memory sessions, spilling to disk past its memory limit. The first
    ``n_train`` are training sessions, the next ``n_validation`` validation, the rest test.
 2. One pass over the training records sums their raw feature rows exactly
-   (trainer.moments), which gives the encoder's normalisation bit for bit as the in-memory
+   (edge_runtime.moments), which gives the encoder's normalisation bit for bit as the in-memory
    path computes it, in any engine and any order.
 3. One pass normalises every prefix and hands the sessions, in that canonical order, to
    `trainer.prepdir.PrepWriter`, which writes the shards and the content digest.
@@ -24,12 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, first_line
 from edge_runtime.features import FeatureEncoder
-from trainer.moments import ExactMoments
+from edge_runtime.moments import ExactMoments
+from trainer.files import OutputError
 from trainer.rundir import SPLIT_NAMES
 
-SORT_MEMORY = os.environ.get("UBP_EDGE_SORT_MEMORY", "512MB")
+SORT_MEMORY = os.environ.get("UBP_EDGE_SORT_MEMORY", "128MB")
 BATCH_ROWS = 65_536
 
 
@@ -79,8 +80,12 @@ def sort_records(records: list[Path], out: Path, scratch: Path, threads: int = 2
         con.execute("SET preserve_insertion_order=true")
         files = [str(p) for p in records]
         # Keys compare byte by byte (DuckDB's default collation), as numpy compares str.
-        con.execute(f"COPY (SELECT * FROM read_parquet(?) ORDER BY start, key) TO '{_sql_text(out)}' "
-                    f"(FORMAT parquet, COMPRESSION uncompressed, ROW_GROUP_SIZE {BATCH_ROWS})", [files])
+        try:
+            con.execute(f"COPY (SELECT * FROM read_parquet(?) ORDER BY start, key) TO '{_sql_text(out)}' "
+                        f"(FORMAT parquet, COMPRESSION uncompressed, ROW_GROUP_SIZE {BATCH_ROWS})", [files])
+        except duckdb.IOException as e:  # its own class, not an OSError: no space, a size limit
+            raise OutputError(f"{out}: cannot write the sorted sessions ({first_line(e, limit=200)})") \
+                from None
         return int(con.execute("SELECT count(*) FROM read_parquet(?)", [str(out)]).fetchone()[0])
     finally:
         con.close()

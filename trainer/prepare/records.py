@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from edge_runtime.features import FeatureEncoder
+from edge_runtime.features import FeatureEncoder, default_features
 from trainer.dataset import aggregate_features, raw_sessions
 from trainer.quarantine import BadRows
 from trainer.readers import EventLog, Ids
@@ -45,6 +45,7 @@ class RecordSettings:
         has_user_ids: the log's user ids name people (user-history context).
         log_sessions: the log has its own session ids.
         shared_sessions: session ids holding events of several users, found on the whole log.
+        max_dt_seconds: the encoder's cap on the time between events (an artifact's spec).
     """
 
     gap_minutes: float
@@ -54,6 +55,18 @@ class RecordSettings:
     has_user_ids: bool
     log_sessions: bool
     shared_sessions: frozenset[str] = frozenset()
+    max_dt_seconds: float = 86400.0
+
+    @classmethod
+    def for_log(cls, tally, gap_minutes: float, max_len: int, use_context: bool,
+                utc_offset_hours: float, shared: frozenset[str]) -> RecordSettings:
+        """The settings of a log to prepare, decided on the whole log (``tally``: what reading
+        it found, trainer.prepare.local.ReadTally): price, category and context features only
+        where the log has them, as the in-memory path chooses."""
+        features = default_features(tally.has_price, tally.has_category, use_context and tally.has_user_ids)
+        return cls(gap_minutes=gap_minutes, max_len=max_len, features=features,
+                   utc_offset_hours=utc_offset_hours, has_user_ids=tally.has_user_ids,
+                   log_sessions=tally.log_sessions, shared_sessions=shared)
 
 
 def partition_column(has_user_ids: bool, log_sessions: bool) -> str:
@@ -101,7 +114,7 @@ def session_records(events: pa.Table, settings: RecordSettings) -> tuple[pa.Tabl
                   min_ts=float(log.ts.min()), max_ts=float(log.ts.max()))
     index = np.flatnonzero(sessions.scorable)
     encoder = FeatureEncoder(settings.features, utc_offset_hours=settings.utc_offset_hours,
-                             max_len=settings.max_len)
+                             max_len=settings.max_len, max_dt_seconds=settings.max_dt_seconds)
     raw = raw_sessions(sessions, index, encoder)
     baseline, _ = aggregate_features(sessions, index)
     keys = sessions.key[index].astype(str)

@@ -72,16 +72,22 @@ def inspect(
 
 
 def generate(
-    out_path: Annotated[Path, typer.Argument(help="CSV to write (canonical columns).")],
-    users: Annotated[int, typer.Option(help="Number of shoppers.")] = 400,
+    out_path: Annotated[Path, typer.Argument(
+        help="CSV to write (canonical columns); a name ending in .gz is gzipped.")],
+    users: Annotated[int, typer.Option(
+        help="Number of shoppers (about 117 events each over 9 days).")] = 400,
     days: Annotated[int, typer.Option(help="Days of activity.")] = 9,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same log.")] = 0,
 ) -> None:
-    """Write the embedded demo log: seeded synthetic sessions with a realistic funnel."""
+    """Write the embedded demo log: seeded synthetic sessions with a realistic funnel.
+
+    Users are simulated and written in batches: millions of events take no more memory than the demo.
+    """
     with user_errors():
         from edge_runtime.errors import ConfigError
         from trainer.files import check_outputs
-        from trainer.synthetic import generate_events, write_canonical_csv
+        from trainer.synthetic import write_synthetic_log
+        from ubp_edge.console import spinner
 
         bad = [f"{name} must be a whole number >= {low}, got {value}"
                for name, value, low in (("--users", users, 1), ("--days", days, 1), ("--seed", seed, 0))
@@ -89,7 +95,10 @@ def generate(
         if bad:
             raise ConfigError("; ".join(bad))
         check_outputs({}, {"": out_path})
-        rows = write_canonical_csv(generate_events(n_users=users, days=days, seed=seed), out_path)
+        with spinner() as say:
+            rows = write_synthetic_log(
+                out_path, n_users=users, days=days, seed=seed,
+                on_batch=lambda done, events: say(f"{done:,} of {users:,} users, {events:,} events"))
         out.print(f"wrote {rows:,} events of {users} synthetic users over {days} days to {out_path}")
 
 

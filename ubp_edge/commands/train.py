@@ -1,4 +1,5 @@
-"""`ubp-edge train`: an LSTM and a logistic-regression baseline from a log, into a run directory."""
+"""`ubp-edge train`: an LSTM and a logistic-regression baseline from a prepared folder or a
+log, into a run directory."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from ubp_edge.options import (
     DelimiterOpt,
     EventsOpt,
     FormatOpt,
-    GapOpt,
     MapOpt,
     StrictOpt,
     TimeUnitOpt,
@@ -29,9 +29,15 @@ from ubp_edge.options import (
     log_source,
 )
 
+# Fixed by a prepared folder (its manifest's settings): None means "the folder's", or for a
+# log the default named in the help.
+FROM_PREP = "default {}, or the prepared folder's"
+
 
 def train(
-    data: Annotated[Path, typer.Option("--data", help="The event log to learn from.")],
+    data: Annotated[Path, typer.Option("--data", help=(
+        "The event log to learn from, or a folder `ubp-edge prepare` wrote (streamed in "
+        "shards, batched by session length)."))],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory to create.")],
     format: FormatOpt = None, column_map: MapOpt = None, event_map: EventsOpt = None,
     time_unit: TimeUnitOpt = "auto", delimiter: DelimiterOpt = ",",
@@ -39,15 +45,21 @@ def train(
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation PR-AUC).")] = 10,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    max_len: Annotated[int, typer.Option(help="Events per session the model sees (the last ones).")] = 50,
-    gap_minutes: GapOpt = 30.0,
-    validation: Annotated[float, typer.Option(help="Validation share of sessions (by start time).")] = 0.15,
-    test: Annotated[float, typer.Option(help="Test share of sessions (the latest).")] = 0.15,
+    max_len: Annotated[int | None, typer.Option(
+        help=f"Events per session the model sees (the last ones); {FROM_PREP.format(50)}.")] = None,
+    gap_minutes: Annotated[float | None, typer.Option(
+        help=f"Session inactivity gap (logs without session ids); {FROM_PREP.format(30)}.")] = None,
+    validation: Annotated[float | None, typer.Option(
+        help=f"Validation share of sessions (by start time); {FROM_PREP.format(0.15)}.")] = None,
+    test: Annotated[float | None, typer.Option(
+        help=f"Test share of sessions (the latest); {FROM_PREP.format(0.15)}.")] = None,
     class_weight: Annotated[str, typer.Option(
         help="none or balanced (output bias corrected after).")] = "balanced",
     patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 3,
-    context: Annotated[bool, typer.Option(
-        help="Use user-history features when the log has user ids.")] = True,
+    context: Annotated[bool | None, typer.Option(
+        "--context/--no-context",
+        help="Use user-history features when the log has user ids; default on, or the prepared "
+             "folder's.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     strict: StrictOpt = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
@@ -90,7 +102,7 @@ def train(
                     f"epoch {epoch}/{total} loss {logs.get('loss', float('nan')):.4f} "
                     f"val PR-AUC {logs.get('val_pr_auc', float('nan')):.4f}"))
 
-            report = run_training(config, preset=source.preset, on_stage=on_stage, on_epoch=on_epoch)
+            report = run_training(config, source=source, on_stage=on_stage, on_epoch=on_epoch)
             progress.update(task, description="done")
         render_report(report, out_dir)
 

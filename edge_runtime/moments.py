@@ -1,4 +1,5 @@
-"""Exact mean and standard deviation of feature columns, whatever order the rows come in.
+"""Exact mean and standard deviation of feature columns, whatever order the rows come in
+(`FeatureEncoder.fit`, and `prepare` block by block).
 
 The encoder's normalisation is learned on the training split's raw feature rows. The
 in-memory path has them all at once; `prepare` sees them block by block, in an order that
