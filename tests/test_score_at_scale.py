@@ -157,3 +157,21 @@ def test_errors_are_one_line_before_the_log_is_read(tmp_path, synthetic_log):
     with pytest.raises(ArtifactError, match=r"missing.tflite: no such artifact file"):
         score_at_scale(tmp_path / "missing.tflite", source, tmp_path / "s.parquet")
     assert not list(tmp_path.iterdir())  # nothing written, no work folder left
+
+
+def test_score_cli_with_an_engine_writes_the_file_and_its_quarantine(tmp_path, dirty_log):
+    from typer.testing import CliRunner
+
+    from ubp_edge.cli import app
+
+    out = tmp_path / "scores.parquet"
+    done = CliRunner().invoke(app, ["score", "--model", str(MODEL), "--data", str(dirty_log),
+                                    "--format", "canonical", "--engine", "local", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    expected = expected_scores(MODEL, EventLogSource(dirty_log, format="canonical"))
+    assert pq.read_table(out).num_rows == len(expected)
+    assert len((tmp_path / "scores.parquet.quarantine.jsonl").read_text().splitlines()) == 3
+    refused = CliRunner().invoke(app, ["score", "--model", str(MODEL), "--data", str(dirty_log),
+                                       "--engine", "local", "--out", str(tmp_path / "scores.csv")])
+    assert refused.exit_code == 1
+    assert "pass --out ending in .parquet or .jsonl, not" in refused.stderr

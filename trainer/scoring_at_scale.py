@@ -39,7 +39,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from edge_runtime.errors import ConfigError
-from edge_runtime.features import FeatureEncoder
 from edge_runtime.scorer import Scorer
 from trainer.files import atomic_open, atomic_path
 from trainer.logsource import EventLogSource
@@ -154,7 +153,7 @@ def score_at_scale(model: str | os.PathLike, source: EventLogSource, out: str | 
         master: the Spark master for ``engine="spark"``.
         quarantine: where the log's bad rows go (JSON lines); None keeps only their counts.
         backend: the interpreter (as `Scorer.load`).
-        buckets: how many buckets of users (None: one per 32 MB of log text, and for Spark at
+        buckets: how many buckets of users (None: one per 8 MB of log text, and for Spark at
             least one per core).
         block_bytes: log text validated at a time (a Spark task's range).
         on_stage: reports progress, one line per stage.
@@ -165,8 +164,7 @@ def score_at_scale(model: str | os.PathLike, source: EventLogSource, out: str | 
     Raises:
         DataError: the log cannot be read, has no valid row, or a bad row with ``--strict``.
         ArtifactError: the artifact is missing or damaged.
-        ConfigError: an unknown engine or format, an artifact whose encoder `prepare`'s
-            records cannot reproduce, no pyspark or Java for Spark.
+        ConfigError: an unknown engine or format, no pyspark or Java for Spark.
         OutputError: ``out`` cannot be written. SparkJobError: Spark failed.
 
     Example:
@@ -185,7 +183,6 @@ def score_at_scale(model: str | os.PathLike, source: EventLogSource, out: str | 
     kind = output_format(out, format)
     model_bytes, info = read_artifact(model)
     scorer = Scorer.from_bytes(model_bytes, backend, source=str(model), info=info)
-    check_encoder(scorer)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
     try:
@@ -211,21 +208,6 @@ def score_at_scale(model: str | os.PathLike, source: EventLogSource, out: str | 
                        time.perf_counter() - started, engine.value)
 
 
-def check_encoder(scorer: Scorer) -> None:
-    """Refuse an artifact whose features `session_records` would not compute alike: its
-    encoder caps the time between events at another value than the default.
-
-    Raises:
-        ConfigError: naming the artifact and the value.
-    """
-    spec = scorer.info.spec
-    default = FeatureEncoder(spec.features).max_dt_seconds
-    if spec.max_dt_seconds != default:
-        raise ConfigError(f"{scorer.source}: its encoder caps the time between events at "
-                          f"{spec.max_dt_seconds:g} s; scoring at scale computes features with "
-                          f"{default:g} s; use `ubp-edge score`")
-
-
 def record_settings(scorer: Scorer, source: EventLogSource, tally: ReadTally,
                     shared: frozenset[str]) -> RecordSettings:
     """The artifact's session settings: its features, max_len and clock; the gap asked for,
@@ -234,7 +216,7 @@ def record_settings(scorer: Scorer, source: EventLogSource, tally: ReadTally,
     return RecordSettings(gap_minutes=source.session_gap(model_session_gap(scorer)), max_len=spec.max_len,
                           features=tuple(spec.features), utc_offset_hours=spec.utc_offset_hours,
                           has_user_ids=tally.has_user_ids, log_sessions=tally.log_sessions,
-                          shared_sessions=shared)
+                          shared_sessions=shared, max_dt_seconds=spec.max_dt_seconds)
 
 
 def log_warnings(source: EventLogSource, scorer: Scorer, tally: ReadTally) -> list[str]:

@@ -51,17 +51,27 @@ def score(
     model: ModelOpt,
     data: Annotated[Path, typer.Option("--data", help="The event log to score.")],
     out_file: Annotated[Path | None, typer.Option(
-        "--out", help="Scores file (.jsonl or .csv); default: stdout as JSONL.")] = None,
+        "--out", help="Scores file (.jsonl or .csv; with --engine .parquet or .jsonl); "
+                      "default: stdout as JSONL.")] = None,
     format: FormatOpt = None, column_map: MapOpt = None, event_map: EventsOpt = None,
     time_unit: TimeUnitOpt = "auto", delimiter: DelimiterOpt = ",",
     gap_minutes: ModelGapOpt = None,
     backend: BackendOpt = "auto",
     strict: StrictOpt = False,
+    engine: Annotated[str | None, typer.Option(
+        help="Logs bigger than memory: local (out of core) or spark; default: in memory.")] = None,
+    spark_master: Annotated[str, typer.Option(
+        help="--engine spark: the master URL (local[2], yarn, k8s://...).")] = "local[2]",
 ) -> None:
     """Score every session of a log on the edge runtime (no TensorFlow): one line per session."""
     with user_errors():
         from trainer.files import check_outputs
 
+        if engine is not None:
+            score_at_scale_command(model, data, out_file, log_source(
+                data, format, column_map, event_map, time_unit, delimiter, strict, gap_minutes),
+                engine, spark_master, backend)
+            return
         require("ubp-edge score", "pyarrow")
         from edge_runtime.scorer import Scorer
         from trainer.scoring import score_log, scores_format, write_scores, write_scores_file
@@ -90,6 +100,33 @@ def score(
                   f"with nothing before their first purchase) in {seconds:.2f} s with "
                   f"{scorer.backend}" + (f" -> {out_file}" if out_file else ""), soft_wrap=True)
         err.print(bad_rows_line(scored.log.bad.summary(), written))
+
+
+def score_at_scale_command(model: Path, data: Path, out_file: Path | None, source, engine: str,
+                           spark_master: str, backend: str) -> None:
+    """`score --engine local|spark`: every session of a log bigger than memory, in bounded
+    memory, into a Parquet or JSON lines file (trainer.scoring_at_scale)."""
+    from edge_runtime.errors import ConfigError
+    from trainer.files import check_outputs
+
+    require("ubp-edge score --engine", "pyarrow", "duckdb", *(["pyspark"] if engine == "spark" else []))
+    from trainer.scoring_at_scale import score_at_scale
+
+    if out_file is None or out_file.suffix.lower() not in (".parquet", ".jsonl"):
+        raise ConfigError(f"--engine {engine} writes a file: pass --out ending in .parquet or .jsonl"
+                          + (f", not {out_file}" if out_file is not None else ""))
+    quarantine = out_file.with_name(out_file.name + QUARANTINE_SUFFIX)
+    check_outputs({"--data": log_inputs(source), "--model": model},
+                  {"--out": out_file, "--out's bad rows": quarantine})
+    with err.status("scoring") as status:
+        result = score_at_scale(model, source, out_file, engine=engine, master=spark_master,
+                                quarantine=quarantine, backend=backend,
+                                on_stage=lambda message: status.update(message))
+    for w in result.warnings:
+        warn(w)
+    err.print(f"scored {result.sessions:,} sessions in {result.seconds:.2f} s ({result.engine} engine) "
+              f"-> {out_file}", soft_wrap=True)
+    err.print(bad_rows_line(result.tally.bad_summary(), result.quarantine))
 
 
 def evaluate(
