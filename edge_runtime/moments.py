@@ -28,6 +28,7 @@ MEAN_BITS = 40  # |x * 2**40| < 2**50: 4096 of them sum below 2**62
 SQUARE_BITS = 30  # |x * 2**30| < 2**40, squared through 15-bit halves (see `add`)
 HALF_BITS = 15
 CHUNK = 1 << 12  # rows summed in int64 at a time: every term is < 2**50, so sums stay < 2**62
+ROWS_AT_ONCE = 1 << 16
 
 
 def _exact_sum(values: np.ndarray, chunk: int) -> list[int]:
@@ -69,6 +70,11 @@ class ExactMoments:
             raise ConfigError(f"raw feature values must be finite and below {LIMIT:g} in magnitude "
                               f"to be normalised exactly; max |x| = {np.abs(rows).max()}")
         # Truncated toward zero: any fixed rule makes the sums independent of the order.
+        for lo in range(0, len(rows), ROWS_AT_ONCE):  # bounded temporaries: 8 int64 copies
+            self._add_exactly(rows[lo:lo + ROWS_AT_ONCE])
+        self.rows += len(rows)
+
+    def _add_exactly(self, rows: np.ndarray) -> None:
         fine = (rows * float(1 << MEAN_BITS)).astype(np.int64)
         coarse = (rows * float(1 << SQUARE_BITS)).astype(np.int64)
         # coarse = high * 2**15 + low with 0 <= low < 2**15, so coarse**2 is the sum of three
@@ -80,7 +86,6 @@ class ExactMoments:
             self._coarse[c] += sums[1][c]
             self._squares[c] += ((sums[2][c] << (2 * HALF_BITS)) + (sums[3][c] << (HALF_BITS + 1))
                                  + sums[4][c])
-        self.rows += len(rows)
 
     def merge(self, other: ExactMoments) -> ExactMoments:
         """Add another accumulator's sums (partial moments from another worker)."""

@@ -63,6 +63,18 @@ def write_error(path: PathLike, e: OSError) -> OutputError:
     return OutputError(f"{path}: cannot write ({reason})")
 
 
+@contextmanager
+def writes_to(path: PathLike) -> Iterator[None]:
+    """Around writes a library makes (pyarrow's Parquet writer): a refused write (no space, a
+    file-size limit) becomes the one line of `write_error` naming ``path``, not a bare OSError."""
+    try:
+        yield
+    except UbpEdgeError:
+        raise
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

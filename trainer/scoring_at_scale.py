@@ -358,6 +358,10 @@ def scores_of_bucket(bucket: int, events: pa.Table, settings: ScoreSettings, mod
                      **{key: pa.array([int(counts.get(key, 0))], pa.int64()) for key in COUNT_KEYS}})
 
 
+# DuckDB's memory for sorting the scores (flat rows, which it spills past this).
+SORT_MEMORY = os.environ.get("UBP_EDGE_SORT_MEMORY", "256MB")
+
+
 def write_sorted(parts: list[Path], out: Path, kind: OutputFormat, scratch: Path) -> int:
     """The scores of all parts, sorted by (start, session) with DuckDB (out of core), written
     to ``out`` atomically as Parquet or JSON lines.
@@ -366,8 +370,6 @@ def write_sorted(parts: list[Path], out: Path, kind: OutputFormat, scratch: Path
         The number of rows written.
     """
     import duckdb
-
-    from trainer.prepare.finish import SORT_MEMORY
 
     scratch.mkdir(parents=True, exist_ok=True)
     ordered = scratch / "sorted.parquet"

@@ -142,7 +142,7 @@ def prepare(config: PrepareConfig, on_stage: Stage | None = None) -> dict:
 
         stage("time split and normalisation")
         ordered = work / "sorted.parquet"
-        n = sort_records(records, ordered, work / "duckdb")
+        n = sort_records(records, ordered, work / "ranges")
         plan = SplitPlan.of(n, config.validation, config.test)
         features = default_features(tally.has_price, tally.has_category,
                                     config.use_context and tally.has_user_ids)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import os
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from edge_runtime.errors import DataError, UbpEdgeError
-from trainer.files import atomic_open, write_error
+from edge_runtime.errors import DataError
+from trainer.files import atomic_open, writes_to
 from trainer.prepare.blocks import DEFAULT_BLOCK_BYTES, EVENT_SCHEMA, LogReader
 from trainer.prepare.records import (
     COUNT_KEYS,
@@ -91,18 +91,6 @@ class ReadTally:
 
     def bad_summary(self) -> dict:
         return {"total": sum(self.bad.values()), "by_reason": dict(sorted(self.bad.items()))}
-
-
-@contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Scratch writes: a refused write (no space, a file-size limit) is one line naming the
-    file (trainer.files.write_error), not pyarrow's bare OSError."""
-    try:
-        yield
-    except UbpEdgeError:
-        raise
-    except OSError as e:
-        raise write_error(path, e) from None
 
 
 def bucket_count(path: Path) -> int:
@@ -173,7 +161,7 @@ def _append_to_buckets(events: pa.Table, key: str, n: int, folder: Path,
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         b = int(sorted_buckets[lo])
         path = folder / f"bucket-{b:05d}.parquet"
-        with writing(path):
+        with writes_to(path):
             if b not in writers:
                 writers[b] = stack.enter_context(pq.ParquetWriter(path, EVENT_SCHEMA, compression="none"))
             writers[b].write_table(events.slice(lo, hi - lo))
@@ -188,7 +176,7 @@ def bucket_records(buckets: list[Path], settings: RecordSettings, out: Path,
     """
     totals: dict = dict.fromkeys(COUNT_KEYS, 0)
     span = [np.inf, -np.inf]
-    with writing(out), pq.ParquetWriter(out, RECORD_SCHEMA, compression="none") as writer:
+    with writes_to(out), pq.ParquetWriter(out, RECORD_SCHEMA, compression="none") as writer:
         for k, path in enumerate(buckets):
             records, counts = session_records(pq.read_table(path), settings)
             writer.write_table(records)
