@@ -33,6 +33,11 @@ REQUIRED = (CONFIG, SPEC, WEIGHTS, REPORT_JSON, PARITY)
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 
 
+class StageKept(Exception):
+    """A failure after which the staging folder is kept for ``--resume`` (as after Ctrl-C):
+    a peer of distributed training died, and the last complete epoch is in the stage."""
+
+
 @contextmanager
 def staged_run_dir(out: str | os.PathLike, overwrite: bool, resume: bool = False, marker: str = CONFIG):
     """Yield the staging directory ``.NAME.partial`` beside ``out``; on success it becomes
@@ -67,7 +72,7 @@ def staged_run_dir(out: str | os.PathLike, overwrite: bool, resume: bool = False
                               f"({e.strerror or e})") from None
     try:
         yield stage
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StageKept):
         raise  # keep the stage: `--resume` continues from its last checkpoint
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -43,7 +43,7 @@ from edge_runtime.scorer import Scorer
 from trainer.files import atomic_open, atomic_path
 from trainer.logsource import EventLogSource
 from trainer.prepare.blocks import DEFAULT_BLOCK_BYTES, LogReader
-from trainer.prepare.local import ReadTally, bucket_count, partition, shared_session_ids
+from trainer.prepare.local import ReadTally, bucket_count, partition, read_bucket, shared_session_ids
 from trainer.prepare.records import COUNT_KEYS, RecordSettings, partition_column, session_records
 from trainer.scoring import model_session_gap
 
@@ -284,7 +284,7 @@ def _local_scores(reader: LogReader, scorer: Scorer, source: EventLogSource, wor
     with pq.ParquetWriter(scores, OUTPUT_SCHEMA, compression="lz4") as writer:
         for k, path in enumerate(files):
             stage(f"scoring sessions (bucket {k + 1}/{len(files)})")
-            table, counts = score_events(pq.read_table(path), settings, scorer)
+            table, counts = score_events(read_bucket(path), settings, scorer)
             writer.write_table(table)
             _add_counts(totals, counts)
             path.unlink()  # scored: give the disk back as we go

@@ -60,6 +60,10 @@ from trainer.metrics import (
 from trainer.prepdir import MANIFEST, PrepDir, SplitRows, predict_by_length, predictor, sha256_file
 
 
+class PeerLost(RunDirError, rundir.StageKept):
+    """Distributed training lost a worker; the staging folder keeps the last epoch."""
+
+
 class ClassWeight(StrEnum):
     """How the training loss weighs the rare purchasing sessions."""
 
@@ -216,11 +220,15 @@ class Streams:
         n_features: values per encoded event.
         train: seed -> tf.data.Dataset of (x, y, sample_weight) batches, shuffled by seed.
         validation: () -> tf.data.Dataset of (x, y) batches.
+        train_steps, validation_steps: batches of an epoch and of a validation, for streams
+            that do not end (tf.distribute's distributed datasets); None: until they end.
     """
 
     n_features: int
     train: Callable[[int], Any]
     validation: Callable[[], Any]
+    train_steps: int | None = None
+    validation_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -476,9 +484,17 @@ def _fit_lstm(config: TrainConfig, streams: Streams, weights: dict[int, float],
                 self.model.stop_training = True
 
     if state["epoch"] < config.epochs and state["wait"] < config.patience:
-        model.fit(streams.train(config.seed + first_epoch), validation_data=streams.validation(),
-                  epochs=config.epochs, initial_epoch=state["epoch"], callbacks=[Checkpoint()],
-                  verbose=0)
+        try:
+            model.fit(streams.train(config.seed + first_epoch), validation_data=streams.validation(),
+                      epochs=config.epochs, initial_epoch=state["epoch"], callbacks=[Checkpoint()],
+                      steps_per_epoch=streams.train_steps, validation_steps=streams.validation_steps,
+                      verbose=0)
+        except tf.errors.OpError as e:
+            if strategy is None or getattr(strategy.extended, "_num_workers", 1) <= 1:
+                raise
+            # A peer died mid-epoch (its collective fails here): keep the checkpoint for --resume.
+            raise PeerLost(f"a peer worker was lost during epoch {state['epoch'] + 1} "
+                           f"({first_line(e)})") from None
     if best_weights is not None:
         model.set_weights(best_weights)  # early stopping restores the best epoch
     _undo_class_weights(model, weights)
@@ -675,7 +691,8 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
 
 def train(config: TrainConfig, source: EventLogSource | None = None,
           on_stage: Callable[[str], None] | None = None,
-          on_epoch: EpochCallback | None = None, strategy: Any = None) -> dict:
+          on_epoch: EpochCallback | None = None, strategy: Any = None,
+          streams: Callable[[PrepDir, TrainConfig, dict[int, float]], Streams] | None = None) -> dict:
     """Train from a PREP_DIR or a log and write a complete run directory.
 
     Args:
@@ -685,10 +702,15 @@ def train(config: TrainConfig, source: EventLogSource | None = None,
             ``config.format`` and ``config.strict``. Not used for a PREP_DIR.
         on_stage: called with a short description as each stage starts (for progress).
         on_epoch: called after every epoch with (epoch, epochs, Keras logs).
-        strategy: a tf.distribute strategy for the model (None: one process).
+        strategy: a tf.distribute strategy for the model (None: one process). A worker
+            of a multi-worker strategy other than the chief stops after training.
+        streams: (PrepDir, settled config, class weights) -> Streams: how the model reads
+            the shards; default the whole PREP_DIR in this process. A multi-worker run
+            gives each worker its share (`trainer.distribute.worker_streams`).
 
     Returns:
-        The report (also written as report.json / report.md).
+        The report (also written as report.json / report.md); {} on a worker other than
+        the chief.
 
     Raises:
         DataError: the log cannot be read, or has a bad row with ``strict``; the PREP_DIR is
@@ -730,8 +752,10 @@ def train(config: TrainConfig, source: EventLogSource | None = None,
         with _timed(timings, "train_lstm_s"), prep.shard_errors():
             if resume_state:
                 stage(f"training the LSTM (resumed after epoch {resume_state['epoch']})")
-            fit = _fit_lstm(config, _streams(prep, config, weights), weights, on_epoch,
+            fit = _fit_lstm(config, (streams or _streams)(prep, config, weights), weights, on_epoch,
                             tmp / CHECKPOINT, resume_state, strategy)
+        if strategy is not None and not strategy.extended.should_checkpoint:
+            return {}  # a worker other than the chief: the chief scores and writes the run
         with _timed(timings, "score_s"):
             stage("scoring the splits")
             lstm = _score_lstm(fit.model, data)

@@ -141,7 +141,7 @@ def prepare(config: PrepareConfig, on_stage: Stage | None = None) -> dict:
             records, tally, counts = _local_records(reader, config, work, tmp / QUARANTINE, stage)
 
         stage("time split and normalisation")
-        ordered = work / "sorted.parquet"
+        ordered = work / "sorted.arrow"
         n = sort_records(records, ordered, work / "ranges")
         plan = SplitPlan.of(n, config.validation, config.test)
         features = default_features(tally.has_price, tally.has_category,

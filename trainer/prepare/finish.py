@@ -68,23 +68,26 @@ class SplitPlan:
 
 
 def sort_records(records: list[Path], out: Path, scratch: Path) -> int:
-    """Write ``records`` sorted by (start, key) to ``out``, in bounded memory.
+    """Write ``records`` (Parquet) sorted by (start, key) to ``out`` (an Arrow IPC file), in
+    bounded memory.
 
     A range-partitioned external sort with pyarrow: a histogram of the start times cuts them
     into ranges of about RANGE_SESSIONS sessions; the records are appended to their range's
     file, and each range, read back in time order, is sorted in memory (Arrow compares keys
-    byte by byte, as numpy compares str). DuckDB's ORDER BY was tried first: with the list
-    columns of raw features it ran out of its memory limit (128-256 MB) on a 1 M-event log and
-    peaked at 1.3 GB RSS with 512 MB on 4 M events.
+    byte by byte, as numpy compares str). Ranges and the output are Arrow IPC files: scratch
+    written once and read once, where Parquet's encoding cost more than the sort. DuckDB's
+    ORDER BY was tried first: with the list columns of raw features it ran out of its memory
+    limit (128-256 MB) on a 1 M-event log and peaked at 1.3 GB RSS with 512 MB on 4 M events.
 
     Returns:
         The number of records.
     """
     scratch.mkdir(parents=True, exist_ok=True)
     bounds, n = _start_ranges(records)
-    ranges = [scratch / f"range-{k:05d}.parquet" for k in range(len(bounds) + 1)]
+    ranges = [scratch / f"range-{k:05d}.arrow" for k in range(len(bounds) + 1)]
+    schema = pq.read_schema(records[0])
     with ExitStack() as stack:
-        writers: dict[int, pq.ParquetWriter] = {}
+        writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
         for path in records:
             for group in row_groups(path):
                 batch = group.combine_chunks()
@@ -96,14 +99,15 @@ def sort_records(records: list[Path], out: Path, scratch: Path) -> int:
                     k = int(which[lo])
                     with writes_to(ranges[k]):
                         if k not in writers:
-                            writers[k] = stack.enter_context(
-                                pq.ParquetWriter(ranges[k], batch.schema, compression="none"))
+                            writers[k] = stack.enter_context(pa.ipc.new_file(ranges[k], schema))
                         writers[k].write_table(batch.slice(lo, hi - lo))
-    with writes_to(out), pq.ParquetWriter(out, pq.read_schema(records[0]), compression="none") as writer:
+    with writes_to(out), pa.ipc.new_file(out, schema) as writer:
         for path in ranges:
             if path.exists():
-                table = pq.read_table(path).sort_by([("start", "ascending"), ("key", "ascending")])
-                writer.write_table(table, row_group_size=BATCH_ROWS)
+                with pa.OSFile(str(path)) as f:
+                    table = pa.ipc.open_file(f).read_all()
+                writer.write_table(table.sort_by([("start", "ascending"), ("key", "ascending")]),
+                                   max_chunksize=BATCH_ROWS)
                 path.unlink()
     return n
 
@@ -143,8 +147,12 @@ def row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.Tabl
 
 
 def _batches(sorted_records: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    for group in row_groups(sorted_records, columns):
-        yield from group.combine_chunks().to_batches(max_chunksize=BATCH_ROWS)
+    """The sorted records (an Arrow IPC file of BATCH_ROWS batches) batch by batch."""
+    with pa.OSFile(str(sorted_records)) as f:
+        reader = pa.ipc.open_file(f)
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            yield batch.select(columns) if columns else batch
 
 
 def fit_normalisation(sorted_records: Path, plan: SplitPlan, encoder: FeatureEncoder) -> SplitPlan:

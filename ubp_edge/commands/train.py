@@ -65,6 +65,13 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     resume: Annotated[bool, typer.Option(
         help="Continue an interrupted run (killed or Ctrl-C) from its last epoch.")] = False,
+    distribute: Annotated[str | None, typer.Option(
+        help="Train with tf.distribute: mirrored (this machine's devices) or multi-worker (one "
+             "process per worker, the cluster from TF_CONFIG as a cluster manager sets it; --data "
+             "a prepared folder, split among the workers by shard; the chief writes --out).")] = None,
+    local_workers: Annotated[int | None, typer.Option(
+        help="Start this many multi-worker processes on this machine (127.0.0.1), to try "
+             "--distribute multi-worker.")] = None,
 ) -> None:
     """Train the LSTM and a logistic-regression baseline; write a run directory with the report."""
     # Ctrl-C keeps the staged run (trainer.rundir.staged_run_dir): say how to continue it.
@@ -102,8 +109,17 @@ def train(
                     f"epoch {epoch}/{total} loss {logs.get('loss', float('nan')):.4f} "
                     f"val PR-AUC {logs.get('val_pr_auc', float('nan')):.4f}"))
 
-            report = run_training(config, source=source, on_stage=on_stage, on_epoch=on_epoch)
+            if distribute is None and local_workers is None:
+                report = run_training(config, source=source, on_stage=on_stage, on_epoch=on_epoch)
+            else:
+                from trainer.distribute import train_distributed
+
+                report = train_distributed(config, distribute, local_workers, source=source,
+                                           on_stage=on_stage, on_epoch=on_epoch)
             progress.update(task, description="done")
+        if report is None:
+            err.print(f"this worker's part is done; the chief writes the run directory {out_dir}")
+            return
         render_report(report, out_dir)
 
 
