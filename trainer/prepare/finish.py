@@ -29,6 +29,7 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.features import FeatureEncoder
 from edge_runtime.moments import ExactMoments
 from trainer.files import writes_to
+from trainer.prepare.local import scratch_file
 from trainer.rundir import SPLIT_NAMES
 
 BATCH_ROWS = 16_384
@@ -97,11 +98,11 @@ def sort_records(records: list[Path], out: Path, scratch: Path) -> int:
                 cuts = np.flatnonzero(np.r_[True, which[1:] != which[:-1], True])
                 for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
                     k = int(which[lo])
+                    if k not in writers:
+                        writers[k] = stack.enter_context(scratch_file(ranges[k], schema))
                     with writes_to(ranges[k]):
-                        if k not in writers:
-                            writers[k] = stack.enter_context(pa.ipc.new_file(ranges[k], schema))
                         writers[k].write_table(batch.slice(lo, hi - lo))
-    with writes_to(out), pa.ipc.new_file(out, schema) as writer:
+    with scratch_file(out, schema) as writer, writes_to(out):
         for path in ranges:
             if path.exists():
                 with pa.OSFile(str(path)) as f:

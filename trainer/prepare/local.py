@@ -22,8 +22,8 @@ from __future__ import annotations
 import os
 import zlib
 from collections import Counter
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +152,23 @@ def partition(reader: LogReader, folder: Path, quarantine: Path, n_buckets: int,
     return [bucket_path(folder, b) for b in sorted(writers)], tally
 
 
+@contextmanager
+def scratch_file(path: Path, schema: pa.Schema) -> Iterator[pa.ipc.RecordBatchFileWriter]:
+    """An Arrow IPC scratch file, closed on the way out. A refused write is one line naming
+    the file (trainer.files.writes_to); when the block already failed, the writer's own close
+    error (its footer cannot be written either) does not replace that line."""
+    with writes_to(path):
+        writer = pa.ipc.new_file(path, schema)
+    try:
+        yield writer
+    except BaseException:
+        with suppress(Exception):
+            writer.close()
+        raise
+    with writes_to(path):
+        writer.close()
+
+
 def bucket_path(folder: Path, bucket: int) -> Path:
     """A bucket's file: Arrow IPC, scratch written in pieces and read whole once (Parquet's
     encoding cost more than the work on the events)."""
@@ -178,9 +195,9 @@ def _append_to_buckets(events: pa.Table, key: str, n: int, folder: Path,
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         b = int(sorted_buckets[lo])
         path = bucket_path(folder, b)
+        if b not in writers:
+            writers[b] = stack.enter_context(scratch_file(path, EVENT_SCHEMA))
         with writes_to(path):
-            if b not in writers:
-                writers[b] = stack.enter_context(pa.ipc.new_file(path, EVENT_SCHEMA))
             writers[b].write_table(events.slice(lo, hi - lo))
 
 
