@@ -75,7 +75,8 @@ def render_manifest(manifest: dict, quarantine: Path) -> None:
               f"({c['sessions_with_purchase']:,} with a purchase, "
               f"{c['sessions_excluded_empty_prefix']:,} excluded: purchase first)")
     out.print(bad_rows_line(c["bad_rows"], quarantine if c["bad_rows"]["total"] else None))
-    table = Table(title=f"{len(manifest['shards'])} shards, "
+    n = len(manifest["shards"])
+    table = Table(title=f"{n} shard{'s' if n != 1 else ''}, "
                         f"{sum(s['bytes'] for s in manifest['shards']):,} bytes, "
                         f"{len(manifest['feature_spec']['features'])} features")
     for column in ("split", "sessions", "with purchase"):
