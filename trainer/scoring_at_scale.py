@@ -4,7 +4,7 @@ or on Spark executors.
 `ubp-edge score` (trainer.scoring.score_log) reads the log whole. `score_at_scale` gives the
 same probabilities in bounded memory, with `prepare`'s per-user stage:
 
-- ``local``: the log's blocks are validated and hash-partitioned by user into Parquet
+- ``local``: the log's blocks are validated and hash-partitioned by user into Arrow IPC
   buckets (`trainer.prepare.local.partition`), then each bucket, which holds all events of
   its users, becomes session records (`trainer.prepare.records.session_records`, with the
   artifact's features and gap) and is scored by one Scorer;

@@ -9,7 +9,7 @@ on the training split, encode. The stages and who runs them:
    engine over hash buckets on disk (`local`), the Spark engine in
    ``groupBy(...).applyInArrow`` on executors (`spark_engine`);
 3. time split, exact normalisation, encoding and shards in canonical order (`finish`),
-   both engines, out of core (DuckDB sorts).
+   both engines, out of core (a range-partitioned sort in pyarrow).
 
 PREP_DIR is built in a staging folder beside it and renamed into place when complete, so a
 killed `prepare` leaves no partial PREP_DIR and is simply run again.
@@ -37,7 +37,7 @@ from trainer.sessions import DEFAULT_GAP_MINUTES
 
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
-WORK = "work"  # scratch inside the stage: buckets, records, DuckDB's spill; removed at the end
+WORK = "work"  # scratch inside the stage: buckets, records, sort ranges; removed at the end
 
 
 class Engine(StrEnum):

@@ -3,8 +3,9 @@
 Two passes, each holding a bounded piece at a time:
 
 1. `partition`: the log's blocks (trainer.prepare.blocks) are validated and their events
-   appended to one of N Parquet buckets by a hash of the user, in file order; bad rows are
-   appended to the quarantine as they come. N grows with the log, so a bucket holds about
+   appended to one of N Arrow IPC buckets by a hash of the user, in file order; bad rows
+   are appended to the quarantine as they come. N grows with the log's size (a gzip log's is
+   estimated at 4x; a pipe's is unknown: UNKNOWN_SIZE_BUCKETS), so a bucket holds about
    BUCKET_TEXT_BYTES of log text whatever the log's size.
 2. `bucket_records`: each bucket, which holds all events of its users, goes through
    `session_records` (the in-memory code on those users) and its records are appended to
@@ -13,8 +14,8 @@ Two passes, each holding a bounded piece at a time:
 Why hash buckets and not a global sort by (user, time): everything per user needs only
 that user's events together, not users in order, and a hash partition is one streaming
 pass with pyarrow, where an external sort of the events would be a second copy of the log
-sorted on disk. The one global sort `prepare` needs, of sessions by start time, is DuckDB's
-(finish.py), on records that are far smaller than the events.
+sorted on disk. The one global sort `prepare` needs, of sessions by start time, is
+finish.py's, on records that are fewer than the events.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def user_buckets(users: pa.Array, n: int) -> np.ndarray:
 def partition(reader: LogReader, folder: Path, quarantine: Path, n_buckets: int,
               block_bytes: int = DEFAULT_BLOCK_BYTES,
               on_block: Callable[[int], None] | None = None) -> tuple[list[Path], ReadTally]:
-    """Pass 1: the log's events into ``n_buckets`` Parquet files by user, bad rows into
+    """Pass 1: the log's events into ``n_buckets`` Arrow IPC files by user, bad rows into
     ``quarantine`` (JSON lines, as BadRows.write; not created when there are none).
 
     Returns:

@@ -59,7 +59,7 @@ from trainer.prepare.records import (
 from trainer.quarantine import BadRows
 from trainer.spark_session import spark_errors, spark_session
 
-# A text log is cut into ranges of ``block_bytes`` (prepare's --block-bytes), and into at
+# A text log is cut into ranges of ``block_bytes`` (PrepareConfig.block_bytes), and into at
 # least as many as Spark runs tasks at once unless they would be smaller than this.
 MIN_RANGE_BYTES = 1 << 20
 SCAN_CHUNK = 1 << 22
