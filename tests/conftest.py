@@ -32,6 +32,19 @@ def real_file(relative: str) -> Path:
     return path
 
 
+def spark_problem() -> str | None:
+    """Why Spark cannot run on this machine (no pyspark, no Java 17), or None: the Spark tests
+    skip with it, in the words `ubp-edge --engine spark` would say it."""
+    from edge_runtime.errors import ConfigError
+    from trainer.spark_session import check_spark
+
+    try:
+        check_spark("Spark")
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 @pytest.fixture(scope="session")
 def taobao_path() -> Path:
     return real_file("taobao/UserBehavior_sample.csv")

@@ -13,6 +13,19 @@ from trainer.prepdir import FORMAT_VERSION, QUARANTINE, PrepWriter, sha256_file,
 from trainer.readers import read_log
 from trainer.sessions import key_digests, sessionize, time_split
 
+
+def write_small_log(folder: Path) -> Path:
+    """``folder/log.csv``: 60 synthetic users and one bad row (so a PREP_DIR of it has a
+    quarantine)."""
+    from trainer.synthetic import generate_events, write_canonical_csv
+
+    path = Path(folder) / "log.csv"
+    write_canonical_csv(generate_events(n_users=60, seed=3), path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("u99999,not-a-time,view,i1,c1,1.0\n")
+    return path
+
+
 # Sessions per PrepWriter.add call: small, so that batches cross row groups and shards.
 ADD_BATCH = 700
 

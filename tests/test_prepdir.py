@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pyarrow as pa
 import pytest
-from prep_fixtures import build_prep_dir
+from prep_fixtures import build_prep_dir, write_small_log
 
 from edge_runtime.errors import DataError
 from trainer.dataset import BASELINE_FEATURES, aggregate_features, encode_sessions, new_encoder, raw_sessions
@@ -30,14 +30,7 @@ from trainer.sessions import key_digests, sessionize, time_split
 
 @pytest.fixture(scope="module")
 def small_log(tmp_path_factory):
-    """60 synthetic users with a bad row (so the PREP_DIR has a quarantine)."""
-    from trainer.synthetic import generate_events, write_canonical_csv
-
-    path = tmp_path_factory.mktemp("prep_log") / "log.csv"
-    write_canonical_csv(generate_events(n_users=60, seed=3), path)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("u99999,not-a-time,view,i1,c1,1.0\n")
-    return path
+    return write_small_log(tmp_path_factory.mktemp("prep_log"))
 
 
 @pytest.fixture(scope="module")

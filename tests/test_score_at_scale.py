@@ -4,14 +4,13 @@ score` (trainer.scoring.score_log) on the same log and artifact."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT
+from conftest import ROOT, spark_problem
 
 from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.scorer import Scorer
@@ -26,21 +25,7 @@ MODEL = ROOT / "models" / "taobao-lstm128-float32.tflite"
 DYNAMIC = ROOT / "models" / "taobao-lstm128-dynamic.tflite"
 
 
-def _spark_problem() -> str | None:
-    if importlib.util.find_spec("pyspark") is None:
-        return "pyspark is not installed (the [spark] extra)"
-    from trainer.spark_session import MIN_JAVA, java_path, java_version
-
-    java = java_path()
-    if java is None:
-        return "java not found on PATH (Spark needs Java 17)"
-    version = java_version(java)
-    if version is None or version < MIN_JAVA:
-        return f"{java} is Java {version}; Spark needs Java {MIN_JAVA}"
-    return None
-
-
-SPARK_PROBLEM = _spark_problem()
+SPARK_PROBLEM = spark_problem()
 
 
 @pytest.fixture(scope="module")

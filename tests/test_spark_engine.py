@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import real_file
+from conftest import real_file, spark_problem
 
 from edge_runtime.errors import ConfigError, DataError
 from trainer.logsource import EventLogSource
@@ -28,26 +28,12 @@ from trainer.prepare.records import RecordSettings
 from trainer.prepare.spark_engine import plan_pieces
 from trainer.readers import read_log
 from trainer.spark_session import (
-    MIN_JAVA,
     SparkJobError,
     check_spark,
-    java_path,
-    java_version,
     worker_exception,
 )
 
-
-def _java_problem() -> str | None:
-    java = java_path()
-    if java is None:
-        return "java not found on PATH (Spark needs Java 17)"
-    version = java_version(java)
-    if version is None or version < MIN_JAVA:
-        return f"{java} is Java {version}; Spark needs Java {MIN_JAVA}"
-    return None
-
-
-needs_java = pytest.mark.skipif(_java_problem() is not None, reason=str(_java_problem()))
+needs_java = pytest.mark.skipif(spark_problem() is not None, reason=str(spark_problem()))
 
 
 @pytest.fixture(scope="module")

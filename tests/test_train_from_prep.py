@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from prep_fixtures import build_prep_dir
+from prep_fixtures import build_prep_dir, write_small_log
 
 from edge_runtime.errors import ConfigError, DataError
 from trainer import rundir
@@ -21,14 +21,7 @@ TINY = {"units": 8, "epochs": 2, "batch_size": 32, "seed": 1}
 
 @pytest.fixture(scope="module")
 def small_log(tmp_path_factory):
-    """60 synthetic users and one bad row."""
-    from trainer.synthetic import generate_events, write_canonical_csv
-
-    path = tmp_path_factory.mktemp("train_prep_log") / "log.csv"
-    write_canonical_csv(generate_events(n_users=60, seed=3), path)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("u99999,not-a-time,view,i1,c1,1.0\n")
-    return path
+    return write_small_log(tmp_path_factory.mktemp("train_prep_log"))
 
 
 @pytest.fixture(scope="module")

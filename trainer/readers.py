@@ -293,24 +293,10 @@ def _stat_log(p: Path) -> os.stat_result:
 
 
 def _read_fifo(p: Path, limit: int, explicit: bool) -> bytes:
-    """All a pipe holds until its writer closes it, up to ``limit`` bytes.
-
-    Opened without blocking, so a named FIFO nobody writes to is refused at once instead of
-    waiting forever: read() gives b"" only when no writer holds the pipe and it is empty."""
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
-    with open(fd, "rb", buffering=0) as f:
-        try:
-            first = os.read(fd, CHUNK_BYTES)
-        except BlockingIOError:
-            first = None  # a writer holds the pipe and has not written yet: wait for it
-        if first == b"":
-            raise DataError(f"{p}: a named pipe (FIFO) with no writer; start the program that "
-                            f"writes to it first (e.g. `cat log.csv > {p} &`), or pass the file")
-        os.set_blocking(fd, True)
-        data = _read_on(f, first or b"", limit)
+    """All a pipe holds until its writer closes it, up to ``limit`` bytes (a FIFO with no
+    writer is refused at once: `_read_fifo_stream`)."""
+    with _read_fifo_stream(p) as f:
+        data = _read_on(f, f.read(CHUNK_BYTES), limit)
     if len(data) > limit:
         raise DataError(f"{p}: more than {limit:,} bytes from the pipe, {_limit_note(explicit)}; "
                         f"split the log")
@@ -948,19 +934,21 @@ def _datetimes(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _timestamps(raw: _Raw, preset: FormatPreset, source_col: str) -> np.ndarray:
     col = raw.columns[source_col]
     unit = preset.time_unit
-    is_text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
     if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
         # Typed times (Parquet, or ISO text pyarrow's JSON reader parsed): naive ones are UTC.
         ms = pc.cast(col, pa.timestamp("ms", tz=getattr(col.type, "tz", None)), safe=False)
         valid = pc.is_valid(ms).to_numpy(zero_copy_only=False)
         ts = pc.fill_null(pc.cast(ms, pa.int64()), 0).to_numpy(zero_copy_only=False) / 1000.0
-    elif unit is TimeUnit.DATETIME or (unit is TimeUnit.AUTO and is_text
-                                       and not pc.any(pc.match_substring_regex(col, NUMBER_RE)).as_py()):
-        ts, valid = _datetimes(col)
     else:
-        ts, valid = _numbers(col)
-        if unit is TimeUnit.MILLISECONDS or (unit is TimeUnit.AUTO and _mostly_ms(ts[valid])):
-            ts = ts / 1000.0
+        parsed = None
+        if unit is TimeUnit.AUTO:
+            unit, parsed = _auto_unit(col)
+        if unit is TimeUnit.DATETIME:
+            ts, valid = _datetimes(col)
+        else:
+            ts, valid = parsed or _numbers(col)
+            if unit is TimeUnit.MILLISECONDS:
+                ts = ts / 1000.0
     raw.reject(~valid, "bad_timestamp", _as_text(col), f"column {source_col}:")
     if preset.date_column is not None:
         day, day_ok = _datetimes(pc.binary_join_element_wise(_as_text(raw.columns[preset.date_column]),
@@ -972,6 +960,16 @@ def _timestamps(raw: _Raw, preset: FormatPreset, source_col: str) -> np.ndarray:
     raw.reject(absurd, "absurd_timestamp", _as_text(col),
                f"column {source_col}: outside 2000-01-01..2100-01-01:")
     return ts
+
+
+def _auto_unit(col: pa.Array) -> tuple[TimeUnit, tuple[np.ndarray, np.ndarray] | None]:
+    """What ``auto`` means for an untyped time column: datetime for text without a number in
+    it, else milliseconds or seconds by `_mostly_ms`; with the parsed numbers, when parsed."""
+    is_text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+    if is_text and not pc.any(pc.match_substring_regex(col, NUMBER_RE)).as_py():
+        return TimeUnit.DATETIME, None
+    ts, valid = _numbers(col)
+    return (TimeUnit.MILLISECONDS if _mostly_ms(ts[valid]) else TimeUnit.SECONDS), (ts, valid)
 
 
 def _mostly_ms(ts: np.ndarray) -> bool:
@@ -1176,14 +1174,20 @@ def _read_log(path: Path, data: bytes, format: str | None, preset: FormatPreset 
     log = _read_one(path, data, preset, bad)
     if preset.name == "diginetica":
         log = _with_diginetica_purchases(path, log, preset)
-    if log.rows_read == 0:
-        raise DataError(f"{path}: no data rows, only a header" if _file_kind(path, data) == "csv"
-                        else f"{path}: no data rows")
-    if len(log) == 0:
-        raise DataError(f"{path}: none of its {log.rows_read} rows parse as {preset.name}; "
-                        f"first: {bad.first_message()}")
+    check_has_events(path, _file_kind(path, data), preset.name, log.rows_read, len(log), bad)
     bad.raise_if_strict(strict)
     return log
+
+
+def check_has_events(path: str | Path, kind: str, fmt: str, rows_read: int, events: int,
+                     bad: BadRows | None) -> None:
+    """DataError when a log (read whole, or block by block) has no data row, or no row that
+    parses; ``bad`` holds its first bad rows, for the message."""
+    if rows_read == 0:
+        raise DataError(f"{path}: no data rows, only a header" if kind == "csv" else f"{path}: no data rows")
+    if events == 0:
+        first = bad.first_message() if bad is not None else "none"
+        raise DataError(f"{path}: none of its {rows_read} rows parse as {fmt}; first: {first}")
 
 
 def _with_diginetica_purchases(path: Path, views: EventLog, preset: FormatPreset) -> EventLog:
@@ -1303,8 +1307,9 @@ def stream_text(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[by
 
 
 def _read_fifo_stream(p: Path):
-    """A named pipe opened for streaming (peekable); a FIFO with no writer is refused at once,
-    as `_read_fifo` does (a first non-blocking read tells "no writer" from "nothing yet")."""
+    """A named pipe opened for streaming (peekable). Opened without blocking, so a FIFO
+    nobody writes to is refused at once instead of waiting forever: a first non-blocking read
+    gives b"" only when no writer holds the pipe and it is empty."""
     try:
         fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
@@ -1401,10 +1406,4 @@ def with_time_unit_of(preset: FormatPreset, column: pa.Array | None) -> FormatPr
         return preset  # no column: read_log's own checks name it
     if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
         return preset
-    is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-    if is_text and not pc.any(pc.match_substring_regex(column, NUMBER_RE)).as_py():
-        unit = TimeUnit.DATETIME
-    else:
-        ts, valid = _numbers(column)
-        unit = TimeUnit.MILLISECONDS if _mostly_ms(ts[valid]) else TimeUnit.SECONDS
-    return replace(preset, time_unit=unit)
+    return replace(preset, time_unit=_auto_unit(column)[0])

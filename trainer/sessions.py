@@ -294,6 +294,33 @@ class Split:
                 **{name: part(ix) for name, ix in self.parts().items()}}
 
 
+def share_problems(validation: float, test: float) -> list[str]:
+    """What is wrong with the split shares ``--validation`` and ``--test`` (none: []), for the
+    configuration checks of `prepare` and `train`."""
+    problems = [f"--{name} must be a share in (0, 1), got {value}"
+                for name, value in (("validation", validation), ("test", test)) if not 0 < value < 1]
+    if not problems and not validation + test < 1:
+        problems.append(f"--validation {validation} and --test {test} leave no training sessions "
+                        f"(their sum must be below 1)")
+    return problems
+
+
+def split_sizes(n: int, validation: float, test: float) -> tuple[int, int, int]:
+    """Sessions in the train, validation and test parts of ``n`` scorable sessions (the
+    in-memory split and `prepare`'s, which counts before it sorts, use this one rule).
+
+    Raises:
+        ConfigError: a part would be empty.
+    """
+    n_test = int(round(n * test))
+    n_val = int(round(n * validation))
+    n_train = n - n_val - n_test
+    if min(n_train, n_val, n_test) < 1:
+        raise ConfigError(f"{n} scorable sessions cannot be split {1 - validation - test:.2f}/"
+                          f"{validation:.2f}/{test:.2f}: a split would be empty")
+    return n_train, n_val, n_test
+
+
 def time_split(sessions: Sessions, validation: float = 0.15, test: float = 0.15) -> Split:
     """Split scorable sessions by start time: the oldest train, then validation, then test.
 
@@ -309,12 +336,6 @@ def time_split(sessions: Sessions, validation: float = 0.15, test: float = 0.15)
                           f"(0, 1) and their sum below 1")
     ix = np.flatnonzero(sessions.scorable)
     ix = ix[np.argsort(sessions.start[ix], kind="stable")]
-    n = len(ix)
-    n_test = int(round(n * test))
-    n_val = int(round(n * validation))
-    n_train = n - n_val - n_test
-    if min(n_train, n_val, n_test) < 1:
-        raise ConfigError(f"{n} scorable sessions cannot be split {1 - validation - test:.2f}/"
-                          f"{validation:.2f}/{test:.2f}: a split would be empty")
+    n_train, n_val, _ = split_sizes(len(ix), validation, test)
     train, val, tst = ix[:n_train], ix[n_train:n_train + n_val], ix[n_train + n_val:]
     return Split(train, val, tst, float(sessions.start[val[0]]), float(sessions.start[tst[0]]))

@@ -58,6 +58,7 @@ from trainer.metrics import (
     classification_metrics,
 )
 from trainer.prepdir import MANIFEST, PrepDir, SplitRows, predict_by_length, predictor, sha256_file
+from trainer.sessions import share_problems
 
 
 class PeerLost(RunDirError, rundir.StageKept):
@@ -117,14 +118,8 @@ class TrainConfig:
             problems.append(f"--learning-rate must be in (0, 1), got {self.learning_rate}")
         if self.gap_minutes is not None and not self.gap_minutes > 0:
             problems.append(f"--gap-minutes must be > 0, got {self.gap_minutes}")
-        shares = {k: DATA_DEFAULTS[k] if getattr(self, k) is None else getattr(self, k)
-                  for k in ("validation", "test")}
-        for k, v in shares.items():
-            if not 0 < v < 1:
-                problems.append(f"{option(k)} must be a share in (0, 1), got {v}")
-        if all(0 < v < 1 for v in shares.values()) and not sum(shares.values()) < 1:
-            problems.append(f"--validation {shares['validation']} and --test {shares['test']} leave no "
-                            f"training sessions (their sum must be below 1)")
+        problems += share_problems(*(DATA_DEFAULTS[k] if getattr(self, k) is None else getattr(self, k)
+                                     for k in ("validation", "test")))
         if self.use_context is not None and not isinstance(self.use_context, bool):
             problems.append(f"--context/--no-context must be true or false, got {self.use_context!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:

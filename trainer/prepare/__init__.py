@@ -17,7 +17,6 @@ killed `prepare` leaves no partial PREP_DIR and is simply run again.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,11 +31,10 @@ from trainer.prepare.blocks import DEFAULT_BLOCK_BYTES, LogReader
 from trainer.prepare.finish import SplitPlan, fit_normalisation, sort_records, write_sessions
 from trainer.prepare.local import ReadTally, bucket_count, bucket_records, partition, shared_session_ids
 from trainer.prepare.records import RecordSettings
+from trainer.prepdir import FORMAT_VERSION, MANIFEST, QUARANTINE, PrepWriter, sha256_file, write_manifest
 from trainer.rundir import staged_run_dir
-from trainer.sessions import DEFAULT_GAP_MINUTES
+from trainer.sessions import DEFAULT_GAP_MINUTES, share_problems
 
-MANIFEST = "manifest.json"
-QUARANTINE = "quarantine.jsonl"
 WORK = "work"  # scratch inside the stage: buckets, records, sort ranges; removed at the end
 
 
@@ -89,12 +87,7 @@ class PrepareConfig:
             problems.append(f"--gap-minutes must be > 0, got {self.gap_minutes}")
         if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or self.max_len < 1:
             problems.append(f"--max-len must be a whole number >= 1, got {self.max_len!r}")
-        for name in ("validation", "test"):
-            if not 0 < getattr(self, name) < 1:
-                problems.append(f"--{name} must be a share in (0, 1), got {getattr(self, name)}")
-        if 0 < self.validation < 1 and 0 < self.test < 1 and not self.validation + self.test < 1:
-            problems.append(f"--validation {self.validation} and --test {self.test} leave no "
-                            f"training sessions (their sum must be below 1)")
+        problems += share_problems(self.validation, self.test)
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -119,8 +112,6 @@ def prepare(config: PrepareConfig, on_stage: Stage | None = None) -> dict:
         RunDirError, OutputError: PREP_DIR exists (without ``overwrite``), is not a prepared
             log, holds the log, or cannot be written.
     """
-    from trainer.prepdir import PrepWriter, write_manifest
-
     stage = on_stage or (lambda _msg: None)
     path = Path(config.source.path)
     check_outputs({"--data": path}, replaced={"--out": config.out})
@@ -159,7 +150,7 @@ def prepare(config: PrepareConfig, on_stage: Stage | None = None) -> dict:
         shards, content_digest = writer.close()
         shutil.rmtree(work)
         manifest = {
-            "format_version": 1,
+            "format_version": FORMAT_VERSION,
             "engine": config.engine.value,
             "input": {"path": str(path), "format": reader.preset.name, **_input_checksum(path)},
             "settings": config.settings(),
@@ -203,8 +194,5 @@ def _input_checksum(path: Path) -> dict:
     """Size and SHA-256 of the input file (None for a pipe, which cannot be read twice)."""
     if not path.is_file():
         return {"bytes": None, "sha256": None}
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    size, digest = sha256_file(path)
+    return {"bytes": size, "sha256": digest}

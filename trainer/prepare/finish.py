@@ -25,12 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from edge_runtime.errors import ConfigError
 from edge_runtime.features import FeatureEncoder
 from edge_runtime.moments import ExactMoments
 from trainer.files import writes_to
 from trainer.prepare.local import scratch_file
 from trainer.rundir import SPLIT_NAMES
+from trainer.sessions import split_sizes
 
 BATCH_ROWS = 16_384
 # Sessions sorted in memory at a time (records of about 0.8 KB each: ~20 MB), and the
@@ -54,12 +54,7 @@ class SplitPlan:
         Raises:
             ConfigError: a split would be empty (the message of time_split).
         """
-        n_test, n_val = int(round(n * test)), int(round(n * validation))
-        n_train = n - n_val - n_test
-        if min(n_train, n_val, n_test) < 1:
-            raise ConfigError(f"{n} scorable sessions cannot be split {1 - validation - test:.2f}/"
-                              f"{validation:.2f}/{test:.2f}: a split would be empty")
-        return cls(dict(zip(SPLIT_NAMES, (n_train, n_val, n_test), strict=True)))
+        return cls(dict(zip(SPLIT_NAMES, split_sizes(n, validation, test), strict=True)))
 
     def names(self, first_rank: int, count: int) -> np.ndarray:
         """The split name of the sessions ranked ``first_rank .. first_rank + count - 1``."""

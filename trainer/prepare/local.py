@@ -33,7 +33,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from edge_runtime.errors import DataError
 from trainer.files import atomic_open, writes_to
 from trainer.prepare.blocks import DEFAULT_BLOCK_BYTES, EVENT_SCHEMA, LogReader
 from trainer.prepare.records import (
@@ -44,6 +43,7 @@ from trainer.prepare.records import (
     session_records,
 )
 from trainer.quarantine import BadRows
+from trainer.readers import check_has_events
 
 # Log text per bucket: a bucket is processed in memory, so this bounds `prepare`'s memory
 # whatever the log's size. On a 4 M-event synthetic log (AMD EPYC), 8 MB buckets with 8 MB
@@ -88,12 +88,7 @@ class ReadTally:
 
     def check(self, path: Path, fmt: str, kind: str) -> None:
         """DataError when the log has no data row, or no row that parses (as read_log)."""
-        if self.rows_read == 0:
-            raise DataError(f"{path}: no data rows, only a header" if kind == "csv"
-                            else f"{path}: no data rows")
-        if self.events == 0:
-            first = self.first_bad.first_message() if self.first_bad else "none"
-            raise DataError(f"{path}: none of its {self.rows_read} rows parse as {fmt}; first: {first}")
+        check_has_events(path, kind, fmt, self.rows_read, self.events, self.first_bad)
 
     def bad_summary(self) -> dict:
         return {"total": sum(self.bad.values()), "by_reason": dict(sorted(self.bad.items()))}
