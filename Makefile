@@ -36,12 +36,16 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-# pytest-benchmark suites (encode, score, live step, load) over models/*.tflite, plus every
-# artifact of UBP_EDGE_BENCH_RUN=runs/NAME when set; each run is saved under .benchmarks/.
+# pytest-benchmark suites (encode, score one session, score_encoded in batches of 64 and 256,
+# score_sessions on a batch, live push beside the step graph's bare invoke, load) over
+# models/*.tflite, plus every artifact of UBP_EDGE_BENCH_RUN=runs/NAME when set; each run is
+# saved under .benchmarks/. Then this machine's floor for one session's work, one core
+# (benchmarks/floor.py: table on the terminal, JSON in .benchmarks/floor.json).
 bench: install
 	cd benchmarks && ../$(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-autosave \
 		--benchmark-storage=../.benchmarks --benchmark-columns=median,iqr,ops,rounds \
 		--benchmark-sort=name --benchmark-group-by=group .
+	$(BIN)/python -m benchmarks.floor > .benchmarks/floor.json
 
 # Compare the last two saved runs, figure by figure.
 bench-compare: install

@@ -14,7 +14,7 @@ Library (imported by the CLI, the suites and the tests):
 - `benchmarks.sessions`: the sessions measured: replayed scorable prefixes of a log, the
   embedded synthetic default (both through `trainer.sessions.sessionize`), fixed lengths.
 - `benchmarks.engines`: the peers of ``--peers``: Keras, ONNX Runtime and NumPy on a run's
-  weights, each checked against the stored Keras probabilities.
+  weights, at batch 1 and in batches, each checked against the stored Keras probabilities.
 
 Suites and scripts (run from this folder, not imported):
 
@@ -23,4 +23,7 @@ Suites and scripts (run from this folder, not imported):
 - ``live_memory.py``: per-event latency and memory with many live sessions.
 - ``prepare_scale.py``: `prepare` events/s and peak RSS on 1/4/16 M-event synthetic logs, both
   engines (``python -m benchmarks.prepare_scale``).
+- ``floor.py``: this machine's single-core floor for one session's work, the multiply-adds
+  of a 50-step LSTM(128) against the core's peak and a chain of 50 matrix-vector products
+  (``python -m benchmarks.floor``).
 """

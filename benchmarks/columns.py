@@ -97,11 +97,19 @@ COLUMNS: tuple[Column, ...] = (
            "session (encoder step + LSTM step): median (us)"),
     Column("event_p95_us", None, None, "one live event: 95th percentile (us)"),
     Column("event_p99_us", "event p99", "event p99", "one live event: 99th percentile (us)"),
-    Column("sessions_per_s", "sessions/s", "sess/s", "batch throughput in sessions per second",
+    Column("step_invoke_p50_us", "step invoke p50 (us)", "invoke p50", "a bare invoke of the "
+           "step graph (StepModel.__call__ on preallocated arrays), measured beside the live "
+           "event: median (us)"),
+    Column("sessions_per_s", "sessions/s", "sess/s", "throughput in sessions per second: "
+           "artifacts score the replayed sessions in one call, peers one session per call",
            kind="count"),
-    Column("ratio_to_best", "ratio to best ubp-edge (session p50, 50 ev p50, sessions/s)", None,
-           "each compared figure over the best ubp-edge row's (lower is better but for "
-           "throughput); empty on a failed row", kind="ratios"),
+    Column("batch64_sessions_per_s", "batch 64 sessions/s", "b64/s", "sessions per second "
+           "scoring the replayed sessions 64 at a time, encoder included", kind="count"),
+    Column("batch256_sessions_per_s", "batch 256 sessions/s", "b256/s", "sessions per second "
+           "scoring the replayed sessions 256 at a time, encoder included", kind="count"),
+    Column("ratio_to_best", "ratio to best ubp-edge (session p50, 50 ev p50, sessions/s, batch 64, "
+           "batch 256)", None, "each compared figure over the best ubp-edge row's (lower is "
+           "better but for the throughputs); empty on a failed row", kind="ratios"),
 )
 ROW_KEYS: tuple[str, ...] = tuple(c.key for c in COLUMNS)
 

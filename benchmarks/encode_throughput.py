@@ -37,9 +37,9 @@ def main() -> None:
         t2 = time.perf_counter()
         split = time_split(sessions)
         encoder = new_encoder(sessions, max_len=50)
-        encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder)))
+        encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder, window=encoder.max_len)))
         t3 = time.perf_counter()
-        encoded = encode_sessions(sessions, np.flatnonzero(sessions.scorable), encoder)
+        encoded = encode_sessions(sessions, np.flatnonzero(sessions.scorable), encoder, window=None)
         t4 = time.perf_counter()
         for name, seconds in (("read", t1 - t0), ("sessionize", t2 - t1), ("encode", t4 - t3)):
             times[name].append(seconds)

@@ -7,9 +7,9 @@ In-process figures (after a warm-up, over many calls, every call timed by
   (`benchmarks.sessions.fixed_length_sessions`), for any ``score(session)``: an artifact's
   Scorer or a peer engine behind the same encoder;
 - `live_event_figures`: per-event latency of `LiveSession.push`, replaying sessions click by
-  click;
-- `scorer_figures` / `peer_figures`: the above plus batch throughput, for one artifact or
-  one peer.
+  click, beside a bare invoke of the step graph (`StepModel.__call__`);
+- `batch_figures`: sessions per second scoring the sessions ``BATCH_SIZES`` at a time;
+- `scorer_figures` / `peer_figures`: the above, for one artifact or one peer.
 
 Fresh-process figures run the probes of `edge_runtime.probes` (which import nothing but
 edge_runtime) and read the JSON line each prints: `cold_start` and `live_memory`.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.sessions import fixed_length_sessions
+from benchmarks.sessions import consecutive_batches, fixed_length_sessions
 from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.events import PROBE_SESSION
 from edge_runtime.probes import probe_command
@@ -35,6 +35,13 @@ FIXED_LENGTHS = (1, 10, 50)
 # Sessions scored in one call for the artifacts' throughput, one call each for the peers'
 # (which score one session per call, like the fused graph).
 THROUGHPUT_SESSIONS, PEER_THROUGHPUT_SESSIONS = 2000, 500
+# The batch figures' sizes (``batch{size}_sessions_per_s``), and the untimed batches before
+# each (the first calls at a new size allocate tensors).
+BATCH_SIZES = (64, 256)
+BATCH_WARMUP = 4
+# Live pushes and bare step-graph invokes are timed in alternating rounds, so that a change
+# of the machine's load during the measure touches both figures alike.
+LIVE_ROUNDS = 4
 PROBE_TIMEOUT_S = 600
 
 Session = Sequence[Mapping]
@@ -122,29 +129,85 @@ def session_figures(score: Callable[[Session], object], sessions: Sequence[Sessi
     return Measured(figures, (timed.ns / 1000.0).tolist() if len(timed.ns) else None)
 
 
-def live_event_figures(scorer, sessions: Sequence[Session], effort: Effort) -> dict:
-    """Per-event latency of `LiveSession.push` (encoder step + LSTM step), replaying each
-    session click by click in a new live session, until ``live_events`` are timed.
-
-    Returns:
-        ``event_p50/p95/p99_us``.
-    """
-    pool = [s for s in sessions if s] or [list(PROBE_SESSION)]
-    parts, timed, k = [], 0, 0
-    while timed < effort.live_events + effort.warmup:
+def _push_ns(scorer, pool: Sequence[Session], count: int, start: int) -> tuple[np.ndarray, int]:
+    """Wall times of at least ``count`` pushes, each pool session (from ``start``, cycled)
+    replayed in a new live session; with the next session's position."""
+    parts, timed, k = [], 0, start
+    while timed < count:
         # Starting a session is not part of an event's latency: each session's pushes are
-        # timed apart, and the first `warmup` pushes overall are dropped.
+        # timed apart.
         live = scorer.start_session()
         ns = time_calls(live.push, pool[k % len(pool)]).ns
         parts.append(ns)
         timed += len(ns)
         k += 1
-    return _row_percentiles("event", np.concatenate(parts)[effort.warmup:])
+    return np.concatenate(parts), k
+
+
+def live_event_figures(scorer, sessions: Sequence[Session], effort: Effort) -> dict:
+    """Per-event latency of `LiveSession.push` (event check + encoder step + step graph),
+    replaying each session click by click in a new live session, until ``live_events`` are
+    timed; and of a bare invoke of the step graph (`StepModel.__call__` from
+    ``scorer.step_model()``, on preallocated arrays: encoded events of the same sessions, a
+    zero state), as many. The two alternate in ``LIVE_ROUNDS`` rounds; the first ``warmup``
+    calls of each are dropped.
+
+    Returns:
+        ``event_p50/p95/p99_us`` and ``step_invoke_p50_us``.
+
+    Raises:
+        ArtifactError: the artifact has no step graph, or it fails to run.
+    """
+    pool = [s for s in sessions if s] or [list(PROBE_SESSION)]
+    step = scorer.step_model()
+    events = [np.ascontiguousarray(x, np.float32) for s in pool[:50] for x in scorer.encode_session(s)]
+    h, c = np.zeros((1, step.units), np.float32), np.zeros((1, step.units), np.float32)
+
+    def invoke(x: np.ndarray) -> object:
+        return step(x, h, c)
+
+    per_round = -(-effort.live_events // LIVE_ROUNDS)
+    pushes, invokes, k = [], [], 0
+    for r in range(LIVE_ROUNDS):
+        warmup = effort.warmup if r == 0 else 0
+        ns, k = _push_ns(scorer, pool, per_round + warmup, k)
+        pushes.append(ns[warmup:])
+        invokes.append(time_calls(invoke, events, warmup=warmup, min_runs=per_round).ns[:per_round])
+    figures = _row_percentiles("event", np.concatenate(pushes))
+    figures["step_invoke_p50_us"] = percentiles(np.concatenate(invokes))["p50_us"]
+    return figures
+
+
+def batch_figures(score_batch: Callable[[list[Session]], object], sessions: Sequence[Session],
+                  effort: Effort, say: Say = _quiet) -> dict:
+    """Sessions per second scoring ``sessions`` ``BATCH_SIZES`` at a time: consecutive
+    batches, cycled until every session and at least ``min_runs`` sessions are scored, each
+    batch one timed call.
+
+    Args:
+        score_batch: scores one batch of sessions of event dicts (encoding included).
+        sessions: the replayed or synthetic sessions.
+        effort: ``min_runs`` (sessions per figure at least) and ``warmup`` (untimed batches,
+            at most ``BATCH_WARMUP``).
+        say: told what is being measured.
+
+    Returns:
+        ``batch{size}_sessions_per_s`` for each size; None without sessions.
+    """
+    figures = {}
+    for size in BATCH_SIZES:
+        say(f"batches of {size}")
+        batches = consecutive_batches(list(sessions), size, at_least=effort.min_runs)
+        ns = time_calls(score_batch, batches, warmup=min(effort.warmup, BATCH_WARMUP)).ns
+        figures[f"batch{size}_sessions_per_s"] = (size * len(ns) / (float(ns.sum()) / 1e9)
+                                                  if len(ns) else None)
+    return figures
 
 
 def scorer_figures(scorer, sessions: Sequence[Session], effort: Effort, say: Say = _quiet) -> Measured:
-    """In-process figures of one loaded artifact: session latencies, batch throughput and,
-    where the artifact has a live graph, per-event latency.
+    """In-process figures of one loaded artifact: session latencies, throughput, batch
+    throughput and, where the artifact has a live graph, per-event latency and the bare
+    step invoke's.
 
     Args:
         scorer: an `edge_runtime.Scorer`.
@@ -153,16 +216,19 @@ def scorer_figures(scorer, sessions: Sequence[Session], effort: Effort, say: Say
         say: told what is being measured.
 
     Returns:
-        Measured: the session figures, ``sessions_per_s`` and the ``event_*`` figures
-        (None without a live graph).
+        Measured: the session figures, ``sessions_per_s``, the batch figures (each batch one
+        `Scorer.score_sessions` call, which encodes and scores it as it chooses) and the
+        ``event_*`` and ``step_invoke_p50_us`` figures (None without a live graph).
     """
     measured = session_figures(lambda s: scorer.score_sessions([s]), sessions, effort, say)
     figures = dict(measured.figures)
-    say("batch throughput")
+    say("throughput")
     batch = list(sessions)[:THROUGHPUT_SESSIONS]
     scorer.score_sessions(batch[:50])
     ns = time_calls(scorer.score_sessions, [batch]).ns
     figures["sessions_per_s"] = len(batch) / (float(ns.sum()) / 1e9)
+    figures.update(batch_figures(lambda batch: scorer.score_sessions(batch, batch_size=len(batch)),
+                                 sessions, effort, say))
     if scorer.has_step:
         say("live events")
         figures.update(live_event_figures(scorer, sessions, effort))
@@ -170,20 +236,25 @@ def scorer_figures(scorer, sessions: Sequence[Session], effort: Effort, say: Say
 
 
 def peer_figures(score: Callable[[Session], object], sessions: Sequence[Session], effort: Effort,
-                 say: Say = _quiet) -> Measured:
+                 say: Say = _quiet, score_batch: Callable[[list[Session]], object] | None = None
+                 ) -> Measured:
     """In-process figures of one peer engine: session latencies and throughput, one session
-    per call.
+    per call, and the batch figures where it scores batches.
 
     Args:
         score: scores one session of event dicts (the peer behind the artifact's encoder).
         sessions: the sessions to replay.
         effort: warm-up and runs.
         say: told what is being measured.
+        score_batch: scores a batch of sessions of event dicts (encoding included); None:
+            no batch figures.
     """
     measured = session_figures(score, sessions, effort, say)
     ns = time_calls(score, list(sessions)[:PEER_THROUGHPUT_SESSIONS]).ns
     figures = dict(measured.figures)
     figures["sessions_per_s"] = len(ns) / (float(ns.sum()) / 1e9) if len(ns) else None
+    if score_batch is not None:
+        figures.update(batch_figures(score_batch, sessions, effort, say))
     return Measured(figures, measured.samples_us)
 
 

@@ -51,7 +51,10 @@ def markdown(result: BenchmarkResult) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['system']}; Python {m['python']}, numpy "
              f"{m['numpy']}, ai-edge-litert {m['ai_edge_litert']}; {result.threads} thread(s).",
              f"Sessions: {result.sessions}. Latencies include the FeatureEncoder; whole sessions at "
-             f"batch 1; cold start is import + load + first score in a fresh process.", "",
+             f"batch 1; batch figures score consecutive sessions 64 and 256 per call, encoder "
+             f"included (peers run each batch in groups of similar length); the step invoke "
+             f"is the live event's step graph alone; cold start is import + load + first score "
+             f"in a fresh process.", "",
              "| " + " | ".join(c.label for c in REPORT) + " |",
              "|" + "---|" * len(REPORT)]
     for row in result.rows:

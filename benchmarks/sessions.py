@@ -8,7 +8,8 @@ scoring see them) becomes a list of event dicts:
 - `synthetic_sessions`: the embedded default, a seeded log of `trainer.synthetic`.
 
 `fixed_length_sessions` cuts sessions of exactly N events out of either, for the
-per-length figures.
+per-length figures; `consecutive_batches` slices them into full batches, for the batch
+figures.
 """
 
 from __future__ import annotations
@@ -122,3 +123,28 @@ def fixed_length_sessions(sessions: Sequence[Sequence[Mapping]], length: int, co
             e["ts"] = 1.7e9 + 86400 * k + 30.0 * i
         out.append(events)
     return out
+
+
+def consecutive_batches(sessions: Sequence[Sequence[Mapping]], size: int, at_least: int = 0
+                        ) -> list[list]:
+    """The sessions in consecutive batches of ``size``, in their order, cycled so that every
+    batch is full and every session is in one at least.
+
+    Args:
+        sessions: the sessions (any items: event dicts or encoded arrays).
+        size: sessions per batch, >= 1.
+        at_least: the fewest sessions in all the batches together (cycling as needed).
+
+    Returns:
+        ``ceil(max(at_least, len(sessions)) / size)`` lists of ``size`` sessions; none
+        without sessions.
+
+    Example:
+        >>> consecutive_batches(["a", "b", "c"], 2)
+        [['a', 'b'], ['c', 'a']]
+    """
+    n = len(sessions)
+    if not n:
+        return []
+    count = -(-max(at_least, n) // size)
+    return [[sessions[(k * size + i) % n] for i in range(size)] for k in range(count)]

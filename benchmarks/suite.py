@@ -9,10 +9,11 @@ or `BenchmarkResult.to_dict` for ``--json``). Between the two, in named stages:
    (`check_peer_weights` refuses ``peers`` without them before anything is measured);
 2. `load_sessions`: replayed from a log (`benchmarks.sessions.replayed_sessions`) or the
    embedded synthetic ones (`benchmarks.sessions.synthetic_sessions`);
-3. `artifact_row` for each artifact (`benchmarks.measure`: in-process latency and
-   throughput, cold start and live memory in fresh processes through `edge_runtime.probes`);
+3. `artifact_row` for each artifact (`benchmarks.measure`: in-process latency, throughput
+   one call and in batches of 64 and 256, live push beside a bare step invoke; cold start and
+   live memory in fresh processes through `edge_runtime.probes`);
 4. `peer_rows` with ``peers``: Keras, ONNX Runtime and NumPy on the same weights
-   (`benchmarks.engines`), timed the same way;
+   (`benchmarks.engines`), timed the same way, batches included;
 5. `add_ratios`: each row's figures against the best ubp-edge row.
 
 Rows have exactly the keys `benchmarks.columns.ROW_KEYS`, in that order.
@@ -37,9 +38,10 @@ from trainer.rundir import RunDirectory
 
 Progress = Callable[[str], None]
 ENGINE = "ubp-edge"
-# The figures compared across engines; lower is better for each but throughput.
-RATIO_KEYS = ("session_p50_us", "session50_p50_us", "sessions_per_s")
-HIGHER_IS_BETTER = ("sessions_per_s",)
+# The figures compared across engines; lower is better for each but the throughputs.
+RATIO_KEYS = ("session_p50_us", "session50_p50_us", "sessions_per_s", "batch64_sessions_per_s",
+              "batch256_sessions_per_s")
+HIGHER_IS_BETTER = ("sessions_per_s", "batch64_sessions_per_s", "batch256_sessions_per_s")
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,8 @@ def peer_rows(run_dir: Path, sessions: list[list[dict]], encoder_scorer, effort:
     """Measure every peer engine (`benchmarks.engines.build_peers`) on the same sessions.
 
     Peers score encoded sessions; the artifact's FeatureEncoder (``encoder_scorer``) encodes
-    each one inside the timed call, as an artifact's own timing includes it.
+    each one inside the timed call, as an artifact's own timing includes it, one session at
+    a time or a whole batch (every peer scores batches, `benchmarks.engines.batched`).
 
     Returns:
         ``(row, measured)`` per peer, in `build_peers` order; failed peers are not measured.
@@ -239,7 +242,11 @@ def peer_rows(run_dir: Path, sessions: list[list[dict]], encoder_scorer, effort:
             def run(session, score=peer.score):
                 return score(encoder_scorer.encode_session(session))
 
-            measured = peer_figures(run, sessions, effort)
+            def run_batch(batch, score_batch=peer.score_batch):
+                # The artifact's batch encoder, as its own batches get (Scorer.score_sessions).
+                return score_batch(encoder_scorer.encode_sessions(batch))
+
+            measured = peer_figures(run, sessions, effort, score_batch=run_batch)
             row.update(measured.figures)
         rows.append((row, measured))
     return rows

@@ -113,7 +113,7 @@ class Comparison:
     split: str
     split_reason: str
     label: np.ndarray  # (N,) 0/1
-    prefix_len: np.ndarray  # (N,) events scored per session (before the cut to max_len)
+    prefix_len: np.ndarray  # (N,) events scored per session: the whole prefix, as live scoring reads it
     rows: list[ArtifactRow]
     n_excluded_empty_prefix: int
     bad_rows: dict

@@ -4,15 +4,17 @@
   it converts to the single UNIDIRECTIONAL_SEQUENCE_LSTM op (DESIGN) and is fed unpadded
   sessions.
 - ``unrolled``: the same LSTM written out step by step in plain ops (FULLY_CONNECTED,
-  LOGISTIC, TANH, MUL, ADD) over a fixed ``T = max_len``, any batch ``[B, T, F]`` plus a
-  ``[B, T, 1]`` mask that holds the state through padding. XNNPACK runs these ops fast on
-  x86 and they quantize without the fused op's restrictions; the file is larger.
+  LOGISTIC, TANH, MUL, ADD), as chunks of CHUNK_STEPS events with the state in and out, each
+  a signature (``chunk_T``) of one flatbuffer, any batch ``[B, T, F]``. The runtime chains
+  chunks to score a session of any length without padding, and batches sessions of equal
+  length. XNNPACK runs the whole of each chunk (it never takes the fused op), and the plain
+  ops quantize without the fused op's restrictions.
 - ``step``: one event with the LSTM state in and out, for live sessions; every artifact
   carries it (edge_runtime.live.StepModel runs it).
 
-Seams: `score_function(graph, weights, max_len)` and `step_function(weights)`, each a
-(concrete function, trackable) pair for `converters.tflite.to_tflite`. TensorFlow is imported
-inside them.
+Seams: `score_function(graph, weights)` (concrete functions, trackable) and
+`step_function(weights)` (concrete function, trackable), for `converters.tflite.to_tflite`;
+CHUNK_STEPS and `chunk_key`. TensorFlow is imported inside them.
 """
 
 from __future__ import annotations
@@ -58,42 +60,65 @@ def fused_score_function(arrays: dict[str, np.ndarray]):
     return score.get_concrete_function(), model
 
 
-def unrolled_score_function(arrays: dict[str, np.ndarray], max_len: int):
-    """(concrete function, trackable module) of the unrolled graph over ``max_len`` steps."""
+# The unrolled graph's chunks: a session of L events runs through the chunks of
+# `chunk_plan(L)`, the state passed from one to the next. Exact lengths up to 8 (most sessions:
+# replayed Taobao prefixes have a median of 3 events) cost one invoke and no padding; longer
+# sessions take 32s and 16s first, then an 8 and the rest.
+CHUNK_STEPS: tuple[int, ...] = (1, 2, 3, 4, 8, 16)
+
+
+def chunk_key(steps: int) -> str:
+    """The signature key of the chunk of ``steps`` events (``chunk_3``)."""
+    return f"chunk_{steps}"
+
+
+def unrolled_score_functions(arrays: dict[str, np.ndarray]):
+    """(concrete functions, trackable module) of the unrolled graph: one chunk per CHUNK_STEPS.
+
+    Chunk ``T`` takes ``events [B, T, F]`` and the state ``h``, ``c`` ``[B, U]`` and returns
+    ``probability [B, 1]`` and the new ``h``, ``c``. The input projections of its T steps are
+    one FULLY_CONNECTED over ``[B*T, F]``; only ``h @ U`` stays in the loop. Measured on
+    LSTM(128) (DESIGN): XNNPACK then takes the whole chunk (the fused LSTM op it never
+    takes), and a batch dimension is free. The steps are unstacked along time (UNPACK):
+    slicing a ``[B, T, 4U]`` tensor step by step with STRIDED_SLICE left part of the graph
+    outside the delegate and ran 2.3x slower.
+    """
     import tensorflow as tf
 
     module, n_features, units = _weights(arrays)
+    functions = []
+    for steps in CHUNK_STEPS:
+        def chunk(events, h, c, steps=steps):
+            projected = tf.reshape(tf.matmul(tf.reshape(events, [-1, n_features]), module.kernel)
+                                   + module.bias, [-1, steps, 4 * units])
+            for z in tf.unstack(projected, axis=1):
+                h, c = _cell(tf, z + tf.matmul(h, module.recurrent), c)
+            p = tf.sigmoid(tf.matmul(h, module.dense_kernel) + module.dense_bias)
+            return {"probability": p, "h": h, "c": c}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, max_len, n_features], tf.float32, name="events"),
-                                  tf.TensorSpec([None, max_len, 1], tf.float32, name="mask")])
-    def score(events, mask):
-        batch = tf.shape(events)[0]
-        # Input projections of all steps in one matmul; only h @ U stays in the loop.
-        projected = tf.reshape(tf.matmul(tf.reshape(events, [-1, n_features]), module.kernel)
-                               + module.bias, [-1, max_len, 4 * units])
-        h = tf.zeros([batch, units])
-        c = tf.zeros([batch, units])
-        for t in range(max_len):
-            h_new, c_new = _cell(tf, projected[:, t, :] + tf.matmul(h, module.recurrent), c)
-            m = mask[:, t, :]
-            c = c + m * (c_new - c)
-            h = h + m * (h_new - h)
-        return {"probability": tf.sigmoid(tf.matmul(h, module.dense_kernel) + module.dense_bias)}
-
-    return score.get_concrete_function(), module
+        chunk.__name__ = chunk_key(steps)  # the converter names each signature after its function
+        signature = [tf.TensorSpec([None, steps, n_features], tf.float32, name="events"),
+                     tf.TensorSpec([None, units], tf.float32, name="h"),
+                     tf.TensorSpec([None, units], tf.float32, name="c")]
+        functions.append(tf.function(chunk, input_signature=signature).get_concrete_function())
+    return functions, module
 
 
-def score_function(graph: str, arrays: dict[str, np.ndarray], max_len: int):
-    """The (concrete function, trackable) of export graph ``graph``.
+def score_function(graph: str, arrays: dict[str, np.ndarray]):
+    """The (concrete functions, trackable) of export graph ``graph``.
 
     Args:
         graph: ``fused`` or ``unrolled`` (converters.precisions.GRAPHS).
         arrays: the run's weights (trainer.model.WEIGHT_NAMES).
-        max_len: the unrolled graph's steps (FeatureSpec.max_len).
+
+    Returns:
+        (a list of concrete functions, one per signature of the artifact, the trackable that
+        holds their weights), for `converters.tflite.to_tflite`.
     """
     if graph == "fused":
-        return fused_score_function(arrays)
-    return unrolled_score_function(arrays, max_len)
+        concrete, model = fused_score_function(arrays)
+        return [concrete], model
+    return unrolled_score_functions(arrays)
 
 
 def step_function(arrays: dict[str, np.ndarray]):
@@ -117,3 +142,70 @@ def step_function(arrays: dict[str, np.ndarray]):
         return {"probability": p, "h": h_new, "c": c_new}
 
     return step.get_concrete_function(), module
+
+
+def reference_states(arrays: dict[str, np.ndarray], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The LSTM's float32 state after each event of one encoded session, in NumPy.
+
+    Args:
+        arrays: the run's weights.
+        x: one encoded session (L, F).
+
+    Returns:
+        (h, c), each (L + 1, units): row t is the state after the first t events (row 0 zeros).
+    """
+    kernel, recurrent, bias = arrays["lstm_kernel"], arrays["lstm_recurrent_kernel"], arrays["lstm_bias"]
+    units = recurrent.shape[0]
+    h = np.zeros((len(x) + 1, units), np.float32)
+    c = np.zeros((len(x) + 1, units), np.float32)
+    projected = x.astype(np.float32) @ kernel + bias
+    for t in range(len(x)):
+        z = projected[t] + h[t] @ recurrent
+        i, f, g, o = np.split(z, 4)
+        c[t + 1] = _sigmoid(f) * c[t] + _sigmoid(i) * np.tanh(g)
+        h[t + 1] = _sigmoid(o) * np.tanh(c[t + 1])
+    return h, c
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+STREAM_WINDOWS = 20  # calibration samples per chunk taken from the sessions laid end to end
+
+
+def chunk_samples(arrays: dict[str, np.ndarray], sessions: list[np.ndarray]):
+    """Calibration samples of the unrolled graph: ``(signature key, inputs)`` pairs.
+
+    Every chunk has its own tensors, so every chunk needs samples: for each session and each
+    chunk of T <= L events, the session's last T events with the true state before them. A
+    chunk longer than every session (32 events of short sessions) gets windows of the
+    sessions laid end to end, with the state run over that stream: the activations' ranges
+    are those of real events and real states.
+
+    Args:
+        arrays: the run's weights.
+        sessions: encoded calibration sessions (L, F).
+
+    Yields:
+        (``chunk_T``, {"events": [1, T, F], "h": [1, U], "c": [1, U]}), float32.
+    """
+    def sample(x: np.ndarray, h: np.ndarray, c: np.ndarray, end: int, steps: int):
+        return chunk_key(steps), {"events": x[None, end - steps:end].astype(np.float32),
+                                  "h": h[None, end - steps], "c": c[None, end - steps]}
+
+    covered = set()
+    for x in sessions:
+        h, c = reference_states(arrays, x)
+        for steps in CHUNK_STEPS:
+            if steps <= len(x):
+                covered.add(steps)
+                yield sample(x, h, c, len(x), steps)
+    missing = [steps for steps in CHUNK_STEPS if steps not in covered]
+    if missing and sessions:
+        stream = np.concatenate(sessions)
+        h, c = reference_states(arrays, stream)
+        for steps in missing:
+            for end in np.linspace(steps, len(stream), STREAM_WINDOWS).astype(int):
+                if end >= steps:
+                    yield sample(stream, h, c, int(end), steps)

@@ -32,6 +32,8 @@ class Precision:
             re-quantized at every event the score drifted by up to 0.26 (DESIGN).
         step_max_abs_diff: the largest |p_step - p_whole_prefix| accepted when a session's
             events are pushed one at a time, against the same artifact scoring each prefix whole.
+        not_for: graphs this precision is not converted to, each with the measured reason
+            (the row says it as "unsupported").
     """
 
     name: str
@@ -43,6 +45,7 @@ class Precision:
     max_abs_diff: float = 1e-4
     step_precision: str = ""
     step_max_abs_diff: float = 1e-5
+    not_for: tuple[tuple[str, str], ...] = ()
 
     @property
     def live_precision(self) -> str:
@@ -94,7 +97,11 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in [
               step_max_abs_diff=0.3),
     Precision("16x8", "int16 activations, int8 weights, calibrated", optimize=True,
               ops=OpsSet.INT16X8, max_abs_diff=0.05, step_precision="dynamic",
-              step_max_abs_diff=0.1),
+              step_max_abs_diff=0.1,
+              # Measured on the Taobao run: the same chunk alone in its own model is within
+              # 8e-5 at 16x8, and int8 calibrates the same samples fine.
+              not_for=(("unrolled", "TF 2.21's calibrator gets the 16x8 ranges of a model of "
+                                    "several signatures wrong (scores off by up to 0.61)"),)),
 ]}
 
 GRAPHS: tuple[str, ...] = ("fused", "unrolled")

@@ -17,7 +17,6 @@ Seams: `ArtifactInfo` (to_dict / from_dict / to_bytes), `read_artifact(path)` an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import numbers
@@ -29,6 +28,7 @@ from typing import NamedTuple
 from edge_runtime.calibration import PlattCalibration
 from edge_runtime.errors import ArtifactError, first_line
 from edge_runtime.features import FeatureSpec
+from edge_runtime.lean_stdlib import sha256
 from edge_runtime.tflite_reader import metadata_spans, read_metadata
 
 METADATA_NAME = "ubp_edge"
@@ -52,7 +52,7 @@ def file_digest(model: bytes, span: tuple[int, int]) -> str:
         The hex digest, 64 characters.
     """
     start, end = span
-    return hashlib.sha256(model[:start] + DIGEST_PLACEHOLDER + model[end:]).hexdigest()
+    return sha256(model[:start] + DIGEST_PLACEHOLDER + model[end:]).hexdigest()
 
 
 def verify_digest(model: bytes, source: str = "artifact") -> None:

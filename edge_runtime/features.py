@@ -2,28 +2,34 @@
 
 Training encodes whole sessions with `FeatureEncoder.encode`; the device encodes one
 event at a time with `FeatureEncoder.start` / `step`. Both paths compute the same
-primitive quantities (time since the previous event, position, repeats, ...) and pass
-them through the one `_transform`, so there is no train/serve skew to test away.
-The spec, with the normalisation learned on training sessions, travels inside every
-artifact.
+primitive quantities (time since the previous event, position, repeats, ...) with the same
+arithmetic (`_transform` on arrays, `step_features` on one event's scalars), so there is
+no train/serve skew to test away: the two give the same bits. The spec, with the
+normalisation learned on training sessions, travels inside every artifact.
 
 A live session's memory does not grow with its ids: it remembers each distinct item (and
 category) as an 8-byte digest, and at most MAX_REMEMBERED_IDS of each; the batch path
-applies the same cap, so the two paths stay equal past it.
+applies the same cap, so the two paths stay equal past it. One session keeps its state in
+an EncoderState; edge_runtime.live.SessionStore keeps many in columns, their digests in
+RememberedIds, and encodes with the same `step_features`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+try:  # hashlib's own blake2b, without hashlib, which would also load OpenSSL (about 3.4 MB)
+    from _blake2 import blake2b
+except ImportError:  # a Python built without the module
+    from hashlib import blake2b
+
 from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.events import CART, EVENT_TYPES, Event, canonical_event
-from edge_runtime.moments import ExactMoments
 
 SPEC_VERSION = 1
 
@@ -65,7 +71,8 @@ class FeatureSpec:
         features: the selected feature names, in input order.
         mean, scale: per-feature normalisation learned on training sessions.
         utc_offset_hours: the shop's clock for time-of-day features.
-        max_len: sessions are scored on their last ``max_len`` events (as in training).
+        max_len: the training window: the model was trained on each prefix's last ``max_len``
+            events. Scoring reads the whole session, however long, as live scoring does.
         max_dt_seconds: gaps longer than this count as this long.
         version: the spec format version; artifacts of another version are refused.
     """
@@ -125,8 +132,10 @@ class FeatureSpec:
             raise ArtifactError(f"feature spec is malformed: {e}") from None
 
 
-_NO_CONTEXT = np.zeros(len(CONTEXT_FIELDS), np.float64)
-_NO_CONTEXT.setflags(write=False)
+# The context of a session without one, and its logs: shared by every such session.
+NO_CONTEXT = np.zeros(len(CONTEXT_FIELDS), np.float64)
+NO_CONTEXT.setflags(write=False)
+NO_CONTEXT_LOGS = (0.0,) * len(CONTEXT_FIELDS)
 
 # The distinct item ids, and separately the distinct category ids, a session remembers for
 # its repeat features: the first ones it sees, up to this many. An id first seen after that
@@ -149,21 +158,102 @@ def id_digest(text: str) -> bytes:
     return hasher.digest()
 
 
-_BLAKE2B = hashlib.blake2b(digest_size=DIGEST_BYTES)  # never updated: only copied
+_BLAKE2B = blake2b(digest_size=DIGEST_BYTES)  # never updated: only copied
 
 
-def _remembered(seen: bytearray, digest: bytes) -> bool:
-    """Whether ``digest`` is one of the digests packed in ``seen`` (at a multiple of 8)."""
-    at = seen.find(digest)
-    while at > 0 and at % DIGEST_BYTES:  # a match straddling two digests is not one
-        at = seen.find(digest, at + 1)
+def remembered(seen: bytes | bytearray, digest: bytes, start: int = 0, end: int | None = None) -> bool:
+    """Whether ``digest`` is one of the digests packed in ``seen[start:end]`` (each at a
+    multiple of DIGEST_BYTES from ``start``): the test of the repeat features.
+
+    Two ids are the same id when their digests are equal, so two distinct ids sharing a digest
+    (about 2**-64 a pair) read as a repeat; a match straddling two packed digests is not one.
+    """
+    end = len(seen) if end is None else end
+    at = seen.find(digest, start, end)
+    while at > start and (at - start) % DIGEST_BYTES:
+        at = seen.find(digest, at + 1, end)
     return at >= 0
+
+
+class RememberedIds:
+    """The remembered id digests (items, or categories) of many live sessions, by row.
+
+    What `EncoderState.items` is for one session, for all the rows of a SessionStore at once,
+    without a Python object per session: a row's first ``inline`` digests are packed in one
+    shared bytearray (``inline`` slots a row, reused when the row is), and a row that
+    remembers more moves all of its digests to a bytearray of its own. The rules are
+    `remembered` and MAX_REMEMBERED_IDS, as for EncoderState, so a row gives the repeat
+    features a LiveSession gives.
+
+    Args:
+        inline: digests a row holds in the shared array (0: every row keeps its own).
+    """
+
+    def __init__(self, inline: int = 4) -> None:
+        self._slot = inline * DIGEST_BYTES  # bytes of a row's inline slots
+        self._packed = bytearray()  # row r's inline digests: [r * _slot, r * _slot + 8 * count)
+        self._count = array("H")  # digests remembered by each row (<= MAX_REMEMBERED_IDS)
+        self._spilled: dict[int, bytearray] = {}  # rows past their inline slots: all their digests
+
+    def add_row(self) -> None:
+        """Make room for one more row (row ``len(self)``), remembering nothing."""
+        self._count.append(0)
+        self._packed.extend(bytes(self._slot))
+
+    def __len__(self) -> int:
+        return len(self._count)
+
+    def clear(self, row: int) -> None:
+        """Forget every digest of ``row`` (a session that ended; the row is reused)."""
+        self._count[row] = 0
+        if self._spilled:
+            self._spilled.pop(row, None)
+
+    def count(self, row: int) -> int:
+        """How many digests ``row`` remembers."""
+        return self._count[row]
+
+    def seen(self, row: int, digest: bytes) -> bool:
+        """Whether ``row`` remembers ``digest`` (`remembered`)."""
+        count = self._count[row]
+        if count * DIGEST_BYTES > self._slot:
+            return remembered(self._spilled[row], digest)
+        start, packed = row * self._slot, self._packed
+        end = start + count * DIGEST_BYTES
+        at = packed.find(digest, start, end)  # the common answers in one search
+        return at >= 0 and (not (at - start) % DIGEST_BYTES or remembered(packed, digest, start, end))
+
+    def remember(self, row: int, digest: bytes) -> None:
+        """Remember ``digest`` in ``row``, which does not yet (`seen` is False), unless the row
+        already remembers MAX_REMEMBERED_IDS digests."""
+        count = self._count[row]
+        at = count * DIGEST_BYTES
+        if at + DIGEST_BYTES <= self._slot:
+            start = row * self._slot + at
+            self._packed[start:start + DIGEST_BYTES] = digest
+        elif count >= MAX_REMEMBERED_IDS:
+            return
+        elif at == self._slot:  # the inline slots are full: the row gets a bytearray of its own
+            start = row * self._slot
+            self._spilled[row] = self._packed[start:start + at] + digest
+        else:
+            self._spilled[row] += digest
+        self._count[row] = count + 1
+
+    def packed(self, row: int) -> bytearray:
+        """A copy of ``row``'s digests packed in the order they were first seen, as
+        EncoderState.items holds them."""
+        count = self._count[row]
+        if count * DIGEST_BYTES > self._slot:
+            return bytearray(self._spilled[row])
+        start = row * self._slot
+        return self._packed[start:start + count * DIGEST_BYTES]
 
 
 @dataclass(slots=True)
 class EncoderState:
-    """What the one-event path remembers about a live session (slots: a store holds
-    thousands of these).
+    """What the one-event path remembers about a live session (slots: a process may hold
+    thousands of these; a SessionStore keeps the same in columns and RememberedIds).
 
     ``items`` and ``categories`` pack the 8-byte digests (`id_digest`) of the distinct ids
     seen so far, at most MAX_REMEMBERED_IDS each, and only for the repeat features the
@@ -171,7 +261,7 @@ class EncoderState:
     """
 
     context: np.ndarray
-    context_logs: np.ndarray
+    context_logs: tuple[float, ...]  # log1p of the context, clipped at 0 (`start`)
     n: int = 0
     first_ts: float = 0.0
     last_ts: float = 0.0
@@ -186,7 +276,7 @@ class FeatureEncoder:
     Args:
         features: feature names to produce, in order (default: all).
         utc_offset_hours: the shop's clock for time-of-day features.
-        max_len: kept in the spec; callers score the last ``max_len`` events.
+        max_len: kept in the spec: the training window (scoring reads whole sessions).
         max_dt_seconds: cap on the time since the previous event.
 
     Example:
@@ -210,6 +300,17 @@ class FeatureEncoder:
         self._track_categories = "repeat_category" in self.features
         self.mean_: np.ndarray | None = None
         self.scale_: np.ndarray | None = None
+        self._step_norm: tuple | None = None  # `step_features`' normalisation, by _fit_step_norm
+
+    @property
+    def tracks_items(self) -> bool:
+        """Whether the one-event path remembers item ids (the spec has ``repeat_item``)."""
+        return self._track_items
+
+    @property
+    def tracks_categories(self) -> bool:
+        """Whether it remembers category ids (the spec has ``repeat_category``)."""
+        return self._track_categories
 
     # ------------------------------------------------------------------ spec
     @classmethod
@@ -240,6 +341,10 @@ class FeatureEncoder:
         if raw_rows.ndim != 2 or raw_rows.shape[1] != len(self.features) or len(raw_rows) == 0:
             raise ConfigError(f"fit needs (N>0, {len(self.features)}) raw rows, got {raw_rows.shape}")
         # Exact sums: the same bits as `prepare`, which sees the rows in another order.
+        # Imported here: a process that only scores (a device) never fits, and the exact sums
+        # need fractions (and so decimal), a few hundred KB of its memory.
+        from edge_runtime.moments import ExactMoments
+
         moments = ExactMoments(len(self.features))
         moments.add(raw_rows)
         return self.set_normalisation(*moments.mean_std())
@@ -291,6 +396,12 @@ class FeatureEncoder:
         if self.mean_ is None or self.scale_ is None:
             raise ConfigError("FeatureEncoder is not fitted: call fit() first")
         return ((raw - self.mean_) / self.scale_).astype(np.float32)
+
+    @staticmethod
+    def context_vector(context: Mapping | Sequence | np.ndarray | None) -> np.ndarray:
+        """A session's user-history context (CONTEXT_FIELDS, a mapping or a vector, or None
+        for none) as a checked float64 vector; ConfigError naming the value otherwise."""
+        return FeatureEncoder._context_vector(context)
 
     @staticmethod
     def _context_vector(context: Mapping | Sequence | np.ndarray | None) -> np.ndarray:
@@ -395,9 +506,15 @@ class FeatureEncoder:
         """State for a new live session, with its optional user-history context."""
         if context is None:
             # Most live sessions have no context: they share one read-only zero vector.
-            return EncoderState(context=_NO_CONTEXT, context_logs=_NO_CONTEXT)
+            return EncoderState(context=NO_CONTEXT, context_logs=NO_CONTEXT_LOGS)
         vector = self._context_vector(context)
-        return EncoderState(context=vector, context_logs=np.log1p(np.maximum(vector, 0.0)))
+        return EncoderState(context=vector, context_logs=self.context_logs(vector))
+
+    @staticmethod
+    def context_logs(vector: np.ndarray) -> tuple[float, ...]:
+        """The context features of a checked context vector, unnormalised: log1p, clipped
+        at 0, as the batch path computes them."""
+        return tuple(np.log1p(np.maximum(vector, 0.0)).tolist())
 
     def step(self, state: EncoderState, event: Mapping) -> np.ndarray:
         """Encode one event of a live session and advance the state.
@@ -425,38 +542,15 @@ class FeatureEncoder:
             ConfigError: the encoder is not fitted.
         """
         ts, code, item, category, price = event
-        if self.mean_ is None or self.scale_ is None:
-            raise ConfigError("FeatureEncoder is not fitted: call fit() first")
-        first = state.n == 0
-        first_ts = ts if first else state.first_ts
-        dt = 0.0 if first else ts - state.last_ts
-        has_category = category is not None
         carts = state.carts + (code == CART)
         item_digest = id_digest(item) if self._track_items else None
-        repeat_item = item_digest is not None and _remembered(state.items, item_digest)
-        category_digest = id_digest(category) if has_category and self._track_categories else None
-        repeat_category = category_digest is not None and _remembered(state.categories,
-                                                                      category_digest)
-        # The same arithmetic as `_transform`, on scalars: one log1p call for the five logs
-        # (numpy's, as the batch path uses) and math.sin/cos, which equal numpy's here.
-        logs = np.log1p(np.array([min(max(dt, 0.0), self.max_dt_seconds), float(state.n),
-                                  max(ts - first_ts, 0.0), float(carts),
-                                  price if math.isfinite(price) and price >= 0 else 0.0]))
-        angle = ((ts + self.utc_offset_hours * 3600.0) % 86400.0) * (2.0 * math.pi / 86400.0)
-        row = np.zeros(len(ALL_FEATURES))
-        row[code] = 1.0
-        k = len(EVENT_TYPES)
-        row[k] = logs[0]
-        row[k + 1] = math.sin(angle)
-        row[k + 2] = math.cos(angle)
-        row[k + 3] = logs[1]
-        row[k + 4] = logs[2]
-        row[k + 5] = repeat_item
-        row[k + 6] = repeat_category
-        row[k + 7] = logs[3]
-        row[k + 8] = logs[4]
-        row[k + 9:] = state.context_logs
-        if first:
+        repeat_item = item_digest is not None and remembered(state.items, item_digest)
+        category_digest = (id_digest(category) if category is not None and self._track_categories
+                           else None)
+        repeat_category = category_digest is not None and remembered(state.categories, category_digest)
+        x = self.step_features(ts, code, price, state.n, state.first_ts, state.last_ts, carts,
+                               repeat_item, repeat_category, state.context_logs)
+        if state.n == 0:
             state.first_ts = ts
         state.n += 1
         state.last_ts = ts
@@ -466,7 +560,59 @@ class FeatureEncoder:
             state.items += item_digest
         if category_digest is not None and not repeat_category and len(state.categories) < cap:
             state.categories += category_digest
-        return ((row[self._columns] - self.mean_) / self.scale_).astype(np.float32)
+        return x
+
+    def step_features(self, ts: float, code: int, price: float, n: int, first_ts: float,
+                      last_ts: float, carts: int, repeat_item: bool, repeat_category: bool,
+                      context_logs: Sequence[float]) -> np.ndarray:
+        """One event's normalised float32 features (F,) from what its session held before it:
+        the arithmetic of the one-event path, shared by `step_event` and by callers that keep
+        a session's counters themselves (edge_runtime.live.SessionStore keeps them in columns).
+
+        Args:
+            ts, code, price: the event's, as a canonical Event has them.
+            n: the session's events before this one (0: this one is its first).
+            first_ts, last_ts: the times of its first and its previous event (unused when n is 0).
+            carts: the session's carts up to and including this event.
+            repeat_item, repeat_category: whether the event's item (category) is a remembered one.
+            context_logs: the session's context as `start` logs it (log1p, clipped at 0).
+
+        Raises:
+            ConfigError: the encoder is not fitted.
+        """
+        norm = self._step_norm
+        if norm is None or norm[0] is not self.mean_ or norm[1] is not self.scale_:
+            norm = self._fit_step_norm()
+        first = n == 0
+        # The same arithmetic as `_transform`, on scalars: one log1p call for the five logs
+        # (numpy's, as the batch path uses) and math.sin/cos, which equal numpy's here.
+        logs = np.log1p(np.array((min(max(0.0 if first else ts - last_ts, 0.0), self.max_dt_seconds),
+                                  float(n), 0.0 if first else max(ts - first_ts, 0.0), float(carts),
+                                  price if math.isfinite(price) and price >= 0 else 0.0))).tolist()
+        angle = ((ts + self.utc_offset_hours * 3600.0) % 86400.0) * (2.0 * math.pi / 86400.0)
+        # The raw row in ALL_FEATURES order, as Python floats; normalised below with the float64
+        # operations of `_normalise` ((v - mean) / scale, then rounded to float32), element by
+        # element: the same bits, without a numpy call per operation.
+        row = [*_NO_EVENT_TYPE, logs[0], math.sin(angle), math.cos(angle), logs[1], logs[2],
+               1.0 if repeat_item else 0.0, 1.0 if repeat_category else 0.0, logs[3], logs[4],
+               *context_logs]
+        row[code] = 1.0
+        return np.array([(row[j] - mean) / scale for j, mean, scale in norm[2]], np.float32)
+
+    def _fit_step_norm(self) -> tuple:
+        """(mean_, scale_, [(column, mean, scale) per selected feature]) for `step_features`,
+        rebuilt whenever ``mean_`` or ``scale_`` is replaced."""
+        if self.mean_ is None or self.scale_ is None:
+            raise ConfigError("FeatureEncoder is not fitted: call fit() first")
+        norm = (self.mean_, self.scale_, list(zip(self._columns.tolist(),
+                                                  np.asarray(self.mean_, np.float64).tolist(),
+                                                  np.asarray(self.scale_, np.float64).tolist(),
+                                                  strict=True)))
+        self._step_norm = norm
+        return norm
+
+
+_NO_EVENT_TYPE = (0.0,) * len(EVENT_TYPES)
 
 
 def _seen_before(group: np.ndarray, values: np.ndarray, cap: int | None,

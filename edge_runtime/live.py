@@ -4,24 +4,27 @@ Every artifact carries a second, one-event graph ("step": event, h, c -> probabi
 built from the same weights. A LiveSession keeps the encoder's state (last timestamp, items
 seen, counters) and the LSTM's h and c together, so each click costs one encoder step and
 one small invoke, however long the session already is. A SessionStore holds many live
-sessions by key, bounded in number (least recently used goes first) and in idle time.
+sessions by key, bounded in number (least recently used goes first) and in idle time, as
+rows of columns rather than LiveSession objects (about 1.3 KB a session at 128 units, 1 KB
+of it h and c); each of its events gives exactly the probability a LiveSession gives.
 
 Memory is bounded: a live session holds fixed-size counters, the LSTM state and at most
 edge_runtime.features.MAX_REMEMBERED_IDS 8-byte digests of item ids (and as many of
 category ids); a store holds at most ``max_sessions`` of them, under keys of at most
 MAX_KEY_CHARS characters.
 
-Seams: `StepModel` (the step graph on its own interpreter; Scorer.step_model loads it),
-`LiveSession.push` (checks the event with edge_runtime.events.canonical_event) and
+Seams: `StepModel` (the step graph on its own interpreter and lock; Scorer.step_model loads
+it), `LiveSession.push` (checks the event with edge_runtime.events.canonical_event) and
 `push_event`, which go through the Scorer's public, locked and calibrated
-`Scorer.score_step`, and `SessionStore`.
+`Scorer.score_step`, and `SessionStore`, which runs the encoder's `step_features` on its
+columns and the StepModel under its lock.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections import OrderedDict
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,8 +32,8 @@ import numpy as np
 
 from edge_runtime.backends import INTERPRETER_ERRORS, make_interpreter
 from edge_runtime.errors import ArtifactError, ConfigError, first_line
-from edge_runtime.events import Event, canonical_event, check_time, shown
-from edge_runtime.features import EncoderState
+from edge_runtime.events import CART, Event, canonical_event, check_time, shown
+from edge_runtime.features import NO_CONTEXT, NO_CONTEXT_LOGS, EncoderState, RememberedIds, id_digest
 from edge_runtime.native_logs import quiet_native
 
 # The longest session key a SessionStore holds: keys are kept (and echoed by `serve`), so
@@ -39,9 +42,13 @@ MAX_KEY_CHARS = 512
 
 # A push to a LiveSession runs under one of these locks, picked by the session's identity:
 # the encoder state and h/c advance together even when two threads push to one session.
-# A table rather than a lock per session: a store holds thousands of sessions, and two
+# A table rather than a lock per session: a process may hold thousands of sessions, and two
 # sessions that share a lock only wait for each other's few microseconds.
 _PUSH_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+# A SessionStore's LSTM states are allocated this many rows at a time (1 MB at 128 units):
+# the store grows with its sessions, never beyond ``max_sessions`` rows, and never copies.
+ROWS_PER_BLOCK = 1024
 
 
 class StepModel:
@@ -52,12 +59,13 @@ class StepModel:
     """
 
     def __init__(self, model: bytes, backend: str, num_threads: int, source: str,
-                 n_features: int | None = None) -> None:
+                 n_features: int | None = None, verified: bool = False) -> None:
         """Load and check the step graph.
 
         Args:
             model: the step graph's .tflite bytes.
-            backend, num_threads: as edge_runtime.backends.make_interpreter.
+            backend, num_threads, verified: as edge_runtime.backends.make_interpreter
+                (``verified``: a verifying child has built and run this step graph).
             source: the artifact's name, for messages.
             n_features: the width the artifact's FeatureSpec gives an event; None skips the check.
 
@@ -66,9 +74,12 @@ class StepModel:
                 of the wrong shape or type, or fails on a blank event.
         """
         self.source = source
+        # Serialises the interpreter's calls: Scorer.score_step and a SessionStore take it.
+        self.lock = threading.Lock()
         with quiet_native():  # the error raised here carries what the interpreter printed
             try:
-                self._interpreter, self.backend = make_interpreter(model, backend, num_threads)
+                self._interpreter, self.backend = make_interpreter(model, backend, num_threads,
+                                                                   verified=verified)
             except ArtifactError as e:
                 raise type(e)(f"{source}: step graph: {e}") from None
         ports = self._signature_ports()
@@ -127,8 +138,8 @@ class StepModel:
 
     def __call__(self, x: np.ndarray, h: np.ndarray, c: np.ndarray
                  ) -> tuple[float, np.ndarray, np.ndarray]:
-        """One event: (probability, new h, new c), uncalibrated and unlocked (Scorer.score_step
-        adds both).
+        """One event: (probability, new h, new c), uncalibrated and unlocked: callers hold
+        ``lock`` (Scorer.score_step, which also calibrates, and SessionStore.push).
 
         Args:
             x: the encoded event (F,), float32.
@@ -162,7 +173,9 @@ class LiveSession:
 
     Create it with `Scorer.start_session`; call `push` with each event (a dict with the
     canonical fields ``ts``, ``event``, ``item`` and optionally ``category`` and ``price``).
-    Slots and one (2, units) array for h and c keep it small: a store holds thousands.
+    Slots and one (2, units) array for h and c keep it small: a process may hold thousands
+    (a SessionStore holds its sessions in columns instead, and hands one out as a LiveSession
+    on `SessionStore.end`).
 
     Thread safety: a push is atomic (the encoder state, h and c and the counters advance
     together), so one session may be pushed from several threads; its events are then
@@ -192,7 +205,8 @@ class LiveSession:
         Raises:
             ConfigError: the event breaks a rule of `canonical_event` (the message names the
                 field and value); the session is left as it was.
-            ArtifactError: the step graph fails to run (a damaged artifact).
+            ArtifactError: the step graph fails to run (a damaged artifact); the session is
+                left as it was.
         """
         return self.push_event(canonical_event(event))
 
@@ -206,15 +220,21 @@ class LiveSession:
             return self.step_locked(event)
 
     def step_locked(self, event: Event) -> float:
-        """`push_event` for a caller that already serialises the pushes to this session (a
-        SessionStore holds its own lock while it pushes).
+        """`push_event` for a caller that already serialises the pushes to this session.
 
         Raises:
             ArtifactError: as `push`.
         """
-        scorer = self.scorer
-        x = scorer.encoder.step_event(self.state, event)
-        p, self.hc = scorer.score_step(x, self.hc)
+        scorer, state = self.scorer, self.state
+        before = (state.n, state.first_ts, state.last_ts, state.carts, len(state.items),
+                  len(state.categories))
+        x = scorer.encoder.step_event(state, event)
+        try:
+            p, self.hc = scorer.score_step(x, self.hc)
+        except ArtifactError:  # the encoder state goes back: the session is as it was
+            state.n, state.first_ts, state.last_ts, state.carts = before[:4]
+            del state.items[before[4]:], state.categories[before[5]:]
+            raise
         self.events += 1
         self.probability = float(p)
         return self.probability
@@ -252,6 +272,15 @@ class SessionStore:
     Until two keys have sent an event nothing expires on the clock. Two keys with the same
     wrong clock (one device opening several sessions) do move it.
 
+    Memory. Sessions are rows of columns, not objects: a key maps to a row number; the
+    session's LSTM state is a row of float32 blocks of ROWS_PER_BLOCK rows, its encoder
+    counters and times entries of typed arrays, its remembered ids packed digests
+    (edge_runtime.features.RememberedIds), its place in the LRU order two links. About
+    1.3 KB a session at 128 units, 1 KB of it h and c. A session that ends frees its row for
+    the next one, which starts blank. A pushed event gives exactly the probability a
+    LiveSession gives (the encoder's `step_features` and the same step graph); `end` hands
+    a session back as a LiveSession.
+
     Args:
         scorer: the loaded artifact (edge_runtime.Scorer).
         max_sessions: the most sessions held; starting one more evicts the least recently used.
@@ -272,15 +301,38 @@ class SessionStore:
         check_limits(max_sessions, idle_timeout)
         # Load and check the step graph now: a damaged or missing one is refused when the
         # store is made (before `serve` reads a line), not on the first event.
-        scorer.step_model()
+        self._step = scorer.step_model()
         self.scorer = scorer
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.stats = StoreStats()
-        # key -> (session, its last activity: min(its last event's time, the clock)); least
-        # recently used first, so expiry stops at the first fresh one from the front.
-        self._sessions: OrderedDict[str, tuple[LiveSession, float]] = OrderedDict()
+        self._encoder = encoder = scorer.encoder
         self._lock = threading.Lock()
+        self._rows: dict[str, int] = {}  # key -> row
+        self._free: list[int] = []  # rows of ended sessions, reused before new ones are made
+        # One entry a row. The LRU order, a list linked through the rows (-1 ends it): expiry
+        # and eviction take the oldest first and stop at the first fresh one.
+        self._keys: list[str | None] = []
+        self._older = array("q")
+        self._newer = array("q")
+        self._oldest = self._newest = -1
+        # The encoder's counters (EncoderState's), the session's last activity (its last
+        # event's time, but never later than the clock), its last probability, its context
+        # (None, or the vector and its logs from `FeatureEncoder.start`), its LSTM state.
+        self._n = array("q")
+        self._first_ts = array("d")
+        self._last_ts = array("d")
+        self._carts = array("q")
+        self._seen = array("d")
+        self._probability = array("d")
+        self._contexts: list[tuple[np.ndarray, tuple[float, ...]] | None] = []
+        self._block = min(ROWS_PER_BLOCK, max_sessions)
+        self._hc: list[np.ndarray] = []  # blocks of (rows, 2, units): h, then c
+        self._zero_hc = np.zeros((2, self._step.units), np.float32)
+        self._zero_hc.setflags(write=False)
+        # Digests only for the repeat features the spec has.
+        self._items = RememberedIds() if encoder.tracks_items else None
+        self._categories = RememberedIds() if encoder.tracks_categories else None
         # The clock: the key with the latest time and that time, and the latest time of any
         # other key (the clock follows the latter).
         self._lead_key: object = None
@@ -294,10 +346,10 @@ class SessionStore:
         return None if self._clock == -math.inf else self._clock
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return len(self._rows)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._sessions
+        return key in self._rows
 
     def push(self, key: str, event: Mapping, context: Mapping | None = None
              ) -> tuple[float, list[tuple[str, str, int]]]:
@@ -317,54 +369,160 @@ class SessionStore:
         Raises:
             ConfigError: the key is too long or the event is malformed; nothing changes
                 (the rejection is counted in ``stats.rejected``).
+            ArtifactError: the step graph fails to run; nothing changes.
         """
         try:
             if isinstance(key, str) and len(key) > MAX_KEY_CHARS:
                 raise ConfigError(f"session key of {len(key):,} characters is longer than "
                                   f"{MAX_KEY_CHARS}: {shown(key)}")
-            checked = canonical_event(event)
+            ts, code, item, category, price = canonical_event(event)
         except ConfigError:
             with self._lock:
                 self.stats.rejected += 1
             raise
-        now = checked.ts
-        sessions, timeout = self._sessions, self.idle_timeout
+        timeout, items, categories = self.idle_timeout, self._items, self._categories
         with self._lock:
             # Nothing changes until the event is scored: a rejected or failed push neither
             # expires sessions nor starts one.
-            entry = sessions.get(key)
-            restarted = (entry is not None and timeout is not None
-                         and now - entry[0].state.last_ts > timeout)
-            if entry is None or restarted:
+            row = self._rows.get(key)
+            restarted = row is not None and timeout is not None and ts - self._last_ts[row] > timeout
+            if row is None or restarted:
                 try:
-                    live = self.scorer.start_session(context)
+                    start = self._encoder.start(context)
                 except ConfigError:  # a malformed context
                     self.stats.rejected += 1
                     raise
+                n, first_ts, carts, hc = 0, ts, 0, self._zero_hc
+                context_logs = start.context_logs
+                last_ts = ts  # unused by the encoder for a first event
             else:
-                live = entry[0]
-            p = live.step_locked(checked)  # the store's lock serialises its sessions' pushes
+                n, first_ts, last_ts, carts = (self._n[row], self._first_ts[row],
+                                               self._last_ts[row], self._carts[row])
+                held = self._contexts[row]
+                context_logs = NO_CONTEXT_LOGS if held is None else held[1]
+                hc = self._hc[row // self._block][row % self._block]
+            carts += code == CART
+            item_digest = id_digest(item) if items is not None else None
+            repeat_item = n > 0 and item_digest is not None and items.seen(row, item_digest)
+            category_digest = (id_digest(category) if category is not None and categories is not None
+                               else None)
+            repeat_category = n > 0 and category_digest is not None and categories.seen(row, category_digest)
+            x = self._encoder.step_features(ts, code, price, n, first_ts, last_ts, carts, repeat_item,
+                                            repeat_category, context_logs)
+            step = self._step
+            with step.lock:
+                p, h, c = step(x, hc[0:1], hc[1:2])
+            calibration = self.scorer.calibration
+            if calibration is not None:  # as Scorer.score_step calibrates
+                p = float(calibration.apply(np.array([p], np.float32))[0])
+
+            # The event is scored: from here on the store changes.
             removed = []
             if restarted:
-                del sessions[key]
+                removed.append((key, "idle", self._n[row]))
                 self.stats.expired_idle += 1
-                removed.append((key, "idle", entry[0].events))
+                self._remove(row)
             if key != self._lead_key:
-                self._advance(key, now)
-            elif now > self._lead_ts:
-                self._lead_ts = now
-            if timeout is not None and sessions:
-                self._expire(removed)
-            if key not in sessions:
+                self._advance(key, ts)
+            elif ts > self._lead_ts:
+                self._lead_ts = ts
+            if timeout is not None:
+                # The session itself may be this old by the clock (its last event was ahead
+                # of it): it is then reported idle, with this event counted, and carries on
+                # as a session started anew (as when a store held LiveSession objects).
+                self._expire(removed, -1 if n == 0 else row, n + 1)
+            if n == 0 or key not in self._rows:
                 self.stats.started += 1
-                while len(sessions) >= self.max_sessions:
-                    old_key, (old, _) = sessions.popitem(last=False)
+                while len(self._rows) >= self.max_sessions:
+                    oldest = self._oldest
+                    removed.append((self._keys[oldest], "lru", self._n[oldest]))
                     self.stats.evicted_lru += 1
-                    removed.append((old_key, "lru", old.events))
-            sessions[key] = (live, now if now < self._clock else self._clock)
-            sessions.move_to_end(key)
+                    self._remove(oldest)
+                if n == 0:
+                    row = self._new_row(key, start)
+                    hc = self._hc[row // self._block][row % self._block]
+                self._rows[key] = row
+                self._link_newest(row)
+            elif row != self._newest:  # the most recently used now
+                self._move_to_newest(row)
+            hc[0] = h[0]
+            hc[1] = c[0]
+            self._n[row] = n + 1
+            self._first_ts[row] = first_ts
+            self._last_ts[row] = ts
+            self._carts[row] = carts
+            self._seen[row] = ts if ts < self._clock else self._clock
+            self._probability[row] = p
+            if item_digest is not None and not repeat_item:
+                items.remember(row, item_digest)
+            if category_digest is not None and not repeat_category:
+                categories.remember(row, category_digest)
             self.stats.pushed += 1
             return p, removed
+
+    def _new_row(self, key: str, start: EncoderState) -> int:
+        """A row for a new session of ``key`` with context ``start`` (`FeatureEncoder.start`):
+        a freed one, else one more. Its counters, times and state are written by the push."""
+        context = None if start.context_logs is NO_CONTEXT_LOGS else (start.context, start.context_logs)
+        if self._free:
+            row = self._free.pop()
+            self._keys[row] = key
+            self._contexts[row] = context
+            return row
+        row = len(self._n)
+        if row % self._block == 0:
+            self._hc.append(np.zeros((self._block, 2, self._step.units), np.float32))
+        for column in (self._n, self._first_ts, self._last_ts, self._carts, self._seen,
+                       self._probability, self._older, self._newer):
+            column.append(0)
+        self._keys.append(key)
+        self._contexts.append(context)
+        for ids in (self._items, self._categories):
+            if ids is not None:
+                ids.add_row()
+        return row
+
+    def _link_newest(self, row: int) -> None:
+        newest = self._newest
+        self._older[row], self._newer[row] = newest, -1
+        if newest < 0:
+            self._oldest = row
+        else:
+            self._newer[newest] = row
+        self._newest = row
+
+    def _move_to_newest(self, row: int) -> None:
+        """`_unlink` then `_link_newest` for a row that is not the newest (one call a push)."""
+        older, newer, newest = self._older[row], self._newer[row], self._newest
+        if older < 0:
+            self._oldest = newer
+        else:
+            self._newer[older] = newer
+        self._older[newer] = older
+        self._older[row], self._newer[row], self._newer[newest] = newest, -1, row
+        self._newest = row
+
+    def _unlink(self, row: int) -> None:
+        older, newer = self._older[row], self._newer[row]
+        if older < 0:
+            self._oldest = newer
+        else:
+            self._newer[older] = newer
+        if newer < 0:
+            self._newest = older
+        else:
+            self._older[newer] = older
+
+    def _remove(self, row: int) -> None:
+        """Drop the session of ``row`` from the table and free the row; whoever takes it next
+        starts blank (its digests are forgotten now, everything else written when taken)."""
+        del self._rows[self._keys[row]]
+        self._unlink(row)
+        self._keys[row] = self._contexts[row] = None
+        for ids in (self._items, self._categories):
+            if ids is not None:
+                ids.clear(row)
+        self._free.append(row)
 
     def expire(self, now: float) -> list[tuple[str, str, int]]:
         """Move the clock to ``now`` (Unix seconds; it never goes back) and drop the sessions
@@ -392,9 +550,9 @@ class SessionStore:
             self._second_ts, self._lead_key, self._lead_ts = self._lead_ts, key, ts
             self._set_clock(self._second_ts)
             # The former leader's time is now reached by another key: it counts in full.
-            entry = self._sessions.get(overtaken)
-            if entry is not None:
-                self._sessions[overtaken] = (entry[0], min(entry[0].state.last_ts, self._clock))
+            row = self._rows.get(overtaken)
+            if row is not None:
+                self._seen[row] = min(self._last_ts[row], self._clock)
         elif ts > self._second_ts:
             self._second_ts = ts
             self._set_clock(ts)
@@ -404,32 +562,54 @@ class SessionStore:
             return
         if self._clock == -math.inf:
             # Sessions seen before the clock started (of one key) get their activity now.
-            for key, (live, _) in self._sessions.items():
-                self._sessions[key] = (live, min(live.state.last_ts, now))
+            for row in self._rows.values():
+                self._seen[row] = min(self._last_ts[row], now)
         self._clock = now
 
-    def _expire(self, removed: list[tuple[str, str, int]]) -> None:
-        """Drop the sessions idle by the clock onto ``removed`` (``idle_timeout`` is set)."""
-        sessions, clock, timeout = self._sessions, self._clock, self.idle_timeout
-        # Least recently used first: the oldest activity is at the front of the table.
-        while sessions:
-            key, (live, seen) = next(iter(sessions.items()))
-            if not clock - seen > timeout:
-                break
-            del sessions[key]
+    def _expire(self, removed: list[tuple[str, str, int]], pushing: int = -1, events: int = 0) -> None:
+        """Drop the sessions idle by the clock onto ``removed`` (``idle_timeout`` is set).
+
+        ``pushing``: the row whose event is being pushed, which has ``events`` events with it:
+        it leaves the table but keeps its row (the push puts it back).
+        """
+        clock, timeout = self._clock, self.idle_timeout
+        # Least recently used first: the oldest activity is at the front of the order.
+        while (row := self._oldest) >= 0 and clock - self._seen[row] > timeout:
             self.stats.expired_idle += 1
-            removed.append((key, "idle", live.events))
+            if row == pushing:
+                removed.append((self._keys[row], "idle", events))
+                del self._rows[self._keys[row]]
+                self._unlink(row)
+            else:
+                removed.append((self._keys[row], "idle", self._n[row]))
+                self._remove(row)
 
     def events_of(self, key: str) -> int:
         """Events pushed so far in session ``key`` (0 when it is not held)."""
-        entry = self._sessions.get(key)
-        return entry[0].events if entry else 0
+        with self._lock:
+            row = self._rows.get(key)
+            return self._n[row] if row is not None else 0
 
     def end(self, key: str) -> LiveSession | None:
-        """Remove a session (e.g. after checkout) and return it."""
+        """Remove a session (e.g. after checkout) and return it as a LiveSession, which
+        carries on from where the store left it; None when ``key`` is not held."""
         with self._lock:
-            entry = self._sessions.pop(key, None)
-            return entry[0] if entry else None
+            row = self._rows.get(key)
+            if row is None:
+                return None
+            held = self._contexts[row]
+            context, context_logs = (NO_CONTEXT, NO_CONTEXT_LOGS) if held is None else held
+            state = EncoderState(context=context, context_logs=context_logs, n=self._n[row],
+                                 first_ts=self._first_ts[row], last_ts=self._last_ts[row],
+                                 carts=self._carts[row],
+                                 items=self._items.packed(row) if self._items else bytearray(),
+                                 categories=self._categories.packed(row) if self._categories
+                                 else bytearray())
+            live = LiveSession(scorer=self.scorer, state=state,
+                               hc=self._hc[row // self._block][row % self._block].copy(),
+                               probability=self._probability[row], events=self._n[row])
+            self._remove(row)
+            return live
 
 
 def check_limits(max_sessions: int, idle_timeout: float | None,

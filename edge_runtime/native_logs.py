@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from edge_runtime.lean_stdlib import create_private_file
 
 # How an attached native log starts in an exception's notes (shown under its traceback).
 NOTE_PREFIX = "native library output:\n"
@@ -67,7 +68,7 @@ class _Capture:
     """fd 2 pointed at a temporary file, shared by every block open at the same time."""
 
     def __init__(self) -> None:
-        fd, path = tempfile.mkstemp(prefix="ubp-edge-native-", suffix=".log")
+        fd, path = create_private_file(None, "ubp-edge-native-", ".log")
         self.fd, self.path = fd, path
         self.holders = 0
         # POSIX reads the unlinked file by offset (os.pread); elsewhere it is read through

@@ -18,10 +18,11 @@ Memory figures come from ``/proc/self/status`` (`status_mb`, `peak_rss_mb`, `rss
 
 from __future__ import annotations
 
-import argparse
 import json
+import random
 import sys
 import time
+from array import array
 from collections.abc import Sequence
 
 import numpy as np
@@ -81,34 +82,46 @@ def rss_mb() -> float:
 
 
 class _Clicks(Sequence):
-    """Clicks ``(session key, event)`` kept as small integer arrays and built one at a time
-    when read: a list of 20,000 event dicts would itself weigh several MB of the RSS being
-    measured."""
+    """Clicks ``(session key, event)`` kept as arrays of small integers (a few bytes a click)
+    and built one at a time when read: a list of 20,000 event dicts would itself weigh several
+    MB of the RSS being measured. Drawn with the standard library's `random`: numpy.random
+    alone would add about 2 MB to the process being measured."""
 
-    def __init__(self, session: np.ndarray, kind: np.ndarray, item: np.ndarray,
-                 category: np.ndarray, start_ts: float) -> None:
+    def __init__(self, session: array, kind: array, item: array, category: array,
+                 start_ts: float) -> None:
         self.session, self.kind, self.item, self.category = session, kind, item, category
         self.start_ts = start_ts
 
     @classmethod
-    def opening(cls, rng: np.random.Generator, sessions: int, start_ts: float) -> _Clicks:
+    def opening(cls, rng: random.Random, sessions: int, start_ts: float) -> _Clicks:
         """One view per session, session after session."""
-        return cls(np.arange(sessions), np.zeros(sessions, np.int64), rng.integers(N_ITEMS, size=sessions),
-                   rng.integers(N_CATEGORIES, size=sessions), start_ts)
+        return cls(array("l", range(sessions)), array("B", bytes(sessions)),
+                   array("H", (rng.randrange(N_ITEMS) for _ in range(sessions))),
+                   array("B", (rng.randrange(N_CATEGORIES) for _ in range(sessions))), start_ts)
 
     @classmethod
-    def random(cls, rng: np.random.Generator, n: int, sessions: int, start_ts: float) -> _Clicks:
+    def random(cls, rng: random.Random, n: int, sessions: int, start_ts: float) -> _Clicks:
         """``n`` clicks on random sessions, of random kinds, items and categories."""
-        return cls(rng.integers(sessions, size=n), rng.integers(len(CLICK_KINDS), size=n),
-                   rng.integers(N_ITEMS, size=n), rng.integers(N_CATEGORIES, size=n), start_ts)
+        return cls(*(array(code, (rng.randrange(high) for _ in range(n))) for code, high in
+                     (("l", sessions), ("B", len(CLICK_KINDS)), ("H", N_ITEMS), ("B", N_CATEGORIES))),
+                   start_ts)
 
     def __len__(self) -> int:
         return len(self.session)
 
-    def __getitem__(self, i):  # one click; slices are not needed by time_calls
+    def __getitem__(self, i):
+        if isinstance(i, slice):  # the clicks of a slice, at their own times
+            start = i.indices(len(self))[0]
+            return _Clicks(self.session[i], self.kind[i], self.item[i], self.category[i],
+                           self.start_ts + 0.5 * start)
         return (f"s{self.session[i]}", {"ts": self.start_ts + 0.5 * i, "event": CLICK_KINDS[self.kind[i]],
                                         "item": str(self.item[i]), "category": str(self.category[i]),
                                         "price": PRICE})
+
+
+# The live probe times its pushes and the bare step graph alternately, this many calls each,
+# so that both see the same machine (other processes, clock speed).
+TIMING_ROUND = 1000
 
 
 def live_probe(path: str, *, threads: int = 1, sessions: int = 10_000, clicks: int | None = None,
@@ -117,7 +130,10 @@ def live_probe(path: str, *, threads: int = 1, sessions: int = 10_000, clicks: i
 
     Loads the artifact, opens ``sessions`` sessions with one view each, then pushes
     ``clicks`` more clicks on random open sessions (items accumulate in a session's state),
-    timing each `SessionStore.push` (encoder step + LSTM step).
+    timing each `SessionStore.push` (encoder step + LSTM step), and in alternate rounds of
+    TIMING_ROUND calls the bare step graph (`StepModel.__call__` on preallocated arrays,
+    unlocked, uncalibrated): what a push costs over the invoke it cannot avoid. The memory
+    figures are read before anything else is computed.
 
     Args:
         path: the artifact.
@@ -129,8 +145,9 @@ def live_probe(path: str, *, threads: int = 1, sessions: int = 10_000, clicks: i
     Returns:
         ``load_ms``, ``rss_loaded_mb`` (after loading), ``rss_open_mb`` (every session
         open), ``rss_live_mb`` (after the clicks), ``rss_peak_mb``, ``live_sessions``,
-        ``clicks``, ``event`` (p50/p95/p99/mean in microseconds of the clicks), ``precision``,
-        ``backend`` and ``tensorflow_loaded``.
+        ``clicks``, ``event`` (p50/p95/p99/mean in microseconds of the clicks), ``step``
+        (the same of the bare step graph), ``event_over_step`` (the ratio of their p50s),
+        ``precision``, ``backend`` and ``tensorflow_loaded``.
 
     Raises:
         ArtifactError: the artifact cannot be loaded.
@@ -147,19 +164,31 @@ def live_probe(path: str, *, threads: int = 1, sessions: int = 10_000, clicks: i
     scorer = Scorer.load(path, num_threads=threads)
     load_ms = (time.perf_counter() - start) * 1000.0
     store = SessionStore(scorer, max_sessions=sessions, idle_timeout=None)
-    rng = np.random.default_rng(seed)
+    step = scorer.step_model()
+    x = np.zeros(step.n_features, np.float32)
+    h, c = np.zeros((1, step.units), np.float32), np.zeros((1, step.units), np.float32)
+    rng = random.Random(seed)
     loaded = rss_mb()
     for key, event in _Clicks.opening(rng, sessions, 1.7e9):
         store.push(key, event)
     opened = rss_mb()
-    timings = time_calls(lambda click: store.push(*click),
-                         _Clicks.random(rng, clicks, sessions, 1.7e9 + 0.5 * sessions))
-    event = percentiles(timings.ns)
-    event["mean_us"] = float(np.mean(timings.ns)) / 1000.0 if len(timings.ns) else None
+    pushes = _Clicks.random(rng, clicks, sessions, 1.7e9 + 0.5 * sessions)
+    pushed, bare = [], []
+    for at in range(0, clicks, TIMING_ROUND):
+        pushed.append(time_calls(lambda click: store.push(*click), pushes[at:at + TIMING_ROUND]).ns)
+        bare.append(time_calls(lambda _: step(x, h, c), range(TIMING_ROUND), warmup=10).ns)
+    live, peak = rss_mb(), peak_rss_mb()
+    event_ns = np.concatenate(pushed) if pushed else np.zeros(0, np.int64)
+    step_ns = np.concatenate(bare) if bare else np.zeros(0, np.int64)
+    event, bare_step = percentiles(event_ns), percentiles(step_ns)
+    event["mean_us"] = float(np.mean(event_ns)) / 1000.0 if len(event_ns) else None
+    bare_step["mean_us"] = float(np.mean(step_ns)) / 1000.0 if len(step_ns) else None
+    ratio = event["p50_us"] / bare_step["p50_us"] if len(event_ns) else None
     return {"load_ms": load_ms, "rss_loaded_mb": loaded, "rss_open_mb": opened,
-            "rss_live_mb": rss_mb(), "rss_peak_mb": peak_rss_mb(), "live_sessions": len(store),
-            "clicks": int(len(timings.ns)), "event": event, "precision": scorer.info.precision,
-            "backend": scorer.backend, "tensorflow_loaded": "tensorflow" in sys.modules}
+            "rss_live_mb": live, "rss_peak_mb": peak, "live_sessions": len(store),
+            "clicks": int(len(event_ns)), "event": event, "step": bare_step, "event_over_step": ratio,
+            "precision": scorer.info.precision, "backend": scorer.backend,
+            "tensorflow_loaded": "tensorflow" in sys.modules}
 
 
 def probe_command(probe: str, path: str, *, threads: int = 1, sessions: int = 10_000) -> list[str]:
@@ -184,18 +213,52 @@ def probe_command(probe: str, path: str, *, threads: int = 1, sessions: int = 10
     raise ConfigError(f"unknown probe {probe!r}; allowed {list(PROBES)}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m edge_runtime.probes",
-                                     description="Run the live-memory probe; print one JSON line.")
-    parser.add_argument("probe", choices=["live"])
-    parser.add_argument("artifact")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--sessions", type=int, default=10_000)
-    parser.add_argument("--clicks", type=int, default=None)
-    args = parser.parse_args(argv)
-    print(json.dumps(live_probe(args.artifact, threads=args.threads, sessions=args.sessions,
-                                clicks=args.clicks)))
+USAGE = "usage: python -m edge_runtime.probes live ARTIFACT [--threads N] [--sessions N] [--clicks N]"
+
+
+def parse_live_args(argv: Sequence[str]) -> dict:
+    """The live probe's arguments: ``live ARTIFACT [--threads N] [--sessions N] [--clicks N]``
+    as keyword arguments of `live_probe`. Read by hand: argparse would add about 0.4 MB to
+    the process whose memory the probe measures.
+
+    Raises:
+        ConfigError: anything else; the message is the usage and what is wrong.
+    """
+    from edge_runtime.errors import ConfigError
+
+    if len(argv) < 2 or argv[0] != "live" or argv[1].startswith("--"):
+        raise ConfigError(f"{USAGE}\nexpected the probe 'live' and an artifact, got {list(argv)}")
+    args: dict = {"path": argv[1]}
+    rest = list(argv[2:])
+    while rest:
+        option = rest.pop(0)
+        name = option[2:]
+        if option not in ("--threads", "--sessions", "--clicks") or name in args or not rest:
+            raise ConfigError(f"{USAGE}\nunexpected or repeated {option!r}, or no value after it")
+        value = rest.pop(0)
+        try:
+            args[name] = int(value)
+        except ValueError:
+            raise ConfigError(f"{USAGE}\n{option} needs a whole number, got {value!r}") from None
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edge_runtime.probes live ...``: print the live probe's JSON line.
+
+    Returns:
+        The exit code: 0, or 2 after printing the usage for bad arguments.
+    """
+    from edge_runtime.errors import ConfigError
+
+    try:
+        args = parse_live_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(json.dumps(live_probe(**args)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,40 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.artifact import STEP_METADATA_NAME, ArtifactInfo, parse_artifact, read_artifact
-from edge_runtime.backends import INTERPRETER_ERRORS, make_interpreter
+from edge_runtime.backends import interpreter_class, make_interpreter
 from edge_runtime.calibration import PlattCalibration
-from edge_runtime.errors import ArtifactError, ConfigError, first_line
+from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.events import canonical_event
 from edge_runtime.features import FeatureEncoder
 from edge_runtime.live import LiveSession, StepModel
 from edge_runtime.native_logs import quiet_native
 from edge_runtime.tflite_reader import read_metadata
 from edge_runtime.verify import Verdict, verify_model
+from edge_runtime.whole_graph import ChunkedGraph, FusedGraph, whole_graph
 
 FUSED_LSTM_OP = "UNIDIRECTIONAL_SEQUENCE_LSTM"
 SHORT_SESSION = 16  # events; up to this, encoding one event at a time is faster (measured)
-
-
-class _Port:
-    """One model input or output; quantises and dequantises when the model's I/O is int8."""
-
-    def __init__(self, details: dict) -> None:
-        self.index = details["index"]
-        self.dtype = details["dtype"]
-        scale, zero_point = details.get("quantization", (0.0, 0))
-        self.scale, self.zero_point = float(scale), int(zero_point)
-        self.quantized = np.dtype(self.dtype) == np.int8
-
-    def to_model(self, x: np.ndarray) -> np.ndarray:
-        if not self.quantized:
-            return x.astype(self.dtype, copy=False)
-        q = np.round(x / self.scale) + self.zero_point
-        return np.clip(q, -128, 127).astype(np.int8)
-
-    def from_model(self, y: np.ndarray) -> np.ndarray:
-        if not self.quantized:
-            return y.astype(np.float32, copy=False)
-        return ((y.astype(np.float32) - self.zero_point) * self.scale).astype(np.float32)
 
 
 class Scorer:
@@ -67,28 +46,34 @@ class Scorer:
         array([0.07...], dtype=float32)
     """
 
-    def __init__(self, interpreter, info: ArtifactInfo, backend: str, source: str,
-                 step_model: bytes | None = None, num_threads: int = 1,
-                 verdict: Verdict | None = None) -> None:
-        """Wrap an allocated interpreter (use `load` or `from_bytes` rather than this).
+    def __init__(self, model: bytes, info: ArtifactInfo, backend: str, source: str,
+                 num_threads: int = 1, verdict: Verdict | None = None) -> None:
+        """Wrap an artifact's bytes (use `load` or `from_bytes` rather than this).
+
+        The whole-session graph is built on first use when a verifying child has already
+        built and run it (``verdict``): a process that only serves live sessions never pays
+        for it (the unrolled graph's XNNPACK-packed weights are megabytes). Without a
+        verdict it is built and checked now, so a broken graph is refused at load.
 
         Args:
-            interpreter: the whole graph's interpreter (edge_runtime.backends.make_interpreter).
+            model: the artifact's bytes.
             info: the artifact's self-description.
-            backend: the backend's name.
+            backend: the backend's name (edge_runtime.backends.BACKENDS).
             source: the artifact's name, for messages.
-            step_model: the step graph's bytes, or None when the artifact has none.
             num_threads: interpreter threads, for the step graph too.
             verdict: what edge_runtime.verify found, or None when the artifact was loaded
                 without verification; a step graph it refused is never loaded here.
 
         Raises:
-            ArtifactError: the graph's inputs and outputs are not the ones its spec and graph
-                kind describe, or it cannot score a blank event.
+            ArtifactError: (without a verdict) the interpreter refuses the model, the graph's
+                inputs and outputs are not the ones its spec and graph kind describe, or it
+                cannot score a blank event.
         """
         self.info = info
-        self._step_bytes = step_model
+        self._model = model
+        self._step_bytes = read_metadata(model).get(STEP_METADATA_NAME)
         self._step: StepModel | None = None
+        self._whole: FusedGraph | ChunkedGraph | None = None
         self._num_threads = num_threads
         self._lock = threading.Lock()
         self.backend = backend
@@ -96,43 +81,33 @@ class Scorer:
         self.verdict = verdict
         self._step_refusal = verdict.step_refusal(source) if verdict is not None else None
         self.encoder = FeatureEncoder.from_spec(info.spec)
-        self._interpreter = interpreter
-        try:
-            inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-        except INTERPRETER_ERRORS as e:
-            raise ArtifactError(f"{source}: corrupted model: {first_line(e)}") from None
-        expected_inputs = 2 if info.graph == "unrolled" else 1
-        if len(inputs) != expected_inputs or len(outputs) != 1:
-            raise ArtifactError(f"{source}: a {info.graph} graph has {expected_inputs} input(s) and "
-                                f"1 output, found {len(inputs)} and {len(outputs)}")
-        # The unrolled graph's second input is named "mask" by converters.graphs.
-        events = next((d for d in inputs if "mask" not in d["name"]), inputs[0])
-        shape = [int(v) for v in events["shape_signature"]]
-        if len(shape) != 3 or shape[2] != info.spec.n_features:
-            raise ArtifactError(f"{source}: model input {shape} does not take "
-                                f"{info.spec.n_features} features as its spec says")
-        # The unrolled graph is padded to max_len steps: the spec's max_len must be its length.
-        if info.graph == "unrolled" and shape[1] != info.spec.max_len:
-            raise ArtifactError(f"{source}: the unrolled graph takes {shape[1]} events, but its "
-                                f"spec says max_len {info.spec.max_len}")
-        for port in (*inputs, *outputs):
-            if np.dtype(port["dtype"]) not in (np.float32, np.int8):
-                raise ArtifactError(f"{source}: model tensor {port['name']!r} is "
-                                    f"{np.dtype(port['dtype']).name}, expected float32 or int8")
-        out_shape = [int(v) for v in outputs[0]["shape_signature"]]
-        if len(out_shape) != 2 or out_shape[1] != 1:
-            raise ArtifactError(f"{source}: model output {out_shape} is not one probability "
-                                f"per session ([batch, 1])")
-        self._events = _Port(events)
-        self._mask = _Port(next(d for d in inputs if d is not events)) if len(inputs) == 2 else None
-        self._output = _Port(outputs[0])
-        self._shape = tuple(int(v) for v in events["shape"])
         self.calibration = PlattCalibration.from_dict(info.calibration) if info.calibration else None
+        if verdict is None:
+            self._whole_graph()
+
+    def _whole_graph(self) -> FusedGraph | ChunkedGraph:
+        """The whole-session graph, built and checked on first use (callers hold no lock)."""
+        if self._whole is None:
+            with self._lock:
+                if self._whole is None:
+                    self._whole = self._build_whole()
+        return self._whole
+
+    def _build_whole(self) -> FusedGraph | ChunkedGraph:
+        source, spec = self.source, self.info.spec
+        with quiet_native():  # the error raised here carries what the interpreter printed
+            try:
+                interpreter, _ = make_interpreter(self._model, self.backend, self._num_threads,
+                                                  verified=self.verdict is not None)
+            except ArtifactError as e:
+                raise type(e)(f"{source}: {e}") from None
+        whole = whole_graph(interpreter, spec, self.info.graph, source)
         # One blank event through the graph now: a model that cannot run (a weight without
         # data, a broken kernel) is refused at load with the file's name, not mid-stream.
-        p = self.score_features(np.zeros((1, info.spec.n_features), np.float32), calibrated=False)
+        p = whole.score_one(np.zeros((1, spec.n_features), np.float32))
         if not np.isfinite(p):
             raise ArtifactError(f"{source}: corrupted model: it scores a blank event {p}")
+        return whole
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", num_threads: int = 1,
@@ -187,15 +162,8 @@ class Scorer:
         """
         info = info or parse_artifact(model, source)
         verdict = verify_model(model, backend, num_threads, source) if verify else None
-        with quiet_native():  # the error raised here carries what the interpreter printed
-            try:
-                interpreter, name = make_interpreter(
-                    model, verdict.backend if verdict else backend, num_threads,
-                    verified=verdict is not None)
-            except ArtifactError as e:
-                raise type(e)(f"{source}: {e}") from None
-        step = read_metadata(model).get(STEP_METADATA_NAME)
-        return cls(interpreter, info, name, source, step, num_threads, verdict=verdict)
+        _, name = interpreter_class(verdict.backend if verdict else backend)
+        return cls(model, info, name, source, num_threads, verdict=verdict)
 
     @property
     def threshold(self) -> float:
@@ -204,30 +172,23 @@ class Scorer:
         return self.info.threshold
 
     def op_names(self) -> list[str]:
-        """The graph's operators, e.g. to check that the LSTM is one fused op."""
-        return [op["op_name"] for op in self._interpreter._get_ops_details()]
+        """The graph's operators, e.g. to check that the LSTM is one fused op (of an unrolled
+        graph, those of its first subgraph: every chunk is built alike)."""
+        return [op["op_name"] for op in self._whole_graph().interpreter._get_ops_details()]
 
     def input_details(self) -> list[dict]:
         """The model's inputs as the interpreter describes them (name, shape, dtype,
         quantization), e.g. to see that an int8-io artifact takes int8."""
-        return self._interpreter.get_input_details()
+        return self._whole_graph().input_details()
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != self.info.spec.n_features or len(x) == 0:
             raise ConfigError(f"expected encoded events of shape (L>=1, {self.info.spec.n_features}), "
                               f"got {x.shape}")
-        return x[-self.info.spec.max_len:]
-
-    def _resize(self, shape: tuple[int, ...]) -> None:
-        # Resizing costs a few microseconds and only happens when the shape changes.
-        if shape != self._shape:
-            interp = self._interpreter
-            interp.resize_tensor_input(self._events.index, list(shape))
-            if self._mask is not None:
-                interp.resize_tensor_input(self._mask.index, [shape[0], shape[1], 1])
-            interp.allocate_tensors()
-            self._shape = shape
+        # The whole session, however long: the live path runs on past max_len (the training
+        # window), and a session's batch score must be its live score.
+        return x
 
     def _calibrated(self, p: np.ndarray) -> np.ndarray:
         return p if self.calibration is None else self.calibration.apply(p)
@@ -237,70 +198,33 @@ class Scorer:
             return p
         return float(self.calibration.apply(np.array([p], np.float32))[0])
 
-    def _failed(self, e: Exception) -> ArtifactError:
-        return ArtifactError(f"{self.source}: the model failed to run: {first_line(e)}")
-
-    def _invoke_fused(self, x: np.ndarray) -> float:
-        interp = self._interpreter
-        try:
-            self._resize((1, len(x), x.shape[1]))
-            # The fused LSTM keeps h and c in variable tensors across invoke(): clear them per session.
-            interp.reset_all_variables()
-            interp.set_tensor(self._events.index, self._events.to_model(x[None]))
-            interp.invoke()
-            y = interp.get_tensor(self._output.index)
-        except INTERPRETER_ERRORS as e:
-            raise self._failed(e) from None
-        if y.size != 1:  # a damaged graph can compute an output of another size
-            raise self._failed(ValueError(f"output has shape {list(y.shape)}, expected [1, 1]"))
-        return float(self._output.from_model(y).reshape(-1)[0])
-
-    def _invoke_unrolled(self, batch: list[np.ndarray]) -> np.ndarray:
-        interp = self._interpreter
-        steps, width = self.info.spec.max_len, self.info.spec.n_features
-        x = np.zeros((len(batch), steps, width), np.float32)
-        mask = np.zeros((len(batch), steps, 1), np.float32)
-        for i, session in enumerate(batch):
-            x[i, :len(session)] = session
-            mask[i, :len(session)] = 1.0
-        try:
-            self._resize((len(batch), steps, width))
-            interp.set_tensor(self._events.index, self._events.to_model(x))
-            interp.set_tensor(self._mask.index, self._mask.to_model(mask))
-            interp.invoke()
-            y = interp.get_tensor(self._output.index)
-        except INTERPRETER_ERRORS as e:
-            raise self._failed(e) from None
-        if y.size != len(batch):
-            raise self._failed(ValueError(f"output has shape {list(y.shape)}, expected "
-                                          f"[{len(batch)}, 1]"))
-        return self._output.from_model(y).reshape(-1)
-
     def score_features(self, x: np.ndarray, calibrated: bool = True) -> float:
-        """Probability of a purchase for one encoded session (L, F), L >= 1.
+        """Probability of a purchase for one encoded session (L, F), L >= 1, every event read.
 
         ``calibrated`` False skips the artifact's recalibration (for parity checks).
         """
         x = self._check(x)
+        whole = self._whole_graph()
         with self._lock:
-            p = self._invoke_fused(x) if self._mask is None else float(self._invoke_unrolled([x])[0])
+            p = whole.score_one(x)
         return self._calibrated_one(p) if calibrated else p
 
     def score_encoded(self, sessions: Iterable[np.ndarray], calibrated: bool = True,
-                      batch_size: int = 64) -> np.ndarray:
-        """Probabilities for encoded sessions, float32 (N,).
+                      batch_size: int = 256) -> np.ndarray:
+        """Probabilities for encoded sessions, float32 (N,), every event of each read.
 
-        The fused graph scores one session per invoke; the unrolled graph takes batches of
-        ``batch_size`` sessions, padded to ``max_len`` under a mask.
+        The fused graph scores one session per invoke; the unrolled graph scores sessions of
+        equal length together, ``batch_size`` at a time.
         """
-        sessions = [self._check(x) for x in sessions]
+        return self._score_checked([self._check(x) for x in sessions], calibrated, batch_size)
+
+    def _score_checked(self, sessions: list[np.ndarray], calibrated: bool, batch_size: int) -> np.ndarray:
+        """`score_encoded` for sessions already checked (or encoded here)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        whole = self._whole_graph()
         with self._lock:
-            if self._mask is None:
-                p = np.array([self._invoke_fused(x) for x in sessions], np.float32)
-            else:
-                parts = [self._invoke_unrolled(sessions[i:i + batch_size])
-                         for i in range(0, len(sessions), batch_size)]
-                p = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+            p = whole.score_many(sessions, batch_size) if sessions else np.zeros(0, np.float32)
         return self._calibrated(p) if calibrated else p
 
     @property
@@ -338,8 +262,11 @@ class Scorer:
                 raise type(self._step_refusal)(str(self._step_refusal))
             with self._lock:
                 if self._step is None:
+                    # A verdict means the child built and ran this step graph through every
+                    # gate (edge_runtime.backends.make_interpreter): do not build it twice.
                     self._step = StepModel(self._step_bytes, self.backend, self._num_threads,
-                                           self.source, n_features=self.info.spec.n_features)
+                                           self.source, n_features=self.info.spec.n_features,
+                                           verified=self.verdict is not None)
         return self._step
 
     def score_step(self, x: np.ndarray, hc: np.ndarray, calibrated: bool = True
@@ -365,7 +292,7 @@ class Scorer:
         if x.size != step.n_features or hc.shape != (2, step.units):
             raise ConfigError(f"expected an encoded event of {step.n_features} features and a "
                               f"state of shape (2, {step.units}), got {x.shape} and {hc.shape}")
-        with self._lock:
+        with step.lock:  # the step graph's own interpreter, so its own lock (SessionStore's too)
             p, h, c = step(x, hc[0:1], hc[1:2])
         return (self._calibrated_one(p) if calibrated else p), np.concatenate((h, c))
 
@@ -411,32 +338,89 @@ class Scorer:
             np.array([category_codes.setdefault(c, len(category_codes)) for c in categories], np.int64),
             np.array(prices, np.float64), context)
 
-    def score_sessions(self, sessions: Iterable[Sequence[Mapping]],
-                       contexts: Iterable[Mapping | None] | None = None) -> np.ndarray:
-        """Probabilities for whole sessions given as lists of canonical event dicts.
+    def encode_sessions(self, sessions: Iterable[Sequence[Mapping]],
+                        contexts: Iterable[Mapping | None] | None = None) -> list[np.ndarray]:
+        """Encode many sessions at once: every event checked as `encode_session` checks it,
+        then one vectorised pass of the encoder over all of them (the same numbers as one
+        session at a time, tested), which costs a batch a fraction of a session-by-session
+        loop.
 
         Args:
-            sessions: each a time-ordered list of events with ``ts``, ``event``, ``item`` and
-                optionally ``category`` and ``price``.
-            contexts: optional user history per session (edge_runtime.features.CONTEXT_FIELDS),
-                one (or None) per session.
+            sessions: each a time-ordered list of canonical event dicts.
+            contexts: optional user history per session, one (or None) per session.
 
         Returns:
-            float32 (N,) purchase probabilities.
+            The normalised features of each session, float32 (L, F).
 
         Raises:
-            ConfigError: ``contexts`` is not as long as ``sessions``, or a session cannot be
-                encoded (`encode_session`; the message names the session's position).
+            ConfigError: ``contexts`` is not as long as ``sessions``, an empty session, a
+                malformed context, or an event that breaks a rule of `canonical_event` (the
+                message names the session's and the event's positions, the field and the value).
         """
         sessions = list(sessions)
         contexts = [None] * len(sessions) if contexts is None else list(contexts)
         if len(contexts) != len(sessions):
             raise ConfigError(f"{len(sessions)} sessions but {len(contexts)} contexts: give one "
                               f"context (or None) per session, or no contexts")
-        encoded = []
+        checked, offsets, vectors = [], [0], []
         for position, (session, context) in enumerate(zip(sessions, contexts, strict=True), start=1):
             try:
-                encoded.append(self.encode_session(session, context))
+                vectors.append(None if context is None else self.encoder.context_vector(context))
+                for index, event in enumerate(session, start=1):
+                    try:
+                        checked.append(canonical_event(event))
+                    except ConfigError as e:
+                        raise ConfigError(f"event {index} of the session: {e}") from None
             except ConfigError as e:
                 raise ConfigError(f"session {position}: {e}") from None
-        return self.score_encoded(encoded)
+            if len(checked) == offsets[-1]:
+                raise ConfigError(f"session {position}: a session needs at least one event to be scored")
+            offsets.append(len(checked))
+        if not checked:
+            return []
+        ts, codes, items, categories, prices = zip(*checked, strict=True)
+        # Ids are compared as text within a session; codes shared across sessions do no harm.
+        item_codes: dict[str, int] = {}
+        category_codes: dict[str | None, int] = {None: -1}  # None: no category
+        context = None
+        if any(v is not None for v in vectors):
+            zero = self.encoder.context_vector(None)
+            context = np.stack([zero if v is None else v for v in vectors])
+        rows = self.encoder.encode_batch(
+            np.array(offsets, np.int64), np.array(ts, np.float64), np.array(codes, np.int64),
+            np.array([item_codes.setdefault(i, len(item_codes)) for i in items], np.int64),
+            np.array([category_codes.setdefault(c, len(category_codes)) for c in categories], np.int64),
+            np.array(prices, np.float64), context)
+        return np.split(rows, offsets[1:-1])
+
+    def score_sessions(self, sessions: Iterable[Sequence[Mapping]],
+                       contexts: Iterable[Mapping | None] | None = None,
+                       batch_size: int = 256) -> np.ndarray:
+        """Probabilities for whole sessions given as lists of canonical event dicts.
+
+        One session is encoded event by event (`encode_session`), many in one vectorised
+        pass (`encode_sessions`); the unrolled graph then scores sessions of equal length
+        ``batch_size`` at a time (`score_encoded`).
+
+        Args:
+            sessions: each a time-ordered list of events with ``ts``, ``event``, ``item`` and
+                optionally ``category`` and ``price``.
+            contexts: optional user history per session (edge_runtime.features.CONTEXT_FIELDS),
+                one (or None) per session.
+            batch_size: as `score_encoded`.
+
+        Returns:
+            float32 (N,) purchase probabilities.
+
+        Raises:
+            ConfigError: ``contexts`` is not as long as ``sessions``, or a session cannot be
+                encoded (the message names the session's position).
+        """
+        sessions = list(sessions)
+        if len(sessions) == 1 and contexts is None:  # the kiosk's case: the shortest path
+            try:
+                x = self.encode_session(sessions[0])
+            except ConfigError as e:
+                raise ConfigError(f"session 1: {e}") from None
+            return np.array([self.score_features(x)], np.float32)
+        return self._score_checked(self.encode_sessions(sessions, contexts), True, batch_size)

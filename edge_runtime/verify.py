@@ -50,13 +50,10 @@ CHILD_MODULE, STAGE_WHOLE / STAGE_STEP and the JSON lines `parse_stages` reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -71,6 +68,7 @@ from edge_runtime.errors import (
     UbpEdgeError,
     first_line,
 )
+from edge_runtime.lean_stdlib import create_private_file, sha256
 from edge_runtime.native_logs import attach_native_log, is_verbose
 
 CACHE_ENV = "UBP_EDGE_CACHE_DIR"
@@ -203,10 +201,10 @@ def verdict_key(model: bytes, backend: str, num_threads: int) -> str:
     Returns:
         64 hex characters.
     """
-    about = {"artifact": hashlib.sha256(model).hexdigest(), "backend": backend,
+    about = {"artifact": sha256(model).hexdigest(), "backend": backend,
              "backend_version": backend_version(backend), "threads": int(num_threads),
              "python": sys.version.split()[0], "runtime": _runtime_fingerprint()}
-    return hashlib.sha256(json.dumps(about, sort_keys=True).encode("utf-8")).hexdigest()
+    return sha256(json.dumps(about, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 @lru_cache(maxsize=1)
@@ -223,7 +221,7 @@ def _runtime_fingerprint() -> str:
                 parts.append(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}")
     except OSError:
         parts.append("unlisted")
-    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+    return sha256("\n".join(parts).encode("utf-8")).hexdigest()
 
 
 def _timeout(timeout: float | None) -> float:
@@ -246,6 +244,8 @@ def _timeout(timeout: float | None) -> float:
 def _run_child(model: bytes, backend: str, num_threads: int, source: str,
                timeout: float) -> tuple[Verdict, bool]:
     """(verdict, whether it may be cached); the errors of `verify_model`."""
+    import subprocess  # only a cache miss starts a child: a live process does not load it
+
     package_root = Path(__file__).resolve().parents[1]
     env = {k: os.environ[k] for k in ENVIRONMENT if k in os.environ}
     # -B: the child writes no .pyc. Under a file-size limit (ulimit -f) CPython's write of a
@@ -397,7 +397,7 @@ def _write_verdict(key: str, verdict: Verdict) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = create_private_file(path.parent, f".{path.name}.", ".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -35,9 +35,11 @@ from edge_runtime.native_logs import set_verbose
 from edge_runtime.scorer import Scorer
 from edge_runtime.verify import STAGE_STEP, STAGE_WHOLE
 
-# Session lengths the whole graph runs (a fused graph is resized to each, an unrolled one
-# pads them to max_len), and batch sizes (Scorer.score_encoded's batches of an unrolled graph).
-LENGTHS = (1, 2, 7, 50)
+# Session lengths the whole graph runs: a fused graph is resized to each; an unrolled one
+# chains its chunks (converters.graphs.CHUNK_STEPS 1, 2, 3, 4, 8, 16), and 1, 2, 3, 4 and
+# 31 (16 + 8 + 4 + 3) run every one of them. Batch sizes: Scorer.score_encoded's batches of
+# an unrolled graph.
+LENGTHS = (1, 2, 3, 4, 31)
 BATCHES = (2, 64)
 STEP_EVENTS = 3  # events pushed through the step graph, each with the state of the last
 
@@ -101,8 +103,7 @@ def _run_whole(scorer: Scorer) -> Scorer:
     """Run the whole graph at every length and batch size of LENGTHS and BATCHES."""
     spec = scorer.info.spec
     rng = np.random.default_rng(0)
-    lengths = sorted({min(n, spec.max_len) for n in LENGTHS})
-    sessions = [rng.standard_normal((n, spec.n_features)).astype(np.float32) for n in lengths]
+    sessions = [rng.standard_normal((n, spec.n_features)).astype(np.float32) for n in LENGTHS]
     scorer.score_encoded(sessions, calibrated=False)
     for batch in BATCHES:
         scorer.score_encoded(sessions[:1] * batch)

@@ -44,7 +44,7 @@ def build_prep_dir(log_path: str | Path, folder: str | Path, format: str | None 
     sessions = sessionize(log, gap_minutes)
     split = time_split(sessions, validation, test)
     encoder = new_encoder(sessions, max_len, use_context)
-    encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder)))
+    encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder, window=max_len)))
     spec = encoder.spec()
     # Scorable sessions in canonical order: sessionize orders sessions by (start, key).
     scorable = np.flatnonzero(sessions.scorable)
@@ -59,7 +59,7 @@ def build_prep_dir(log_path: str | Path, folder: str | Path, format: str | None 
             writer.add({"key_digest": key_digests(sessions.key[ix]), "split": names[ix].astype(str),
                         "label": sessions.label[ix], "start": sessions.start[ix],
                         "prefix_len": sessions.prefix_len[ix],
-                        "features": encode_sessions(sessions, ix, encoder),
+                        "features": encode_sessions(sessions, ix, encoder, window=max_len),
                         "baseline": aggregate_features(sessions, ix)[0]})
         shard_list, digest = writer.close()
     size, sha = sha256_file(log_path)

@@ -509,13 +509,16 @@ def test_a_model_that_aborts_the_interpreter_is_an_artifact_error_and_the_host_l
                       "the interpreter crashed on this model")
 
 
-def test_an_unrolled_graph_longer_or_shorter_than_its_max_len_is_refused(unrolled_int8, write):
-    def longer(meta: dict) -> None:
-        meta["feature_spec"]["max_len"] += 1
+def test_an_unrolled_artifact_without_its_chunks_is_refused_by_name(model, write):
+    """An unrolled artifact of ubp-edge before 0.2 (one graph padded to max_len under a mask,
+    no ``chunk_T`` signatures) is refused with what to do; here a fused graph labelled
+    unrolled stands for it (neither has a chunk_1 signature)."""
+    def unrolled(meta: dict) -> None:
+        meta["graph"] = "unrolled"
 
-    steps = Scorer.from_bytes(unrolled_int8, verify=False).info.spec.max_len
-    path = write("max-len", _with_meta(unrolled_int8, longer))
+    path = write("old-unrolled", _with_meta(model, unrolled))
     with pytest.raises(ArtifactError) as caught:
         Scorer.load(path)
-    assert str(caught.value) == (f"{path}: the unrolled graph takes {steps} events, but its spec "
-                                 f"says max_len {steps + 1}")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "has no chunk_1 signature" in message
+    assert message.endswith("re-run `ubp-edge convert --graph unrolled`")

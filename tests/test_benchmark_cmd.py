@@ -17,7 +17,9 @@ from benchmarks.columns import ROW_KEYS
 pytestmark = pytest.mark.slow
 OURS = ("size_bytes", "cold_start_ms", "rss_mb", "rss_live_mb", "session_p50_us", "session_p95_us",
         "session_p99_us", "session1_p50_us", "session10_p50_us", "session50_p50_us",
-        "event_p50_us", "event_p95_us", "event_p99_us", "sessions_per_s")
+        "event_p50_us", "event_p95_us", "event_p99_us", "step_invoke_p50_us", "sessions_per_s",
+        "batch64_sessions_per_s", "batch256_sessions_per_s")
+BATCH = ("batch64_sessions_per_s", "batch256_sessions_per_s")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -41,8 +43,10 @@ def test_benchmark_json_has_every_figure_for_every_artifact(tmp_path, tiny_run):
         assert isinstance(row[key], (int, float)) and row[key] > 0, key
     assert row["session_p50_us"] <= row["session_p95_us"] <= row["session_p99_us"]
     assert row["ratio_to_best"]["session_p50_us"] == pytest.approx(1.0)
+    assert row["ratio_to_best"]["batch256_sessions_per_s"] == pytest.approx(1.0)
     md = (tmp_path / "report" / "benchmark.md").read_text()
     assert "| ubp-edge | float32 | fused |" in md and "latency_cdf.png" in md
+    assert "| step invoke p50 (us) | sessions/s | batch 64 sessions/s | batch 256 sessions/s |" in md
     png = (tmp_path / "report" / "latency_cdf.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -60,7 +64,9 @@ def test_benchmark_peers_rows_are_null_where_a_figure_does_not_apply(tmp_path, t
         assert tuple(r) == ROW_KEYS
         if r["status"] == "ok":
             assert r["session_p50_us"] > 0 and r["sessions_per_s"] > 0
+            assert all(r[key] > 0 and r["ratio_to_best"][key] > 0 for key in BATCH), r
             assert r["cold_start_ms"] is None and r["event_p50_us"] is None and r["rss_live_mb"] is None
+            assert r["step_invoke_p50_us"] is None
             assert r["ratio_to_best"]["session_p50_us"] > 0
 
 

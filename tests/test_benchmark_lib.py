@@ -6,15 +6,17 @@ Figures are measured, never asserted against a time: only their presence and san
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
 
 from benchmarks.columns import COLUMNS, ROW_KEYS
+from benchmarks.floor import lstm_multiply_adds, measure_floor
 from benchmarks.measure import Effort
 from benchmarks.report import markdown, terminal_table, write_report
-from benchmarks.sessions import fixed_length_sessions, synthetic_sessions
+from benchmarks.sessions import consecutive_batches, fixed_length_sessions, synthetic_sessions
 from benchmarks.suite import (
     RATIO_KEYS,
     BenchmarkRequest,
@@ -43,9 +45,11 @@ def _result() -> BenchmarkResult:
               cold_start_ms=75.61, rss_mb=46.7, rss_live_mb=74.72, session_p50_us=44.71,
               session_p95_us=120.0, session_p99_us=371.94, session1_p50_us=20.0, session10_p50_us=90.0,
               session50_p50_us=404.5, event_p50_us=11.93, event_p95_us=14.0, event_p99_us=16.9,
-              sessions_per_s=14676.4)
+              step_invoke_p50_us=5.26, sessions_per_s=14676.4, batch64_sessions_per_s=30120.7,
+              batch256_sessions_per_s=41000.2)
     peer = _row(engine="numpy", precision="float32", status="ok", session_p50_us=59.1,
-                session50_p50_us=706.4, sessions_per_s=10274.0)
+                session50_p50_us=706.4, sessions_per_s=10274.0, batch64_sessions_per_s=20500.0,
+                batch256_sessions_per_s=82000.4)
     failed_artifact = _row(engine="ubp-edge", status="failed", size_bytes=2048, reason="bad artifact")
     failed_peer = _row(engine="onnxruntime", precision="dynamic", status="failed",
                        reason="OSError: no onnxruntime")
@@ -59,10 +63,13 @@ def test_the_column_table_describes_every_row_key_once():
     assert ROW_KEYS == ("engine", "precision", "graph", "status", "reason", "size_bytes",
                         "cold_start_ms", "rss_mb", "rss_live_mb", "session_p50_us", "session_p95_us",
                         "session_p99_us", "session1_p50_us", "session10_p50_us", "session50_p50_us",
-                        "event_p50_us", "event_p95_us", "event_p99_us", "sessions_per_s", "ratio_to_best")
+                        "event_p50_us", "event_p95_us", "event_p99_us", "step_invoke_p50_us",
+                        "sessions_per_s", "batch64_sessions_per_s", "batch256_sessions_per_s",
+                        "ratio_to_best")
     assert len(set(ROW_KEYS)) == len(COLUMNS)
     assert all(c.description for c in COLUMNS)
     assert set(RATIO_KEYS) <= set(ROW_KEYS)
+    assert {"batch64_sessions_per_s", "batch256_sessions_per_s"} <= set(RATIO_KEYS)
 
 
 def test_terminal_table_headers_cells_and_failed_rows():
@@ -71,10 +78,12 @@ def test_terminal_table_headers_cells_and_failed_rows():
     assert headers == [("engine", "left"), ("precision", "left"), ("graph", "left"), ("KB", "right"),
                        ("cold ms", "right"), ("RSS MB", "right"), ("10,000 live MB", "right"),
                        ("sess p50", "right"), ("sess p99", "right"), ("50ev p50", "right"),
-                       ("event p50", "right"), ("event p99", "right"), ("sess/s", "right")]
+                       ("event p50", "right"), ("event p99", "right"), ("invoke p50", "right"),
+                       ("sess/s", "right"), ("b64/s", "right"), ("b256/s", "right")]
     assert rows[0] == ["ubp-edge", "float32", "fused", "600", "75.6", "46.7", "74.7", "44.7", "371.9",
-                       "404.5", "11.9", "16.9", "14,676"]
-    assert rows[1][:4] == ["numpy", "float32", "", ""] and rows[1][-1] == "10,274"
+                       "404.5", "11.9", "16.9", "5.3", "14,676", "30,121", "41,000"]
+    assert rows[1][:4] == ["numpy", "float32", "", ""]
+    assert rows[1][-4:] == ["", "10,274", "20,500", "82,000"]
     assert rows[2][3] == "2" and rows[3][3] == "failed"  # a failed row without a size says so
 
 
@@ -84,10 +93,13 @@ def test_markdown_report_headers_cells_and_failed_rows():
     assert lines[header] == (
         "| engine | precision | graph | size (KiB) | cold start (ms) | RSS (MB) | RSS, 10k live (MB) | "
         "session p50 (us) | p95 | p99 | 1 ev p50 | 10 ev p50 | 50 ev p50 | live event p50 (us) | "
-        "event p99 | sessions/s | ratio to best ubp-edge (session p50, 50 ev p50, sessions/s) |")
-    assert lines[header + 1] == "|" + "---|" * 17
+        "event p99 | step invoke p50 (us) | sessions/s | batch 64 sessions/s | batch 256 sessions/s | "
+        "ratio to best ubp-edge (session p50, 50 ev p50, sessions/s, batch 64, batch 256) |")
+    assert lines[header + 1] == "|" + "---|" * 20
     assert lines[header + 2] == ("| ubp-edge | float32 | fused | 600.0 | 75.6 | 46.7 | 74.7 | 44.7 | 120.0 | "
-                                 "371.9 | 20.0 | 90.0 | 404.5 | 11.9 | 16.9 | 14,676 | 1.00, 1.00, 1.00 |")
+                                 "371.9 | 20.0 | 90.0 | 404.5 | 11.9 | 16.9 | 5.3 | 14,676 | 30,121 | "
+                                 "41,000 | 1.00, 1.00, 1.00, 1.00, 1.00 |")
+    assert lines[header + 3].endswith(" | 10,274 | 20,500 | 82,000 | 1.32, 1.75, 0.70, 0.68, 2.00 |")
     assert "| failed: bad artifact |" in lines[header + 4]
     assert lines[header + 5].startswith("| onnxruntime | dynamic |  | failed: OSError: no onnxruntime |")
     assert lines[header + 5].endswith(" |  |")
@@ -98,6 +110,8 @@ def test_ratios_are_against_the_best_ok_ubp_edge_row():
     rows = _result().rows
     assert rows[1]["ratio_to_best"]["session_p50_us"] == pytest.approx(59.1 / 44.71)
     assert rows[1]["ratio_to_best"]["sessions_per_s"] == pytest.approx(10274.0 / 14676.4)
+    assert rows[1]["ratio_to_best"]["batch64_sessions_per_s"] == pytest.approx(20500.0 / 30120.7)
+    assert rows[1]["ratio_to_best"]["batch256_sessions_per_s"] == pytest.approx(82000.4 / 41000.2)
     assert rows[2]["ratio_to_best"] is None and rows[3]["ratio_to_best"] is None
 
 
@@ -167,6 +181,51 @@ def test_fixed_length_sessions():
     assert [len(s) for s in fixed_length_sessions([], 3, count=2)] == [3, 3]  # the probe session
 
 
+def test_consecutive_batches_are_full_and_cover_every_session():
+    assert consecutive_batches(["a", "b", "c"], 2) == [["a", "b"], ["c", "a"]]
+    assert consecutive_batches(list(range(5)), 5, at_least=12) == [list(range(5))] * 3
+    batches = consecutive_batches(list(range(10)), 4, at_least=3)
+    assert [len(b) for b in batches] == [4, 4, 4] and set(sum(batches, [])) == set(range(10))
+    assert consecutive_batches([], 64, at_least=100) == []
+
+
+def _finite_positive(result: dict, keys) -> None:
+    for key in keys:
+        assert isinstance(result[key], (int, float)) and math.isfinite(result[key]) and result[key] > 0, key
+
+
+FLOOR_KEYS = ("multiply_adds", "fma_peak_multiply_adds_per_s", "throughput_floor_us",
+              "chain_numpy_float32_us", "numpy_call_overhead_us")
+
+
+def test_floor_figures_are_finite_and_positive_at_a_tiny_size():
+    assert lstm_multiply_adds(50, 15, 128) == 3_660_800  # the 3.66 M
+    result = measure_floor(steps=3, features=2, units=4, matmul=16, repeat=3, tflite=False)
+    assert result["multiply_adds"] == lstm_multiply_adds(3, 2, 4) == 3 * (2 * 16 + 4 * 16)
+    _finite_positive(result, FLOOR_KEYS)
+    assert result["chain_numpy_float32_net_us"] >= 0
+    assert result["chain_tflite_float32_us"] is None and "--no-tflite" in result["tflite_note"]
+    json.dumps(result)
+    with pytest.raises(ConfigError, match="^floor sizes must be positive: units 0$"):
+        measure_floor(units=0, tflite=False)
+
+
+def test_floor_script_prints_json_and_a_table():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.floor", "--steps", "2", "--units", "4",
+                           "--features", "2", "--matmul", "16", "--repeat", "2", "--no-tflite"],
+                          capture_output=True, text=True, check=True)
+    _finite_positive(json.loads(done.stdout), FLOOR_KEYS)
+    assert "(a) throughput floor" in done.stderr and "NumPy float32" in done.stderr
+
+
+@pytest.mark.slow
+def test_floor_litert_chains_at_a_tiny_size():
+    pytest.importorskip("tensorflow")
+    result = measure_floor(steps=3, features=2, units=8, matmul=16, repeat=3)
+    assert result["tflite_note"].startswith("LiteRT CompiledModel"), result["tflite_note"]
+    _finite_positive(result, ("chain_tflite_float32_us", "chain_tflite_int8_us"))
+
+
 def test_probe_commands():
     assert probe_command("live", "m.tflite", threads=2, sessions=5)[1:] == [
         "-m", "edge_runtime.probes", "live", "m.tflite", "--threads", "2", "--sessions", "5"]
@@ -193,12 +252,14 @@ def test_run_benchmark_on_the_tiny_model(tiny_artifact, tmp_path):
     [row] = result.rows
     assert tuple(row) == ROW_KEYS and row["status"] == "ok", row["reason"]
     for key in ("cold_start_ms", "rss_mb", "rss_live_mb", "session_p50_us", "session1_p50_us",
-                "session50_p50_us", "event_p99_us", "sessions_per_s"):
+                "session50_p50_us", "event_p99_us", "step_invoke_p50_us", "sessions_per_s",
+                "batch64_sessions_per_s", "batch256_sessions_per_s"):
         assert row[key] > 0, key
     assert row["ratio_to_best"]["session_p50_us"] == pytest.approx(1.0)
     assert result.sessions.endswith("embedded synthetic")
     assert len(result.samples[f"ubp-edge {row['precision']}"]) >= 20
     assert f"{tiny_artifact.name}: cold start" in seen
+    assert f"{tiny_artifact.name}: batches of 256" in seen
     assert any(line.endswith("50 live sessions") for line in seen)
     title, headers, rows = terminal_table(result)
     assert ("50 live MB", "right") in headers and len(rows) == 1

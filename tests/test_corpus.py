@@ -182,9 +182,9 @@ def check_long_session(log):
     enc = new_encoder(s, max_len=50)
     k = len(enc.features)
     enc.mean_, enc.scale_ = np.zeros(k), np.ones(k)
-    (x,) = encode_sessions(s, np.array([0]), enc)
-    (raw,) = raw_sessions(s, np.array([0]), enc)
-    # The model sees the last 50 events of the 99,999-event prefix, encoded in full context.
+    (x,) = encode_sessions(s, np.array([0]), enc, window=50)
+    (raw,) = raw_sessions(s, np.array([0]), enc, window=50)
+    # Training's window of 50 is the prefix's last 50 events, encoded in full context.
     assert x.shape == (50, k) and x.dtype == np.float32 and np.isfinite(x).all()
     position = raw[:, enc.features.index("log_position")]
     np.testing.assert_array_equal(position, np.log1p(np.arange(SESSION_EVENTS - 51, SESSION_EVENTS - 1)))
@@ -196,6 +196,9 @@ def check_long_session(log):
                                      "category": log.category.names[log.category.codes[e]],
                                      "price": log.price[e]}))
     assert np.array_equal(np.stack(live[-50:]), x)
+    # Scoring reads the whole prefix: the live path's rows, all 99,999 of them.
+    (whole,) = encode_sessions(s, np.array([0]), enc, window=None)
+    assert np.array_equal(np.stack(live), whole)
 
 
 MEGABYTE = 1 << 20

@@ -263,7 +263,10 @@ def _legacy_python() -> Path:
     return python
 
 
-def test_tflite_runtime_backend_scores_float32_artifacts(tiny_artifact):
+@pytest.mark.parametrize("graph", ["fused", "unrolled"])
+def test_tflite_runtime_backend_scores_float32_artifacts(quantized_run, graph):
+    """tflite-runtime 2.14 drives the unrolled graph's chunks by signature too."""
+    artifact = artifact_path(quantized_run[0], "float32", graph)
     python = _legacy_python()
     script = (
         "import json, sys\n"
@@ -276,11 +279,11 @@ def test_tflite_runtime_backend_scores_float32_artifacts(tiny_artifact):
         "print(json.dumps({'backend': s.backend, 'whole': float(s.score_sessions([ev])[0]),\n"
         "                  'live': pushed[-1],\n"
         "                  'tensorflow': 'tensorflow' in sys.modules}))\n")
-    done = subprocess.run([str(python), "-c", script, str(tiny_artifact)], capture_output=True,
+    done = subprocess.run([str(python), "-c", script, str(artifact)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    here = Scorer.load(tiny_artifact).score_sessions([[{"ts": 1.7e9, "event": "view", "item": "a"},
+    here = Scorer.load(artifact).score_sessions([[{"ts": 1.7e9, "event": "view", "item": "a"},
                                                        {"ts": 1.7e9 + 9, "event": "cart", "item": "a"}]])[0]
     assert result["backend"] == "tflite-runtime" and not result["tensorflow"]
     assert abs(result["whole"] - here) < 1e-5 and abs(result["live"] - here) < 1e-5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -9,7 +10,17 @@ import numpy as np
 import pytest
 
 from benchmarks import engines
-from benchmarks.engines import build_peers, numpy_lstm
+from benchmarks.engines import (
+    PARITY_BATCHES,
+    Peer,
+    batched,
+    build_peers,
+    check_parity,
+    length_groups,
+    numpy_lstm,
+    numpy_lstm_batch,
+    padded,
+)
 from converters.precisions import PRECISIONS
 from edge_runtime.errors import ConfigError, RunDirError
 from trainer import rundir
@@ -101,14 +112,88 @@ def test_build_peers_returns_five_rows_all_ok_within_tolerance(built):
 
 
 @pytest.mark.slow
-def test_score_equals_score_batch(built, tiny_run):
+@pytest.mark.parametrize("size", PARITY_BATCHES)
+def test_batched_peers_match_batch_1_and_keras_on_sessions_of_different_lengths(built, tiny_run, size):
     rows, _ = built
-    sessions, _ = _parity(tiny_run)
-    few = sessions[:5]
-    for peer in rows.values():
-        batch = peer.score_batch(few)
-        assert batch.shape == (len(few),)
-        np.testing.assert_array_equal(batch, [peer.score(x) for x in few], err_msg=peer.engine)
+    sessions, expected = _parity(tiny_run)
+    sessions, expected = sessions[:size + 7], np.asarray(expected[:size + 7], np.float64)
+    assert len({len(x) for x in sessions}) > 5  # padded batches, not one length
+    for (engine, precision), peer in rows.items():
+        one = np.array([peer.score(x) for x in sessions])
+        batch = np.concatenate([peer.score_batch(sessions[i:i + size])
+                                for i in range(0, len(sessions), size)])
+        assert batch.shape == (len(sessions),)
+        # Dynamic quantization scales each call's activations, so a batch moves within the
+        # precision's bound; float32 engines agree to float rounding.
+        same = 1e-5 if precision == "float32" else _tolerance(precision)
+        np.testing.assert_allclose(batch, one, rtol=0, atol=same, err_msg=engine)
+        np.testing.assert_allclose(batch, expected, rtol=0, atol=_tolerance(precision), err_msg=engine)
+
+
+def test_length_groups_cover_every_session_with_bounded_padding():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 60, size=300)
+    groups = length_groups(lengths, slack=0.25)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(300))
+    for group in groups:
+        lens = lengths[group]
+        assert (np.diff(lens) >= 0).all()
+        assert len(group) * lens.max() <= 1.25 * lens.sum() or len(group) == 1
+    assert len(groups) < 100  # similar lengths share a call
+    [whole] = length_groups(lengths, slack=math.inf)
+    assert len(whole) == 300
+    assert [g.tolist() for g in length_groups([5, 1, 1, 4])] == [[1, 2], [3, 0]]
+    assert length_groups([]) == []
+
+
+def _random_weights(n_features=3, units=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"lstm_kernel": rng.normal(0, 0.5, (n_features, 4 * units)).astype(np.float32),
+            "lstm_recurrent_kernel": rng.normal(0, 0.5, (units, 4 * units)).astype(np.float32),
+            "lstm_bias": rng.normal(0, 0.1, 4 * units).astype(np.float32),
+            "dense_kernel": rng.normal(0, 1, (units, 1)).astype(np.float32),
+            "dense_bias": np.array([0.1], np.float32)}
+
+
+def test_numpy_lstm_batch_runs_each_session_for_its_own_length():
+    weights = _random_weights()
+    rng = np.random.default_rng(1)
+    sessions = [rng.normal(size=(n, 3)).astype(np.float32) for n in (4, 1, 9, 4, 2, 9)]
+    one = [numpy_lstm(weights)(x) for x in sessions]
+    x, lengths = padded(sessions)
+    assert x.shape == (6, 9, 3) and lengths.tolist() == [4, 1, 9, 4, 2, 9]
+    assert (x[1, 1:] == 0).all()
+    np.testing.assert_allclose(numpy_lstm_batch(weights)(x, lengths), one, rtol=0, atol=1e-6)
+    # Grouped by length, as the benchmark calls it, in the sessions' order.
+    score_batch = batched(numpy_lstm_batch(weights), slack=0.0)
+    np.testing.assert_allclose(score_batch(sessions), one, rtol=0, atol=1e-6)
+
+
+def test_numpy_lstm_batch_refuses_lengths_that_do_not_fit():
+    score_padded = numpy_lstm_batch(_random_weights())
+    with pytest.raises(ConfigError, match=r"expected a padded batch \(B, L, 3\) with B lengths in 1..L"):
+        score_padded(np.zeros((2, 4, 3), np.float32), np.array([4, 5]))
+    with pytest.raises(ConfigError, match="expected a padded batch"):
+        score_padded(np.zeros((2, 4, 2), np.float32), np.array([4, 4]))
+
+
+def test_check_parity_fails_a_peer_whose_batches_are_off():
+    weights = _random_weights()
+    rng = np.random.default_rng(2)
+    sessions = [rng.normal(size=(n, 3)).astype(np.float32) for n in rng.integers(1, 12, size=70)]
+    score = numpy_lstm(weights)
+    expected = np.array([score(x) for x in sessions])
+
+    def off_in_batches(batch):
+        return np.array([score(x) for x in batch]) + 0.01
+
+    ok = check_parity(Peer("numpy", "float32", "ok", score=score,
+                           score_batch=batched(numpy_lstm_batch(weights))), sessions, expected)
+    assert ok.status == "ok" and ok.max_abs_diff < 1e-5
+    bad = check_parity(Peer("numpy", "float32", "ok", score=score, score_batch=off_in_batches),
+                       sessions, expected)
+    assert bad.status == "failed" and bad.score is None and bad.score_batch is None
+    assert "by up to 0.01 on 70 test sessions, batches of 64 (allowed 0.0001)" in bad.reason
 
 
 @pytest.mark.slow

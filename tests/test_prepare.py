@@ -37,9 +37,10 @@ def in_memory(path: Path, fmt: str, max_len: int = 50):
     sessions = sessionize(log)
     split = time_split(sessions)
     encoder = new_encoder(sessions, max_len, True)
-    encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder)))
+    encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder, window=max_len)))
     parts = {name: (key_digests(sessions.key[ix]), sessions.label[ix],
-                    encode_sessions(sessions, ix, encoder), aggregate_features(sessions, ix)[0])
+                    encode_sessions(sessions, ix, encoder, window=max_len),
+                    aggregate_features(sessions, ix)[0])
              for name, ix in split.parts().items()}
     return parts, encoder, log, split
 

@@ -51,7 +51,7 @@ def test_reader_returns_what_the_in_memory_path_computes_in_canonical_order(smal
     sessions = sessionize(log)
     split = time_split(sessions)
     encoder = new_encoder(sessions, 20)
-    encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder)))
+    encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder, window=20)))
     p = PrepDir.open(prep)
     assert len(p.shards) > 3 and p.spec == encoder.spec()
     assert p.baseline_names == list(BASELINE_FEATURES)
@@ -62,7 +62,7 @@ def test_reader_returns_what_the_in_memory_path_computes_in_canonical_order(smal
         np.testing.assert_array_equal(part.label, sessions.label[index])
         np.testing.assert_array_equal(part.start, sessions.start[index])
         np.testing.assert_array_equal(part.prefix_len, sessions.prefix_len[index])
-        expected = encode_sessions(sessions, index, encoder)
+        expected = encode_sessions(sessions, index, encoder, window=20)
         assert len(part.encoded) == len(expected)
         for got, want in zip(part.encoded, expected, strict=True):
             np.testing.assert_array_equal(got, want)

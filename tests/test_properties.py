@@ -16,7 +16,7 @@
   ``prefix_len <= length``, label iff a purchase, sessions sorted by start, user history as a
   brute-force reference computes it.
 - Encoder: the batch path (``encode``/``encode_batch``, and ``trainer.dataset.encode_sessions``
-  as training uses it) equals the one-event path (``start``/``step``) bit for bit, on events
+  as training and scoring use it) equals the one-event path (``start``/``step``) bit for bit, on events
   the rules of edge_runtime.events accept (times in 2000..2100, prices finite and >= 0). On
   any JSON value a device may send (event, context), ``step``/``start`` give finite features
   or raise ConfigError.
@@ -703,7 +703,8 @@ def test_encode_batch_of_many_sessions_equals_each_session_alone(enc, many):
 @given(case=event_logs(), max_len=st.sampled_from([1, 3, 50]), with_meta=st.booleans())
 def test_training_encoding_equals_live_events_of_the_log(scratch, case, max_len, with_meta):
     """What training feeds the model (codes, "" category as -1, the last max_len rows of each
-    prefix) equals the rows the device computes from the same events pushed one at a time."""
+    prefix), and what scoring feeds it (every row of the prefix), equal the rows the device
+    computes from the same events pushed one at a time."""
     text, _ = case
     if with_meta:  # add category (some empty) and price (some missing) columns
         lines = text.splitlines()
@@ -719,7 +720,8 @@ def test_training_encoding_equals_live_events_of_the_log(scratch, case, max_len,
     k = len(enc.features)
     enc.mean_, enc.scale_ = np.linspace(-1, 1, k), np.linspace(0.5, 2, k)
     log = s.log
-    for x, session in zip(encode_sessions(s, idx, enc), idx, strict=True):
+    windowed, whole = encode_sessions(s, idx, enc, window=max_len), encode_sessions(s, idx, enc, window=None)
+    for x, full, session in zip(windowed, whole, idx, strict=True):
         state = enc.start(s.context[session])
         rows = []
         for e in s.prefix_events(int(session)):
@@ -730,8 +732,8 @@ def test_training_encoding_equals_live_events_of_the_log(scratch, case, max_len,
             if log.price is not None and np.isfinite(log.price[e]):
                 event["price"] = float(log.price[e])
             rows.append(enc.step(state, event))
-        live = np.stack(rows)[-max_len:]
-        assert identical(x, live)
+        assert identical(x, np.stack(rows)[-max_len:])
+        assert identical(full, np.stack(rows))
 
 
 # =========================================================================== the device's input

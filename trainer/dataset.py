@@ -59,23 +59,48 @@ def _batch_fields(sessions: Sessions, idx: np.ndarray) -> dict:
             "context": sessions.context[np.asarray(idx, np.int64)]}
 
 
-def _last_rows(rows: np.ndarray, offsets: np.ndarray, max_len: int) -> list[np.ndarray]:
-    """Each session's last ``max_len`` rows. Encoding happens before the cut, so positions and
-    elapsed time are those of the whole prefix, as when the runtime scores a long session."""
-    return [rows[max(offsets[k], offsets[k + 1] - max_len):offsets[k + 1]]
-            for k in range(len(offsets) - 1)]
+def _windowed(rows: np.ndarray, offsets: np.ndarray, window: int | None) -> list[np.ndarray]:
+    """Each session's rows: all of them (``window`` None), else its last ``window``. Encoding
+    happens before any cut, so positions and elapsed time are those of the whole prefix."""
+    if window is None:
+        return [rows[offsets[k]:offsets[k + 1]] for k in range(len(offsets) - 1)]
+    if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 1:
+        raise ValueError(f"window must be a whole number >= 1 or None, got {window!r}")
+    return [rows[max(offsets[k], offsets[k + 1] - window):offsets[k + 1]] for k in range(len(offsets) - 1)]
 
 
-def raw_sessions(sessions: Sessions, idx: np.ndarray, encoder: FeatureEncoder) -> list[np.ndarray]:
-    """Raw feature rows per session, each cut to its last ``encoder.max_len`` events."""
+def raw_sessions(sessions: Sessions, idx: np.ndarray, encoder: FeatureEncoder, *,
+                 window: int | None) -> list[np.ndarray]:
+    """Raw feature rows per session (before normalisation).
+
+    Args:
+        sessions: the log's sessions.
+        idx: scorable sessions (at least one event before the outcome).
+        encoder: decides the features; its normalisation is not used.
+        window: None: every event of each prefix (scoring, as a live session reads them);
+            a number: each prefix's last ``window`` events (training's window, ``max_len``).
+
+    Returns:
+        One float64 array (events, features) per session of ``idx``.
+    """
     fields = _batch_fields(sessions, idx)
-    return _last_rows(encoder.raw_batch(**fields), fields["offsets"], encoder.max_len)
+    return _windowed(encoder.raw_batch(**fields), fields["offsets"], window)
 
 
-def encode_sessions(sessions: Sessions, idx: np.ndarray, encoder: FeatureEncoder) -> list[np.ndarray]:
-    """Normalised float32 features per session (the last ``max_len`` events of each prefix)."""
+def encode_sessions(sessions: Sessions, idx: np.ndarray, encoder: FeatureEncoder, *,
+                    window: int | None) -> list[np.ndarray]:
+    """Normalised float32 features per session.
+
+    Args:
+        sessions, idx, encoder: as `raw_sessions` (the encoder fitted).
+        window: None: every event of each prefix (scoring, as a live session reads them);
+            a number: each prefix's last ``window`` events (training's window, ``max_len``).
+
+    Returns:
+        One float32 array (events, features) per session of ``idx``.
+    """
     fields = _batch_fields(sessions, idx)
-    return _last_rows(encoder.encode_batch(**fields), fields["offsets"], encoder.max_len)
+    return _windowed(encoder.encode_batch(**fields), fields["offsets"], window)
 
 
 def pad(encoded: list[np.ndarray], max_len: int) -> np.ndarray:

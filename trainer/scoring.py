@@ -82,12 +82,16 @@ class ScorableSessions:
         """The chosen sessions' features for ``scorer``: its spec's FeatureEncoder, applied
         once per distinct spec however many artifacts ask (a run's artifacts share one).
 
+        Every event of each prefix, however long (the spec's ``max_len`` is the training
+        window, not a cut): a session's score here is the live score after its last event.
+
         Returns:
             One float32 array (events, features) per session of ``index``.
         """
         spec = scorer.info.spec
         if spec not in self._encoded:
-            self._encoded[spec] = dataset.encode_sessions(self.sessions, self.index, scorer.encoder)
+            self._encoded[spec] = dataset.encode_sessions(self.sessions, self.index, scorer.encoder,
+                                                          window=None)
         return self._encoded[spec]
 
 

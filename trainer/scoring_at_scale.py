@@ -52,7 +52,7 @@ OUTPUT_SCHEMA = pa.schema([
     ("key_digest", pa.string()),    # trainer.sessions.key_digests: matches split.json, no user id
     ("start", pa.float64()),        # Unix seconds of the session's first event
     ("prefix_len", pa.int64()),     # events before the first purchase (score's events_scored)
-    ("events", pa.int64()),         # events the model read: the last min(prefix_len, max_len)
+    ("events", pa.int64()),         # events the model read: all of the prefix (= prefix_len), as live
     ("label", pa.int8()),           # 1: the session holds a purchase
     ("probability", pa.float32()),  # the artifact's output (calibrated when it carries one)
     ("decision", pa.int8()),        # probability >= the artifact's threshold
@@ -100,7 +100,7 @@ class ScoreSettings:
     """What a bucket needs to be scored (picklable: it travels to Spark executors).
 
     Attributes:
-        records: the session settings: the artifact's features, max_len, clock and gap.
+        records: the session settings: the artifact's features, clock and gap, whole prefixes.
         threshold: the artifact's decision threshold.
         backend: the interpreter the driver loaded the artifact with.
         source: the artifact's name, for messages.
@@ -210,10 +210,11 @@ def score_at_scale(model: str | os.PathLike, source: EventLogSource, out: str | 
 
 def record_settings(scorer: Scorer, source: EventLogSource, tally: ReadTally,
                     shared: frozenset[str]) -> RecordSettings:
-    """The artifact's session settings: its features, max_len and clock; the gap asked for,
-    else the artifact's own (as `score`)."""
+    """The artifact's session settings: its features and clock; the gap asked for, else the
+    artifact's own (as `score`); every event of each prefix (no window: the spec's max_len is
+    the training window, and a session's score must be its live score however long it is)."""
     spec = scorer.info.spec
-    return RecordSettings(gap_minutes=source.session_gap(model_session_gap(scorer)), max_len=spec.max_len,
+    return RecordSettings(gap_minutes=source.session_gap(model_session_gap(scorer)), window=None,
                           features=tuple(spec.features), utc_offset_hours=spec.utc_offset_hours,
                           has_user_ids=tally.has_user_ids, log_sessions=tally.log_sessions,
                           shared_sessions=shared, max_dt_seconds=spec.max_dt_seconds)

@@ -3,10 +3,10 @@
 `session_records` takes every event of some users (a local hash bucket, or a Spark group)
 and runs the in-memory code on them: `trainer.sessions.sessionize` (sessions, labels,
 prefixes, user history), `trainer.dataset.raw_sessions` (the encoder's raw features of each
-prefix's last ``max_len`` events) and `trainer.dataset.aggregate_features` (the baseline's
-counts). Everything there depends on one user's events only, so a partition of users gives
-the records the whole log would give; what needs the whole log (the time split, the
-normalisation) is `trainer.prepare.finish`'s job.
+prefix: its last ``window`` events for `prepare`, every event for `score --engine`) and
+`trainer.dataset.aggregate_features` (the baseline's counts). Everything there depends on
+one user's events only, so a partition of users gives the records the whole log would give;
+what needs the whole log (the time split, the normalisation) is `trainer.prepare.finish`'s job.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ class RecordSettings:
 
     Attributes:
         gap_minutes: the inactivity gap of logs without session ids.
-        max_len: each prefix's last ``max_len`` events are kept.
+        window: each prefix's last ``window`` events are kept (`prepare`: the training
+            window, ``max_len``); None keeps every event (scoring: a whole session is
+            scored as its live session is, however long).
         features: the encoder's features (chosen on the whole log: price, category, context).
         utc_offset_hours: the shop's clock.
         has_user_ids: the log's user ids name people (user-history context).
@@ -49,7 +51,7 @@ class RecordSettings:
     """
 
     gap_minutes: float
-    max_len: int
+    window: int | None
     features: tuple[str, ...]
     utc_offset_hours: float
     has_user_ids: bool
@@ -58,13 +60,13 @@ class RecordSettings:
     max_dt_seconds: float = 86400.0
 
     @classmethod
-    def for_log(cls, tally, gap_minutes: float, max_len: int, use_context: bool,
+    def for_log(cls, tally, gap_minutes: float, window: int | None, use_context: bool,
                 utc_offset_hours: float, shared: frozenset[str]) -> RecordSettings:
         """The settings of a log to prepare, decided on the whole log (``tally``: what reading
         it found, trainer.prepare.local.ReadTally): price, category and context features only
         where the log has them, as the in-memory path chooses."""
         features = default_features(tally.has_price, tally.has_category, use_context and tally.has_user_ids)
-        return cls(gap_minutes=gap_minutes, max_len=max_len, features=features,
+        return cls(gap_minutes=gap_minutes, window=window, features=features,
                    utc_offset_hours=utc_offset_hours, has_user_ids=tally.has_user_ids,
                    log_sessions=tally.log_sessions, shared_sessions=shared)
 
@@ -113,9 +115,10 @@ def session_records(events: pa.Table, settings: RecordSettings) -> tuple[pa.Tabl
     counts.update(events=len(log), **{k: summary[k] for k in COUNT_KEYS if k in summary},
                   min_ts=float(log.ts.min()), max_ts=float(log.ts.max()))
     index = np.flatnonzero(sessions.scorable)
+    # Only the raw features are computed here: the encoder's max_len and normalisation are unused.
     encoder = FeatureEncoder(settings.features, utc_offset_hours=settings.utc_offset_hours,
-                             max_len=settings.max_len, max_dt_seconds=settings.max_dt_seconds)
-    raw = raw_sessions(sessions, index, encoder)
+                             max_dt_seconds=settings.max_dt_seconds)
+    raw = raw_sessions(sessions, index, encoder, window=settings.window)
     baseline, _ = aggregate_features(sessions, index)
     keys = sessions.key[index].astype(str)
     table = pa.table([

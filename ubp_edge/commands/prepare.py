@@ -36,7 +36,7 @@ def prepare(
         help="--engine spark: the master URL (local[2], yarn, k8s://...).")] = "local[2]",
     shards: Annotated[int | None, typer.Option(
         help="Shard files to write (default: 262,144 sessions each).")] = None,
-    max_len: Annotated[int, typer.Option(help="Events per session kept (the last ones).")] = 50,
+    max_len: Annotated[int, typer.Option(help="Events per session kept for training (the last ones).")] = 50,
     gap_minutes: GapOpt = 30.0,
     validation: Annotated[float, typer.Option(help="Validation share of sessions (by start time).")] = 0.15,
     test: Annotated[float, typer.Option(help="Test share of sessions (the latest).")] = 0.15,

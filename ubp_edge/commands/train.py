@@ -46,7 +46,8 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     max_len: Annotated[int | None, typer.Option(
-        help=f"Events per session the model sees (the last ones); {FROM_PREP.format(50)}.")] = None,
+        help=f"Events per session the model is trained on (the last ones; scoring reads every "
+             f"event); {FROM_PREP.format(50)}.")] = None,
     gap_minutes: Annotated[float | None, typer.Option(
         help=f"Session inactivity gap (logs without session ids); {FROM_PREP.format(30)}.")] = None,
     validation: Annotated[float | None, typer.Option(
