@@ -9,7 +9,8 @@ table (operators, subgraphs, signatures, existing metadata such as "min_runtime_
 "CONVERSION_METADATA") is carried over unchanged; only the layout changes (buffers re-aligned
 to 16 bytes, out-of-flatbuffer data moved inline).
 
-Seams: `add_metadata(model, entries)` and `seal(model)`, the last step of every conversion.
+Seams: `add_metadata(model, entries)` and `seal(model)`, the last step of every conversion;
+`tflite_schema()`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from edge_runtime.tflite_reader import FILE_IDENTIFIER, metadata_spans
 _BUFFER_ALIGNMENT = 16
 
 
-def _schema():
+def tflite_schema():
+    """The TFLite flatbuffer schema's generated Python classes."""
     # Prefer the LiteRT schema (newest fields); fall back to TensorFlow's copy.
     try:
         from ai_edge_litert import schema_py_generated as schema
@@ -50,7 +52,7 @@ def add_metadata(model: bytes, entries: dict[str, bytes]) -> bytes:
     import flatbuffers
     import numpy as np
 
-    schema = _schema()
+    schema = tflite_schema()
     for name, value in entries.items():
         if not isinstance(name, str) or not isinstance(value, (bytes, bytearray)):
             raise TypeError(f"metadata entries must be str -> bytes, got {name!r}: {type(value).__name__}")

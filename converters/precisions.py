@@ -47,6 +47,10 @@ class Precision:
     step_max_abs_diff: float = 1e-5
     not_for: tuple[tuple[str, str], ...] = ()
 
+    def refusal(self, graph: str) -> str | None:
+        """Why this precision is not converted to ``graph``, or None when it is."""
+        return dict(self.not_for).get(graph)
+
     @property
     def live_precision(self) -> str:
         return self.step_precision or self.name

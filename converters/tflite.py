@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.graphs import chunk_samples, score_function, step_function
-from converters.metadata_writer import add_metadata, seal
+from converters.metadata_writer import add_metadata, seal, tflite_schema
 from converters.precisions import GRAPHS, PRECISIONS, Precision
 from edge_runtime import __version__
 from edge_runtime.artifact import METADATA_NAME, STEP_METADATA_NAME, ArtifactInfo
@@ -64,7 +64,7 @@ from trainer.rundir import RunDirectory
 
 FORBIDDEN_OPS = ("WHILE",)
 DEFAULT_CALIBRATION_SESSIONS = 300
-# `--auto` tries these from smallest and fastest to largest; the first within budget wins.
+# The precisions `--auto` converts, on both graphs, smallest first; the fastest within budget wins.
 AUTO_ORDER = ("int8", "dynamic", "float16", "float32")
 
 
@@ -280,7 +280,7 @@ def _validate(model_bytes: bytes, graph: str, run: ConversionRun, tolerance: flo
               ) -> tuple[Scorer, list[str], float, int]:
     """Load in edge_runtime, check ops, compare with the Keras probabilities; raise on failure."""
     scorer = _load(model_bytes, "converted model")
-    ops = scorer.op_names()
+    ops = operator_names(model_bytes)
     bad_ops = sorted({op for op in ops if op in FORBIDDEN_OPS or op.startswith("Flex")
                       or op == "CUSTOM"})
     if bad_ops:
@@ -304,7 +304,7 @@ def _convert_one(run: ConversionRun, graph: str, function, name: str, config: Co
     recalibrate one artifact in memory; a stage that fails ends the row with its reason."""
     precision = PRECISIONS[name]
     result = ConversionResult(precision=name, graph=graph, status="failed")
-    refused = dict(precision.not_for).get(graph)
+    refused = precision.refusal(graph)
     if refused:
         result.status, result.reason = "unsupported", f"converter: {refused}"
         return result
@@ -453,7 +453,7 @@ def calibration_child() -> None:
 def _convert_isolated(run: ConversionRun, graph: str, function, name: str, config: ConvertConfig
                       ) -> ConversionResult:
     """Calibrated precisions run the TFLite calibrator, which can abort the whole process on a
-    graph it cannot take (measured: 16x8 on the unrolled graph, SIGABRT). They convert in a child
+    graph it cannot take (measured: 16x8 on an earlier unrolled graph, SIGABRT). They convert in a child
     process (`calibration_child`), so a crash becomes an "unsupported" row and the other
     precisions go on.
 
@@ -463,7 +463,7 @@ def _convert_isolated(run: ConversionRun, graph: str, function, name: str, confi
     output goes to an unlinked temporary file, so a kill at any moment leaves nothing behind.
     """
     precision = PRECISIONS[name]
-    if not precision.needs_calibration or graph in dict(precision.not_for):
+    if not precision.needs_calibration or precision.refusal(graph):
         return _convert_one(run, graph, function, name, config)
     verbose = is_verbose()
     request = {"run_dir": str(run.dir), "graph": graph, "precision": name, "config": asdict(config),
@@ -599,6 +599,22 @@ def convert_run(run_dir: str | os.PathLike, precisions: list[str] | None = None,
     return results
 
 
+def operator_names(model: bytes) -> list[str]:
+    """The operators of every subgraph of a `.tflite` (an unrolled graph has one per chunk),
+    by builtin name, or the custom code of a custom operator (``FlexMatMul``)."""
+    schema = tflite_schema()
+    builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    m = schema.Model.GetRootAsModel(model, 0)
+    codes = []
+    for i in range(m.OperatorCodesLength()):
+        code = m.OperatorCodes(i)
+        number = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        custom = code.CustomCode()
+        codes.append(custom.decode("utf-8", "replace") if custom else builtin.get(number, str(number)))
+    return [codes[g.Operators(k).OpcodeIndex()] for i in range(m.SubgraphsLength())
+            for g in [m.Subgraphs(i)] for k in range(g.OperatorsLength())]
+
+
 def _check_targets(run: ConversionRun, targets: dict[tuple[str, str], Path]) -> None:
     """The output guard (`trainer.files.check_outputs`) for a run's artifacts: each writable
     in the run directory and none of them a file the run directory holds for `convert`."""
@@ -608,8 +624,9 @@ def _check_targets(run: ConversionRun, targets: dict[tuple[str, str], Path]) -> 
                   {f"--graph {graph} --precision {name}": path for (graph, name), path in targets.items()})
 
 
-AUTO_LATENCY_SESSIONS = 200  # validation sessions timed per candidate
+AUTO_LATENCY_SESSIONS = 200  # validation sessions timed per candidate and round
 AUTO_WARMUP = 20  # untimed calls first
+AUTO_ROUNDS = 3  # candidates timed in turn, round after round: a change of load hits them alike
 
 
 def measured_p50_us(model_bytes: bytes, sessions: list[np.ndarray]) -> float:
@@ -686,7 +703,14 @@ def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: boo
         raise ArtifactError(f"{run.dir}: the float32 reference failed: {reference.reason}")
     ref_auc = reference.validation_roc_auc or 0.0
     sessions = run.validation[:AUTO_LATENCY_SESSIONS]
-    p50 = {key: latency(row.model_bytes, sessions) for key, row in rows.items() if row.status == "ok"}
+    if not sessions:
+        raise ArtifactError(f"{run.dir}: no validation sessions to time the candidates on")
+    ok = [key for key, row in rows.items() if row.status == "ok"]
+    rounds = {key: [] for key in ok}
+    for _ in range(AUTO_ROUNDS):
+        for key in ok:
+            rounds[key].append(latency(rows[key].model_bytes, sessions))
+    p50 = {key: float(np.median(times)) for key, times in rounds.items()}
     within = [key for key in p50 if ref_auc - (rows[key].validation_roc_auc or 0.0) <= max_auc_drop]
     # Fastest first; a tie (within 2%, timing noise) goes to the smaller file.
     best = min(p50[key] for key in within)

@@ -88,9 +88,9 @@ def backend_version(name: str) -> str:
 # checked before they reach the interpreter, so one of these is the model's fault.
 INTERPRETER_ERRORS = (ValueError, RuntimeError)
 # Tensor memory allowed beyond the file's own size (weights are at most the file). A
-# ubp-edge graph's activations are a few KB (one event, or max_len events, by the LSTM's
-# units), so this is far above any of ours; a flipped byte in a tensor's shape, however,
-# passes the flatbuffer verifier and makes allocate_tensors() claim gigabytes, which is
+# ubp-edge graph's activations are at most a few hundred KB at batch 1 (up to 16 events of
+# LSTM(128) gates in a chunk), so this is far above any of ours; a flipped byte in a tensor's
+# shape, however, passes the flatbuffer verifier and makes allocate_tensors() claim gigabytes, which is
 # an out-of-memory kill on a small device (seen while fuzzing: [1, 16] -> [10223617, 16]).
 TENSOR_MEMORY_HEADROOM = 64 << 20
 
@@ -147,12 +147,24 @@ def make_interpreter(model: bytes, backend: str = "auto", num_threads: int = 1,
                 for port in plain.get_input_details():
                     plain.set_tensor(port["index"], np.zeros(port["shape"], port["dtype"]))
                 plain.invoke()
+                _run_other_signatures(plain)
                 del plain
             interpreter = cls(model_content=model, num_threads=num_threads)
             interpreter.allocate_tensors()
         except INTERPRETER_ERRORS as e:
             raise ArtifactError(f"{name} cannot load the model: {first_line(e)}") from None
     return interpreter, name
+
+
+def _run_other_signatures(interpreter) -> None:
+    """Gate 2 for a model of several signatures (the unrolled graph's chunks): each one's
+    subgraph built, allocated and run once on zeros, as the first one was by invoke()."""
+    signatures = interpreter.get_signature_list()
+    if len(signatures) < 2:
+        return
+    for key in signatures:
+        runner = interpreter.get_signature_runner(key)
+        runner(**{name: np.zeros(d["shape"], d["dtype"]) for name, d in runner.get_input_details().items()})
 
 
 def _without_default_delegates(cls, model: bytes, num_threads: int):

@@ -38,7 +38,8 @@ def create_private_file(folder: str | os.PathLike | None, prefix: str, suffix: s
     """Create a new file only this user can read, with a random name, as `tempfile.mkstemp`.
 
     Args:
-        folder: where; None for the system's temporary folder (``$TMPDIR``, else /tmp).
+        folder: where; None for the first writable of ``$TMPDIR``, /tmp, /var/tmp and the
+            working folder.
         prefix, suffix: around the random part of the name.
 
     Returns:
@@ -47,12 +48,19 @@ def create_private_file(folder: str | os.PathLike | None, prefix: str, suffix: s
     Raises:
         OSError: the folder cannot be written (or 100 names in a row were taken).
     """
-    folder = Path(folder if folder is not None else os.environ.get("TMPDIR") or "/tmp")
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        path = folder / f"{prefix}{os.urandom(8).hex()}{suffix}"
-        try:
-            return os.open(path, flags, 0o600), str(path)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{folder}: no free name for a private file")
+    # tempfile's order where no folder is given: $TMPDIR, /tmp, /var/tmp, the working folder.
+    folders = [folder] if folder is not None else [
+        f for f in (os.environ.get("TMPDIR"), "/tmp", "/var/tmp", os.getcwd()) if f]
+    error: OSError = FileExistsError(f"{folders[-1]}: no free name for a private file")
+    for place in folders:
+        for _ in range(100):
+            path = Path(place) / f"{prefix}{os.urandom(8).hex()}{suffix}"
+            try:
+                return os.open(path, flags, 0o600), str(path)
+            except FileExistsError:
+                continue
+            except OSError as e:  # not writable: the next folder, if any
+                error = e
+                break
+    raise error

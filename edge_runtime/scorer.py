@@ -172,14 +172,26 @@ class Scorer:
         return self.info.threshold
 
     def op_names(self) -> list[str]:
-        """The graph's operators, e.g. to check that the LSTM is one fused op (of an unrolled
-        graph, those of its first subgraph: every chunk is built alike)."""
-        return [op["op_name"] for op in self._whole_graph().interpreter._get_ops_details()]
+        """The operators of the graph's first subgraph, e.g. to check that the LSTM is one
+        fused op (an unrolled graph's is chunk_1; converters.metadata_writer.operator_names
+        lists every subgraph's)."""
+        whole = self._whole_graph()
+        with self._lock:
+            return [op["op_name"] for op in whole.interpreter._get_ops_details()]
 
     def input_details(self) -> list[dict]:
         """The model's inputs as the interpreter describes them (name, shape, dtype,
         quantization), e.g. to see that an int8-io artifact takes int8."""
-        return self._whole_graph().input_details()
+        whole = self._whole_graph()
+        with self._lock:
+            return whole.input_details()
+
+    @property
+    def chunk_steps(self) -> tuple[int, ...]:
+        """The events of each chunk of an unrolled graph (e.g. 1, 2, 3, 4, 8, 16); () for a
+        fused graph."""
+        whole = self._whole_graph()
+        return whole.steps if isinstance(whole, ChunkedGraph) else ()
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
@@ -210,18 +222,20 @@ class Scorer:
         return self._calibrated_one(p) if calibrated else p
 
     def score_encoded(self, sessions: Iterable[np.ndarray], calibrated: bool = True,
-                      batch_size: int = 256) -> np.ndarray:
+                      batch_size: int = 64) -> np.ndarray:
         """Probabilities for encoded sessions, float32 (N,), every event of each read.
 
-        The fused graph scores one session per invoke; the unrolled graph scores sessions of
-        equal length together, ``batch_size`` at a time.
+        The fused graph scores one session per invoke; the unrolled graph scores them in
+        stages, each chunk of a stage for up to ``batch_size`` sessions in one invoke.
+        Memory grows with ``batch_size`` (the chunks' tensors are sized for it): measured on
+        LSTM(128), the whole graph and 2,000 sessions of 1-99 events took 34 MB more RSS at
+        the default 64 and 67 MB more at 256, for 1.4x the sessions per second.
         """
         return self._score_checked([self._check(x) for x in sessions], calibrated, batch_size)
 
     def _score_checked(self, sessions: list[np.ndarray], calibrated: bool, batch_size: int) -> np.ndarray:
         """`score_encoded` for sessions already checked (or encoded here)."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        batch_size = _batch_size(batch_size)
         whole = self._whole_graph()
         with self._lock:
             p = whole.score_many(sessions, batch_size) if sessions else np.zeros(0, np.float32)
@@ -395,12 +409,11 @@ class Scorer:
 
     def score_sessions(self, sessions: Iterable[Sequence[Mapping]],
                        contexts: Iterable[Mapping | None] | None = None,
-                       batch_size: int = 256) -> np.ndarray:
+                       batch_size: int = 64) -> np.ndarray:
         """Probabilities for whole sessions given as lists of canonical event dicts.
 
         One session is encoded event by event (`encode_session`), many in one vectorised
-        pass (`encode_sessions`); the unrolled graph then scores sessions of equal length
-        ``batch_size`` at a time (`score_encoded`).
+        pass (`encode_sessions`); then scored as `score_encoded` scores them.
 
         Args:
             sessions: each a time-ordered list of events with ``ts``, ``event``, ``item`` and
@@ -417,6 +430,7 @@ class Scorer:
                 encoded (the message names the session's position).
         """
         sessions = list(sessions)
+        batch_size = _batch_size(batch_size)
         if len(sessions) == 1 and contexts is None:  # the kiosk's case: the shortest path
             try:
                 x = self.encode_session(sessions[0])
@@ -424,3 +438,10 @@ class Scorer:
                 raise ConfigError(f"session 1: {e}") from None
             return np.array([self.score_features(x)], np.float32)
         return self._score_checked(self.encode_sessions(sessions, contexts), True, batch_size)
+
+
+def _batch_size(value: object) -> int:
+    """``batch_size`` as an int >= 1 (numpy integers too); ConfigError naming it otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {value!r}")
+    return int(value)

@@ -36,10 +36,9 @@ from edge_runtime.scorer import Scorer
 from edge_runtime.verify import STAGE_STEP, STAGE_WHOLE
 
 # Session lengths the whole graph runs: a fused graph is resized to each; an unrolled one
-# chains its chunks (converters.graphs.CHUNK_STEPS 1, 2, 3, 4, 8, 16), and 1, 2, 3, 4 and
-# 31 (16 + 8 + 4 + 3) run every one of them. Batch sizes: Scorer.score_encoded's batches of
-# an unrolled graph.
-LENGTHS = (1, 2, 3, 4, 31)
+# also runs every chunk it has (Scorer.chunk_steps) alone and all of them in one session.
+# Batch sizes: Scorer.score_encoded's batches of an unrolled graph, the sessions cycled.
+LENGTHS = (1, 2, 7, 50)
 BATCHES = (2, 64)
 STEP_EVENTS = 3  # events pushed through the step graph, each with the state of the last
 
@@ -103,10 +102,12 @@ def _run_whole(scorer: Scorer) -> Scorer:
     """Run the whole graph at every length and batch size of LENGTHS and BATCHES."""
     spec = scorer.info.spec
     rng = np.random.default_rng(0)
-    sessions = [rng.standard_normal((n, spec.n_features)).astype(np.float32) for n in LENGTHS]
+    steps = scorer.chunk_steps
+    lengths = sorted({*LENGTHS, *steps, sum(steps)} - {0})  # a fused graph has no chunks
+    sessions = [rng.standard_normal((n, spec.n_features)).astype(np.float32) for n in lengths]
     scorer.score_encoded(sessions, calibrated=False)
     for batch in BATCHES:
-        scorer.score_encoded(sessions[:1] * batch)
+        scorer.score_encoded([sessions[k % len(sessions)] for k in range(batch)])
     return scorer
 
 

@@ -6,8 +6,8 @@ Two kinds of graph score a whole session (converters.graphs writes both):
   session's length, one session per invoke (its state variables are sized for batch 1).
 - `ChunkedGraph`: the unrolled graph, signatures ``chunk_T`` of T events each with the LSTM
   state in and out. A session of L events runs through the chunks of `chunk_plan` (L = 50:
-  32, 16, 2), so it is scored whole, at any length, without padding; sessions of one length
-  go through together, B at a time.
+  16, 16, 16, 2), so it is scored whole, at any length, without padding; many sessions go
+  through in stages, each chunk of a stage for many sessions in one invoke.
 
 Both score every event of a session, however long: the training window (FeatureSpec.max_len)
 does not cut it, so a session's whole score is its live score (edge_runtime.live).
@@ -69,8 +69,8 @@ def chunk_plan(length: int, steps: Sequence[int]) -> list[int]:
         steps: the chunk lengths the graph has, 1 among them.
 
     Returns:
-        Chunk lengths that add up to ``length``, e.g. ``[32, 16, 2]`` for 50 events with
-        steps 1..8, 16, 32.
+        Chunk lengths that add up to ``length``, e.g. ``[16, 16, 16, 2]`` for 50 events with
+        steps 1, 2, 3, 4, 8, 16.
     """
     plan, left = [], length
     for t in sorted(steps, reverse=True):
@@ -183,7 +183,11 @@ class ChunkedGraph:
         """
         self.source = source
         self.interpreter = interpreter
-        self._calls = interpreter._interpreter  # the signature calls by subgraph index
+        self._calls = getattr(interpreter, "_interpreter", None)  # signature calls by subgraph
+        if not hasattr(self._calls, "GetSubgraphIndexFromSignature"):
+            raise ArtifactError(f"{source}: this interpreter ({type(interpreter).__module__}) cannot "
+                                f"run a model's signatures by subgraph; use the fused graph or "
+                                f"ai-edge-litert")
         try:
             signatures = interpreter._get_full_signature_list()
         except INTERPRETER_ERRORS as e:
@@ -195,8 +199,9 @@ class ChunkedGraph:
                 chunks[int(match.group(1))] = self._chunk(key, int(match.group(1)), spec)
         if 1 not in chunks:
             raise ArtifactError(f"{source}: the unrolled graph has no chunk_1 signature (found "
-                                f"{sorted(signatures)}); an unrolled artifact of ubp-edge before "
-                                f"0.2 is not readable: re-run `ubp-edge convert --graph unrolled`")
+                                f"{sorted(signatures)}); an unrolled artifact written by an older "
+                                f"ubp-edge (one graph padded to max_len under a mask) is not "
+                                f"readable: re-run `ubp-edge convert --graph unrolled`")
         if len({chunk.units for chunk in chunks.values()}) != 1:
             raise ArtifactError(f"{source}: the chunks of the unrolled graph disagree on the "
                                 f"LSTM's units: {sorted({c.units for c in chunks.values()})}")
@@ -255,6 +260,11 @@ class ChunkedGraph:
         p, h, c = (chunk.p.from_model(calls.GetTensor(chunk.p.index, g)),
                    chunk.h_out.from_model(calls.GetTensor(chunk.h_out.index, g)),
                    chunk.c_out.from_model(calls.GetTensor(chunk.c_out.index, g)))
+        state = (batch, chunk.units)
+        if p.size != batch or h.shape != state or c.shape != state:  # a damaged graph can
+            raise self._failed(ValueError(f"outputs of shapes {list(p.shape)}, {list(h.shape)}, "
+                                          f"{list(c.shape)}, expected [{batch}, 1], {list(state)}, "
+                                          f"{list(state)}"))
         return (p, h, c) if batch == rows else (p[:rows], h[:rows], c[:rows])
 
     def score_one(self, x: np.ndarray) -> float:
@@ -268,9 +278,6 @@ class ChunkedGraph:
                 start += steps
         except INTERPRETER_ERRORS as e:
             raise self._failed(e) from None
-        if p.size != 1 or h.shape != (1, units):  # a damaged graph can compute other shapes
-            raise self._failed(ValueError(f"outputs of shapes {list(p.shape)}, {list(h.shape)}, "
-                                          f"expected [1, 1], [1, {units}]"))
         return float(p.reshape(-1)[0])
 
     def score_many(self, sessions: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
@@ -305,13 +312,13 @@ class ChunkedGraph:
                 for lo, hi in zip(np.concatenate(([0], bounds)).tolist(),
                                   np.concatenate((bounds, [len(order)])).tolist(), strict=True):
                     steps = int(steps_of[lo])
-                    for k in range(lo, hi, batch_size):
-                        end = min(k + batch_size, hi)
+                    # Parts of equal size (300 rows at 256: 150 and 150, not 256 and 44): a
+                    # chunk is re-allocated whenever its batch changes.
+                    size = -(-(hi - lo) // -(-(hi - lo) // batch_size))
+                    for k in range(lo, hi, size):
+                        end = min(k + size, hi)
                         x = events[at[k:end, None] + np.arange(steps)]  # [B, T, F]
                         out, hs[k:end], cs[k:end] = self._run(self._chunks[steps], x, hs[k:end], cs[k:end])
-                        if out.size != end - k:  # a damaged graph can compute other shapes
-                            raise self._failed(ValueError(f"output of shape {list(out.shape)}, "
-                                                          f"expected [{end - k}, 1]"))
                         p[order[k:end]] = out.reshape(-1)
                 h[order], c[order] = hs, cs
                 start[order] = at + steps_of

@@ -510,7 +510,7 @@ def test_a_model_that_aborts_the_interpreter_is_an_artifact_error_and_the_host_l
 
 
 def test_an_unrolled_artifact_without_its_chunks_is_refused_by_name(model, write):
-    """An unrolled artifact of ubp-edge before 0.2 (one graph padded to max_len under a mask,
+    """An unrolled artifact of an older ubp-edge (one graph padded to max_len under a mask,
     no ``chunk_T`` signatures) is refused with what to do; here a fused graph labelled
     unrolled stands for it (neither has a chunk_1 signature)."""
     def unrolled(meta: dict) -> None:

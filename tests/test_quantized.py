@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from converters.precisions import PRECISIONS
-from converters.tflite import ConvertConfig, artifact_path, auto_convert
+from converters.tflite import AUTO_ROUNDS, ConvertConfig, artifact_path, auto_convert
 from edge_runtime.artifact import ArtifactInfo
 from edge_runtime.calibration import PROBABILITY_CLIP, PlattCalibration
 from edge_runtime.errors import ArtifactError, ConfigError
@@ -116,7 +116,8 @@ def test_auto_picks_the_fastest_artifact_within_budget_and_says_why(tmp_path, ti
     slow = {("fused", "int8"): 900.0, ("fused", "dynamic"): 150.0, ("fused", "float16"): 170.0,
             ("fused", "float32"): 160.0, ("unrolled", "int8"): 60.0, ("unrolled", "dynamic"): 61.0,
             ("unrolled", "float16"): 120.0, ("unrolled", "float32"): 110.0}
-    timed = iter(slow.values())  # auto_convert times the candidates graph by graph, AUTO_ORDER
+    # auto_convert times the candidates graph by graph in AUTO_ORDER, AUTO_ROUNDS rounds.
+    timed = iter(list(slow.values()) * AUTO_ROUNDS)
     choice = auto_convert(run, max_auc_drop=1.0, overwrite=True, latency=lambda *_: next(timed))
     assert choice.p50_us == slow
     # unrolled int8 and dynamic tie within 2%: the smaller file of the two wins.
@@ -130,10 +131,9 @@ def test_auto_picks_the_fastest_artifact_within_budget_and_says_why(tmp_path, ti
     choice = auto_convert(run, max_auc_drop=0.0, overwrite=True)
     ref = next(r for r in choice.rows if (r.graph, r.precision) == ("fused", "float32"))
     assert ref.validation_roc_auc - choice.chosen.validation_roc_auc <= 0.0
-    assert choice.p50_us[(choice.chosen.graph, choice.chosen.precision)] == min(
-        us for key, us in choice.p50_us.items()
-        if ref.validation_roc_auc - next(r for r in choice.rows if (r.graph, r.precision) == key
-                                         ).validation_roc_auc <= 0.0) or True
+    auc = {(r.graph, r.precision): r.validation_roc_auc for r in choice.rows if r.status == "ok"}
+    fastest = min(us for key, us in choice.p50_us.items() if ref.validation_roc_auc - auc[key] <= 0.0)
+    assert choice.p50_us[(choice.chosen.graph, choice.chosen.precision)] <= fastest * 1.02
 
 
 def test_convert_config_refuses_unknown_names():

@@ -1,5 +1,5 @@
-"""Whole sessions through either graph: the unrolled graph's chained chunks, batches of equal
-lengths, sessions longer than the training window, and the batch encoder."""
+"""Whole sessions through either graph: the unrolled graph's chained chunks, staged batches,
+sessions longer than the training window, and the batch encoder."""
 
 from __future__ import annotations
 
