@@ -35,6 +35,9 @@ FIXED_LENGTHS = (1, 10, 50)
 # Sessions scored in one call for the artifacts' throughput, one call each for the peers'
 # (which score one session per call, like the fused graph).
 THROUGHPUT_SESSIONS, PEER_THROUGHPUT_SESSIONS = 2000, 500
+# Throughput figures are the median of this many rounds: one pause of the machine (another
+# process, a page fault) in a single round made a figure half of its neighbours' (measured).
+THROUGHPUT_ROUNDS = 3
 # The batch figures' sizes (``batch{size}_sessions_per_s``), and the untimed batches before
 # each (the first calls at a new size allocate tensors).
 BATCH_SIZES = (64, 256)
@@ -182,7 +185,7 @@ def batch_figures(score_batch: Callable[[list[Session]], object], sessions: Sequ
                   effort: Effort, say: Say = _quiet) -> dict:
     """Sessions per second scoring ``sessions`` ``BATCH_SIZES`` at a time: consecutive
     batches, cycled until every session and at least ``min_runs`` sessions are scored, each
-    batch one timed call.
+    batch one timed call; the median of THROUGHPUT_ROUNDS such rounds.
 
     Args:
         score_batch: scores one batch of sessions of event dicts (encoding included).
@@ -198,9 +201,12 @@ def batch_figures(score_batch: Callable[[list[Session]], object], sessions: Sequ
     for size in BATCH_SIZES:
         say(f"batches of {size}")
         batches = consecutive_batches(list(sessions), size, at_least=effort.min_runs)
-        ns = time_calls(score_batch, batches, warmup=min(effort.warmup, BATCH_WARMUP)).ns
-        figures[f"batch{size}_sessions_per_s"] = (size * len(ns) / (float(ns.sum()) / 1e9)
-                                                  if len(ns) else None)
+        rates = []
+        for _ in range(THROUGHPUT_ROUNDS):
+            ns = time_calls(score_batch, batches, warmup=min(effort.warmup, BATCH_WARMUP)).ns
+            if len(ns):
+                rates.append(size * len(ns) / (float(ns.sum()) / 1e9))
+        figures[f"batch{size}_sessions_per_s"] = float(np.median(rates)) if rates else None
     return figures
 
 
@@ -225,8 +231,8 @@ def scorer_figures(scorer, sessions: Sequence[Session], effort: Effort, say: Say
     say("throughput")
     batch = list(sessions)[:THROUGHPUT_SESSIONS]
     scorer.score_sessions(batch[:50])
-    ns = time_calls(scorer.score_sessions, [batch]).ns
-    figures["sessions_per_s"] = len(batch) / (float(ns.sum()) / 1e9)
+    ns = time_calls(scorer.score_sessions, [batch], min_runs=THROUGHPUT_ROUNDS).ns
+    figures["sessions_per_s"] = len(batch) / (float(np.median(ns)) / 1e9)
     figures.update(batch_figures(lambda batch: scorer.score_sessions(batch, batch_size=len(batch)),
                                  sessions, effort, say))
     if scorer.has_step:
