@@ -30,6 +30,13 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Backends that run an unrolled graph's chunks one session at a time (edge_runtime.whole_graph):
+# tflite-runtime 2.14 crashed (SIGSEGV, in invoke) re-running a chunk at a batch of 3 after
+# the other chunks had been allocated for other batches (measured on the Taobao run's
+# unrolled float32 artifact); at one session per invoke it scores every length, as tested.
+ONE_SESSION_PER_INVOKE = frozenset({"tflite-runtime"})
+
+
 def interpreter_class(backend: str = "auto"):
     """(class, backend name) for ``backend``, or the first importable one for ``auto``.
 

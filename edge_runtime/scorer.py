@@ -101,7 +101,7 @@ class Scorer:
                                                   verified=self.verdict is not None)
             except ArtifactError as e:
                 raise type(e)(f"{source}: {e}") from None
-        whole = whole_graph(interpreter, spec, self.info.graph, source)
+        whole = whole_graph(interpreter, spec, self.info.graph, source, self.backend)
         # One blank event through the graph now: a model that cannot run (a weight without
         # data, a broken kernel) is refused at load with the file's name, not mid-stream.
         p = whole.score_one(np.zeros((1, spec.n_features), np.float32))

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_runtime.backends import INTERPRETER_ERRORS
+from edge_runtime.backends import INTERPRETER_ERRORS, ONE_SESSION_PER_INVOKE
 from edge_runtime.errors import ArtifactError, first_line
 from edge_runtime.features import FeatureSpec
 
@@ -173,8 +173,13 @@ class ChunkedGraph:
     which is a tenth of a three-event session's time.
     """
 
-    def __init__(self, interpreter, spec: FeatureSpec, source: str) -> None:
+    def __init__(self, interpreter, spec: FeatureSpec, source: str, max_rows: int | None = None) -> None:
         """Find and check the chunks.
+
+        Args:
+            interpreter, spec, source: as `whole_graph`.
+            max_rows: the most sessions in one invoke, whatever ``batch_size`` says (1 for a
+                backend of edge_runtime.backends.ONE_SESSION_PER_INVOKE); None: no limit.
 
         Raises:
             ArtifactError: no ``chunk_1``, or a chunk whose ports are not the ones above
@@ -183,6 +188,7 @@ class ChunkedGraph:
         """
         self.source = source
         self.interpreter = interpreter
+        self.max_rows = max_rows
         self._calls = getattr(interpreter, "_interpreter", None)  # signature calls by subgraph
         if not hasattr(self._calls, "GetSubgraphIndexFromSignature"):
             raise ArtifactError(f"{source}: this interpreter ({type(interpreter).__module__}) cannot "
@@ -290,6 +296,7 @@ class ChunkedGraph:
         n, units = len(sessions), self._units
         if n == 1:
             return np.array([self.score_one(sessions[0])], np.float32)
+        batch_size = min(batch_size, self.max_rows or batch_size)
         lengths = np.fromiter((len(x) for x in sessions), np.int64, count=n)
         events = np.concatenate(sessions)
         start = np.concatenate(([0], np.cumsum(lengths)[:-1]))  # each session's next event
@@ -327,11 +334,20 @@ class ChunkedGraph:
         return p
 
 
-def whole_graph(interpreter, spec: FeatureSpec, graph: str, source: str) -> FusedGraph | ChunkedGraph:
+def whole_graph(interpreter, spec: FeatureSpec, graph: str, source: str, backend: str = ""
+                ) -> FusedGraph | ChunkedGraph:
     """The whole-session graph of kind ``graph`` (``fused`` or ``unrolled``) over ``interpreter``.
+
+    Args:
+        interpreter: the artifact's interpreter (edge_runtime.backends.make_interpreter).
+        spec: the artifact's FeatureSpec.
+        graph: ``fused`` or ``unrolled``.
+        source: the artifact's name, for messages.
+        backend: the interpreter's backend name (some run a chunk for one session at a time).
 
     Raises:
         ArtifactError: its ports are not the ones that kind has (see each class).
     """
-    kind = FusedGraph if graph == "fused" else ChunkedGraph
-    return kind(interpreter, spec, source)
+    if graph == "fused":
+        return FusedGraph(interpreter, spec, source)
+    return ChunkedGraph(interpreter, spec, source, max_rows=1 if backend in ONE_SESSION_PER_INVOKE else None)

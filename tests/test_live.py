@@ -276,8 +276,10 @@ def test_tflite_runtime_backend_scores_float32_artifacts(quantized_run, graph):
         "      {'ts': 1.7e9 + 9, 'event': 'cart', 'item': 'a'}]\n"
         "live = s.start_session()\n"
         "pushed = [live.push(e) for e in ev]\n"
+        "long = [dict(e, ts=1.7e9 + 30 * i) for i, e in enumerate(ev * 25)]\n"
+        "batch = s.score_sessions([ev, ev[:1], long, ev[:1], long[:7]]).tolist()\n"
         "print(json.dumps({'backend': s.backend, 'whole': float(s.score_sessions([ev])[0]),\n"
-        "                  'live': pushed[-1],\n"
+        "                  'live': pushed[-1], 'batch': batch,\n"
         "                  'tensorflow': 'tensorflow' in sys.modules}))\n")
     done = subprocess.run([str(python), "-c", script, str(artifact)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
@@ -287,3 +289,8 @@ def test_tflite_runtime_backend_scores_float32_artifacts(quantized_run, graph):
                                                        {"ts": 1.7e9 + 9, "event": "cart", "item": "a"}]])[0]
     assert result["backend"] == "tflite-runtime" and not result["tensorflow"]
     assert abs(result["whole"] - here) < 1e-5 and abs(result["live"] - here) < 1e-5
+    # Batches of mixed lengths (chunks re-run one session at a time on this backend).
+    ev = [{"ts": 1.7e9, "event": "view", "item": "a"}, {"ts": 1.7e9 + 9, "event": "cart", "item": "a"}]
+    long = [dict(e, ts=1.7e9 + 30 * i) for i, e in enumerate(ev * 25)]
+    expected = Scorer.load(artifact).score_sessions([ev, ev[:1], long, ev[:1], long[:7]])
+    np.testing.assert_allclose(result["batch"], expected, atol=1e-5)

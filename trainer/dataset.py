@@ -92,9 +92,7 @@ def encode_sessions(sessions: Sessions, idx: np.ndarray, encoder: FeatureEncoder
     """Normalised float32 features per session.
 
     Args:
-        sessions, idx, encoder: as `raw_sessions` (the encoder fitted).
-        window: None: every event of each prefix (scoring, as a live session reads them);
-            a number: each prefix's last ``window`` events (training's window, ``max_len``).
+        sessions, idx, encoder, window: as `raw_sessions` (the encoder fitted).
 
     Returns:
         One float32 array (events, features) per session of ``idx``.
