@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.graphs import numpy_cell, sigmoid
 from converters.precisions import PRECISIONS
 from edge_runtime.errors import ConfigError, first_line
 from trainer.files import atomic_path, write_bytes_atomic
@@ -168,11 +169,6 @@ def batched(score_padded: ScorePadded, slack: float = PAD_SLACK
     return score_batch
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    # The same function as 1 / (1 + exp(-z)), without overflow warnings for large |z|.
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
 @dataclass(frozen=True)
 class _LstmArrays:
     """The run's weights as float32 arrays, for the NumPy forward passes."""
@@ -197,13 +193,7 @@ class _LstmArrays:
 
     def step(self, z: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One LSTM step from the gates' pre-activations ``z (..., 4U)``: the new (h, c)."""
-        u = self.units
-        i = _sigmoid(z[..., :u])
-        f = _sigmoid(z[..., u:2 * u])
-        g = np.tanh(z[..., 2 * u:3 * u])
-        o = _sigmoid(z[..., 3 * u:])
-        c = f * c + i * g
-        return o * np.tanh(c), c
+        return numpy_cell(z, c)
 
 
 def numpy_lstm(arrays: dict[str, np.ndarray]) -> Callable[[np.ndarray], float]:
@@ -238,7 +228,7 @@ def numpy_lstm(arrays: dict[str, np.ndarray]) -> Callable[[np.ndarray], float]:
         c = np.zeros(w.units, np.float32)
         for z_x in projected:
             h, c = w.step(z_x + h @ w.recurrent, c)
-        return float(_sigmoid(h @ w.dense_kernel + w.dense_bias))
+        return float(sigmoid(h @ w.dense_kernel + w.dense_bias))
 
     return score
 
@@ -287,7 +277,7 @@ def numpy_lstm_batch(arrays: dict[str, np.ndarray]) -> ScorePadded:
             z = projected[starts[t]:starts[t] + n] + h[:n] @ w.recurrent
             h[:n], c[:n] = w.step(z, c[:n])
         p = np.empty(len(x), np.float64)
-        p[order] = _sigmoid(h @ w.dense_kernel + w.dense_bias)
+        p[order] = sigmoid(h @ w.dense_kernel + w.dense_bias)
         return p
 
     return score_padded

@@ -26,10 +26,11 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from edge_runtime.timing import time_calls
 
 WHOLE_GRAPH_PROBE = """
 import json, sys
@@ -46,25 +47,13 @@ print(json.dumps({"whole_graph_mb": rss_mb() - before}))
 
 def _per_call_us(fn, inputs, repeat: int = 3) -> float:
     """Median over ``inputs`` of the best of ``repeat`` calls each, microseconds."""
-    best = []
-    for x in inputs:
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter_ns()
-            fn(x)
-            times.append(time.perf_counter_ns() - start)
-        best.append(min(times))
-    return float(np.median(best)) / 1000.0
+    ns = time_calls(fn, [x for x in inputs for _ in range(repeat)]).ns
+    return float(np.median(ns.reshape(len(inputs), repeat).min(axis=1))) / 1000.0
 
 
 def _rate(fn, sessions: list, rounds: int = 1) -> float:
     """Sessions per second of ``fn(sessions)``, best of ``rounds`` calls."""
-    best = np.inf
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn(sessions)
-        best = min(best, time.perf_counter() - start)
-    return len(sessions) / best
+    return len(sessions) / (float(time_calls(fn, [sessions], min_runs=rounds).ns.min()) / 1e9)
 
 
 def measure(run_dir: Path, sessions: list[list[dict]], rounds: int) -> dict:

@@ -412,9 +412,7 @@ class SessionStore:
             step = self._step
             with step.lock:
                 p, h, c = step(x, hc[0:1], hc[1:2])
-            calibration = self.scorer.calibration
-            if calibration is not None:  # as Scorer.score_step calibrates
-                p = float(calibration.apply(np.array([p], np.float32))[0])
+            p = self.scorer.calibrated_one(p)
 
             # The event is scored: from here on the store changes.
             removed = []

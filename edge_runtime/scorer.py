@@ -19,7 +19,7 @@ from edge_runtime.artifact import STEP_METADATA_NAME, ArtifactInfo, parse_artifa
 from edge_runtime.backends import interpreter_class, make_interpreter
 from edge_runtime.calibration import PlattCalibration
 from edge_runtime.errors import ArtifactError, ConfigError
-from edge_runtime.events import canonical_event
+from edge_runtime.events import Event, canonical_event
 from edge_runtime.features import FeatureEncoder
 from edge_runtime.live import LiveSession, StepModel
 from edge_runtime.native_logs import quiet_native
@@ -205,7 +205,9 @@ class Scorer:
     def _calibrated(self, p: np.ndarray) -> np.ndarray:
         return p if self.calibration is None else self.calibration.apply(p)
 
-    def _calibrated_one(self, p: float) -> float:
+    def calibrated_one(self, p: float) -> float:
+        """One raw probability through the artifact's recalibration (itself when it has none):
+        what every scoring path returns, the live store's included."""
         if self.calibration is None:
             return p
         return float(self.calibration.apply(np.array([p], np.float32))[0])
@@ -219,7 +221,7 @@ class Scorer:
         whole = self._whole_graph()
         with self._lock:
             p = whole.score_one(x)
-        return self._calibrated_one(p) if calibrated else p
+        return self.calibrated_one(p) if calibrated else p
 
     def score_encoded(self, sessions: Iterable[np.ndarray], calibrated: bool = True,
                       batch_size: int = 64) -> np.ndarray:
@@ -308,7 +310,7 @@ class Scorer:
                               f"state of shape (2, {step.units}), got {x.shape} and {hc.shape}")
         with step.lock:  # the step graph's own interpreter, so its own lock (SessionStore's too)
             p, h, c = step(x, hc[0:1], hc[1:2])
-        return (self._calibrated_one(p) if calibrated else p), np.concatenate((h, c))
+        return (self.calibrated_one(p) if calibrated else p), np.concatenate((h, c))
 
     def encode_session(self, events: Sequence[Mapping], context: Mapping | None = None) -> np.ndarray:
         """Encode a time-ordered list of canonical event dicts with the artifact's spec.
@@ -330,27 +332,13 @@ class Scorer:
             ConfigError: an empty session, or an event that breaks a rule of
                 `canonical_event` (the message names its position, the field and the value).
         """
-        checked = []
-        for position, event in enumerate(events, start=1):
-            try:
-                checked.append(canonical_event(event))
-            except ConfigError as e:
-                raise ConfigError(f"event {position} of the session: {e}") from None
-        if not checked:
-            raise ConfigError("a session needs at least one event to be scored")
+        checked = _checked_events(events)
         if len(checked) <= SHORT_SESSION:
             # The one-event path gives the same numbers (tested) and, at about 4 us an event,
             # beats the vectorised path's fixed cost on short sessions, the common case.
             state = self.encoder.start(context)
             return np.stack([self.encoder.step_event(state, e) for e in checked])
-        ts, codes, items, categories, prices = zip(*checked, strict=True)
-        item_codes: dict[str, int] = {}
-        category_codes: dict[str | None, int] = {None: -1}  # None: no category
-        return self.encoder.encode(
-            np.array(ts, np.float64), np.array(codes, np.int64),
-            np.array([item_codes.setdefault(i, len(item_codes)) for i in items], np.int64),
-            np.array([category_codes.setdefault(c, len(category_codes)) for c in categories], np.int64),
-            np.array(prices, np.float64), context)
+        return self._encode_checked(checked, [0, len(checked)], context)
 
     def encode_sessions(self, sessions: Iterable[Sequence[Mapping]],
                         contexts: Iterable[Mapping | None] | None = None) -> list[np.ndarray]:
@@ -380,32 +368,30 @@ class Scorer:
         for position, (session, context) in enumerate(zip(sessions, contexts, strict=True), start=1):
             try:
                 vectors.append(None if context is None else self.encoder.context_vector(context))
-                for index, event in enumerate(session, start=1):
-                    try:
-                        checked.append(canonical_event(event))
-                    except ConfigError as e:
-                        raise ConfigError(f"event {index} of the session: {e}") from None
+                checked.extend(_checked_events(session))
             except ConfigError as e:
                 raise ConfigError(f"session {position}: {e}") from None
-            if len(checked) == offsets[-1]:
-                raise ConfigError(f"session {position}: a session needs at least one event to be scored")
             offsets.append(len(checked))
         if not checked:
             return []
-        ts, codes, items, categories, prices = zip(*checked, strict=True)
-        # Ids are compared as text within a session; codes shared across sessions do no harm.
-        item_codes: dict[str, int] = {}
-        category_codes: dict[str | None, int] = {None: -1}  # None: no category
         context = None
         if any(v is not None for v in vectors):
             zero = self.encoder.context_vector(None)
             context = np.stack([zero if v is None else v for v in vectors])
-        rows = self.encoder.encode_batch(
+        return np.split(self._encode_checked(checked, offsets, context), offsets[1:-1])
+
+    def _encode_checked(self, checked: list[Event], offsets: list[int], context) -> np.ndarray:
+        """The vectorised encoder over checked events of sessions ``offsets`` apart: (N, F).
+        Ids become small integer codes, so the encoder sorts ints; they are compared as text
+        within a session, so codes shared across sessions do no harm."""
+        ts, codes, items, categories, prices = zip(*checked, strict=True)
+        item_codes: dict[str, int] = {}
+        category_codes: dict[str | None, int] = {None: -1}  # None: no category
+        return self.encoder.encode_batch(
             np.array(offsets, np.int64), np.array(ts, np.float64), np.array(codes, np.int64),
             np.array([item_codes.setdefault(i, len(item_codes)) for i in items], np.int64),
             np.array([category_codes.setdefault(c, len(category_codes)) for c in categories], np.int64),
             np.array(prices, np.float64), context)
-        return np.split(rows, offsets[1:-1])
 
     def score_sessions(self, sessions: Iterable[Sequence[Mapping]],
                        contexts: Iterable[Mapping | None] | None = None,
@@ -445,3 +431,17 @@ def _batch_size(value: object) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ConfigError(f"batch_size must be a whole number >= 1, got {value!r}")
     return int(value)
+
+
+def _checked_events(events: Iterable[Mapping]) -> list[Event]:
+    """A session's events through `canonical_event`; ConfigError naming the event's position
+    (or saying the session is empty)."""
+    checked = []
+    for position, event in enumerate(events, start=1):
+        try:
+            checked.append(canonical_event(event))
+        except ConfigError as e:
+            raise ConfigError(f"event {position} of the session: {e}") from None
+    if not checked:
+        raise ConfigError("a session needs at least one event to be scored")
+    return checked

@@ -14,7 +14,8 @@ does not cut it, so a session's whole score is its live score (edge_runtime.live
 Neither locks nor calibrates: edge_runtime.scorer.Scorer does both around them.
 
 Seams: `whole_graph(interpreter, spec, graph, source)` picks and checks one; both have
-``score_one(x)`` and ``score_many(sessions, batch_size)``; `chunk_plan`; `TensorPort`.
+``score_one(x)`` and ``score_many(sessions, batch_size)``; `chunk_plan`, `chunk_key`;
+`TensorPort`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ from edge_runtime.backends import INTERPRETER_ERRORS, ONE_SESSION_PER_INVOKE
 from edge_runtime.errors import ArtifactError, first_line
 from edge_runtime.features import FeatureSpec
 
-CHUNK_KEY = re.compile(r"chunk_([1-9][0-9]{0,3})")
+# An unrolled graph's signature keys: "chunk_" and the chunk's events (converters.graphs
+# names each chunk with `chunk_key`; the runtime finds them with CHUNK_KEY).
+CHUNK_PREFIX = "chunk_"
+CHUNK_KEY = re.compile(re.escape(CHUNK_PREFIX) + r"([1-9][0-9]{0,3})")
+
+
+def chunk_key(steps: int) -> str:
+    """The signature key of the chunk of ``steps`` events (``chunk_3``)."""
+    return f"{CHUNK_PREFIX}{steps}"
 
 
 class TensorPort:
@@ -239,7 +248,7 @@ class ChunkedGraph:
 
     def input_details(self) -> list[dict]:
         """The inputs of chunk_1, e.g. to see that an int8-io artifact takes int8."""
-        return list(self.interpreter.get_signature_runner("chunk_1").get_input_details().values())
+        return list(self.interpreter.get_signature_runner(chunk_key(1)).get_input_details().values())
 
     def _failed(self, e: Exception) -> ArtifactError:
         return ArtifactError(f"{self.source}: the model failed to run: {first_line(e)}")

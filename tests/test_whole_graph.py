@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converters.graphs import CHUNK_STEPS, chunk_key, reference_states
+from converters.graphs import CHUNK_STEPS, reference_states
 from converters.precisions import PRECISIONS
 from converters.tflite import artifact_path
 from edge_runtime import Scorer
 from edge_runtime.errors import ConfigError
-from edge_runtime.whole_graph import chunk_plan
+from edge_runtime.whole_graph import chunk_key, chunk_plan
 from trainer.readers import read_log
 from trainer.rundir import RunDirectory
 from trainer.sessions import sessionize

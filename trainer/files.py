@@ -15,6 +15,8 @@ not be a directory or a device, and must not resolve to any of the command's inp
 (symlinks and hard links included), nor, for a folder that is replaced whole (a run
 directory), hold one. Seams: the CLI's commands (`ubp_edge.commands`), `trainer.train.train`
 and `converters.tflite.convert_run` call it; `OutputError` is the project's error for it.
+`read_json_file` is the one reader of the JSON files the project writes (run directory,
+PREP_DIR manifest): every way such a file can be unreadable or damaged is one line.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from edge_runtime.errors import UbpEdgeError
+from edge_runtime.errors import UbpEdgeError, first_line
 
 PathLike = str | os.PathLike
 
@@ -336,3 +338,24 @@ def _check_replaced(label: str, folder: Path, ins: list[tuple[str, Path]]) -> No
                               f"it would delete the input; choose another {label or 'folder'}")
     # The stage is made beside the folder and renamed over it: its parent must take files.
     _probe(_existing_ancestor(real), label, folder)
+
+
+def read_json_file(path: Path, error: type[UbpEdgeError], damaged_hint: str = ""):
+    """The JSON value in ``path``, or ``error`` naming the file and what is wrong.
+
+    Args:
+        path: the file.
+        error: the error class the caller's users know (RunDirError, DataError, ...).
+        damaged_hint: appended to the message when the file is damaged (e.g. "; re-run ...").
+
+    Raises:
+        error: it cannot be read, is not UTF-8 JSON, or nests too deep to parse.
+    """
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as e:
+        raise error(f"{path}: unreadable ({e.strerror or e})") from None
+    except RecursionError:
+        raise error(f"{path}: damaged (JSON nested too deep){damaged_hint}") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise error(f"{path}: damaged, not JSON ({first_line(e)}){damaged_hint}") from None

@@ -65,7 +65,7 @@ import pyarrow.parquet as pq
 
 from edge_runtime.errors import DataError, UbpEdgeError, first_line
 from edge_runtime.features import FeatureSpec
-from trainer.files import write_error, write_json_atomic
+from trainer.files import read_json_file, write_error, write_json_atomic
 from trainer.rundir import SPLIT_NAMES
 
 FORMAT_VERSION = 1
@@ -725,16 +725,7 @@ class PrepDir:
         if not manifest_path.is_file():
             raise DataError(f"{path}: not a prepared folder, no {MANIFEST} (an unfinished `prepare` "
                             f"leaves none); {_RERUN}")
-        import json
-
-        try:
-            manifest = json.loads(manifest_path.read_bytes())
-        except OSError as e:
-            raise DataError(f"{manifest_path}: unreadable ({e.strerror or e})") from None
-        except RecursionError:
-            raise DataError(f"{manifest_path}: damaged (JSON nested too deep); {_RERUN}") from None
-        except ValueError as e:
-            raise DataError(f"{manifest_path}: damaged, not JSON ({first_line(e)}); {_RERUN}") from None
+        manifest = read_json_file(manifest_path, DataError, f"; {_RERUN}")
         spec = check_manifest(manifest_path, manifest)
         return cls(path, manifest, spec)
 

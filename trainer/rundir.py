@@ -4,7 +4,6 @@ where a reader looks, and `RunDirectory`, the one reader of it for `convert`, `c
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -14,7 +13,7 @@ import numpy as np
 
 from edge_runtime.errors import RunDirError, UbpEdgeError, first_line
 from edge_runtime.features import FeatureSpec
-from trainer.files import check_outputs
+from trainer.files import check_outputs, read_json_file
 from trainer.model import WEIGHT_NAMES
 
 # What `train` writes into a run directory; `convert` and `evaluate` read them back.
@@ -149,14 +148,7 @@ def read_json(path: Path) -> dict:
         RunDirError: naming the file: it cannot be read, is not UTF-8 JSON (or nests too
             deep to parse), or is not a JSON object.
     """
-    try:
-        value = json.loads(path.read_bytes())
-    except OSError as e:
-        raise RunDirError(f"{path}: unreadable ({e.strerror or e})") from None
-    except RecursionError:
-        raise RunDirError(f"{path}: damaged (JSON nested too deep)") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise RunDirError(f"{path}: damaged, not JSON ({first_line(e)})") from None
+    value = read_json_file(path, RunDirError)
     if not isinstance(value, dict):
         raise RunDirError(f"{path}: damaged, a JSON {type(value).__name__} where an object belongs")
     return value
