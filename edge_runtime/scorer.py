@@ -101,7 +101,7 @@ class Scorer:
                                                   verified=self.verdict is not None)
             except ArtifactError as e:
                 raise type(e)(f"{source}: {e}") from None
-        whole = whole_graph(interpreter, spec, self.info.graph, source, self.backend)
+        whole = whole_graph(interpreter, spec, self.info.graph, source, self.backend, self.info.precision)
         # One blank event through the graph now: a model that cannot run (a weight without
         # data, a broken kernel) is refused at load with the file's name, not mid-stream.
         p = whole.score_one(np.zeros((1, spec.n_features), np.float32))
@@ -233,14 +233,19 @@ class Scorer:
         LSTM(128), the whole graph and 2,000 sessions of 1-99 events took 34 MB more RSS at
         the default 64 and 67 MB more at 256, for 1.4x the sessions per second.
         """
-        return self._score_checked([self._check(x) for x in sessions], calibrated, batch_size)
-
-    def _score_checked(self, sessions: list[np.ndarray], calibrated: bool, batch_size: int) -> np.ndarray:
-        """`score_encoded` for sessions already checked (or encoded here)."""
         batch_size = _batch_size(batch_size)
+        sessions = [self._check(x) for x in sessions]
+        if not sessions:
+            return np.zeros(0, np.float32)
+        lengths = np.fromiter((len(x) for x in sessions), np.int64, count=len(sessions))
+        return self._score_packed(np.concatenate(sessions), lengths, calibrated, batch_size)
+
+    def _score_packed(self, events: np.ndarray, lengths: np.ndarray, calibrated: bool,
+                      batch_size: int) -> np.ndarray:
+        """Checked sessions, their events end to end (``events`` (sum L_i, F), ``lengths``)."""
         whole = self._whole_graph()
         with self._lock:
-            p = whole.score_many(sessions, batch_size) if sessions else np.zeros(0, np.float32)
+            p = whole.score_packed(events, lengths, batch_size)
         return self._calibrated(p) if calibrated else p
 
     @property
@@ -359,6 +364,13 @@ class Scorer:
                 malformed context, or an event that breaks a rule of `canonical_event` (the
                 message names the session's and the event's positions, the field and the value).
         """
+        events, offsets = self._encode_packed(sessions, contexts)
+        return np.split(events, offsets[1:-1]) if len(offsets) > 1 else []
+
+    def _encode_packed(self, sessions: Iterable[Sequence[Mapping]],
+                       contexts: Iterable[Mapping | None] | None) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_sessions`' features end to end: ``(events (sum L_i, F), offsets (N + 1,))``,
+        session i in rows ``offsets[i]:offsets[i + 1]``; offsets ``[0]`` without sessions."""
         sessions = list(sessions)
         contexts = [None] * len(sessions) if contexts is None else list(contexts)
         if len(contexts) != len(sessions):
@@ -373,12 +385,12 @@ class Scorer:
                 raise ConfigError(f"session {position}: {e}") from None
             offsets.append(len(checked))
         if not checked:
-            return []
+            return np.zeros((0, self.info.spec.n_features), np.float32), np.zeros(1, np.int64)
         context = None
         if any(v is not None for v in vectors):
             zero = self.encoder.context_vector(None)
             context = np.stack([zero if v is None else v for v in vectors])
-        return np.split(self._encode_checked(checked, offsets, context), offsets[1:-1])
+        return self._encode_checked(checked, offsets, context), np.array(offsets, np.int64)
 
     def _encode_checked(self, checked: list[Event], offsets: list[int], context) -> np.ndarray:
         """The vectorised encoder over checked events of sessions ``offsets`` apart: (N, F).
@@ -423,7 +435,10 @@ class Scorer:
             except ConfigError as e:
                 raise ConfigError(f"session 1: {e}") from None
             return np.array([self.score_features(x)], np.float32)
-        return self._score_checked(self.encode_sessions(sessions, contexts), True, batch_size)
+        events, offsets = self._encode_packed(sessions, contexts)
+        if len(offsets) == 1:
+            return np.zeros(0, np.float32)
+        return self._score_packed(events, np.diff(offsets), True, batch_size)
 
 
 def _batch_size(value: object) -> int:

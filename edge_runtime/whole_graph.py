@@ -14,7 +14,8 @@ does not cut it, so a session's whole score is its live score (edge_runtime.live
 Neither locks nor calibrates: edge_runtime.scorer.Scorer does both around them.
 
 Seams: `whole_graph(interpreter, spec, graph, source)` picks and checks one; both have
-``score_one(x)`` and ``score_many(sessions, batch_size)``; `chunk_plan`, `chunk_key`;
+``score_one(x)`` and ``score_packed(events, lengths, batch_size)`` (many sessions, their
+events end to end); `chunk_plan`, `chunk_key`;
 `TensorPort`.
 """
 
@@ -33,6 +34,12 @@ from edge_runtime.features import FeatureSpec
 # names each chunk with `chunk_key`; the runtime finds them with CHUNK_KEY).
 CHUNK_PREFIX = "chunk_"
 CHUNK_KEY = re.compile(re.escape(CHUNK_PREFIX) + r"([1-9][0-9]{0,3})")
+
+# Precisions whose activations, the LSTM state between chunks included, stay float: their chunk
+# of 3 events computes bit for bit what the chunk of 2 then the chunk of 1 compute (measured:
+# 0.0 apart on 3,000 replayed Taobao prefixes for each), so batches may split it. An integer
+# graph requantises the state at each chunk's edge with that chunk's own scales (0.012 apart).
+FLOAT_STATE_PRECISIONS = frozenset({"float32", "float16", "dynamic"})
 
 
 def chunk_key(steps: int) -> str:
@@ -55,6 +62,16 @@ class TensorPort:
             return x.astype(self.dtype, copy=False)
         q = np.round(x / self.scale) + self.zero_point
         return np.clip(q, -128, 127).astype(np.int8)
+
+    def fill(self, buffer: np.ndarray, source: np.ndarray, rows: np.ndarray | slice) -> None:
+        """Write ``source[rows]`` into ``buffer`` (a view of this input's tensor), quantised
+        when the model's I/O is int8; float32 rows are gathered straight into the buffer."""
+        if self.quantized:
+            buffer[...] = self.to_model(source[rows])
+        elif isinstance(rows, slice):
+            buffer[...] = source[rows]
+        else:
+            source.take(rows, axis=0, out=buffer)
 
     def from_model(self, y: np.ndarray) -> np.ndarray:
         if not self.quantized:
@@ -147,16 +164,19 @@ class FusedGraph:
             raise self._failed(ValueError(f"output has shape {list(y.shape)}, expected [1, 1]"))
         return float(self._output.from_model(y).reshape(-1)[0])
 
-    def score_many(self, sessions: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
-        """One invoke per session: the fused op cannot batch (its state is sized for batch 1)."""
+    def score_packed(self, events: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
+        """Many sessions, their events end to end (``events`` (sum L_i, F), ``lengths`` L_i),
+        one invoke each: the fused op cannot batch (its state is sized for batch 1)."""
+        sessions = np.split(events, np.cumsum(lengths)[:-1])
         return np.array([self.score_one(x) for x in sessions], np.float32)
 
 
-def _padded(x: np.ndarray, rows: int) -> np.ndarray:
-    """``x`` with zero rows added up to ``rows`` (np.pad costs several microseconds more)."""
-    out = np.zeros((rows, *x.shape[1:]), x.dtype)
-    out[:len(x)] = x
-    return out
+def spare_rows(steps: int) -> int:
+    """The zero rows worth computing to keep a chunk of ``steps`` events at its allocated
+    batch. Measured on LSTM(128) (dynamic, AMD EPYC, one thread): re-allocating a chunk for
+    another batch costs about 5 + 1.7 T us, a row of it about 0.4 T us; ``4 + 12 // T``
+    rows (16 for T = 1, 4 for T = 16) is where the two meet."""
+    return 4 + 12 // steps
 
 
 class _Chunk:
@@ -170,6 +190,7 @@ class _Chunk:
         self.p, self.h_out, self.c_out = (TensorPort(outs["probability"]), TensorPort(outs["h"]),
                                           TensorPort(outs["c"]))
         self.batch = 0  # not allocated yet: a signature's subgraph is allocated on first use
+        self.buffers: tuple[np.ndarray, ...] = ()  # events, h, c tensors, valid until re-allocated
 
 
 class ChunkedGraph:
@@ -182,11 +203,15 @@ class ChunkedGraph:
     which is a tenth of a three-event session's time.
     """
 
-    def __init__(self, interpreter, spec: FeatureSpec, source: str, max_rows: int | None = None) -> None:
+    def __init__(self, interpreter, spec: FeatureSpec, source: str, max_rows: int | None = None,
+                 split_chunks: bool = False) -> None:
         """Find and check the chunks.
 
         Args:
             interpreter, spec, source: as `whole_graph`.
+            split_chunks: batches may run a chunk as the power-of-two chunks that add up to it
+                (3 as 2 then 1), a stage less per batch, because they compute the same bits
+                (FLOAT_STATE_PRECISIONS); False: batches run `chunk_plan` as `score_one` does.
             max_rows: the most sessions in one invoke, whatever ``batch_size`` says (1 for a
                 backend of edge_runtime.backends.ONE_SESSION_PER_INVOKE); None: no limit.
 
@@ -222,7 +247,12 @@ class ChunkedGraph:
                                 f"LSTM's units: {sorted({c.units for c in chunks.values()})}")
         self._chunks = chunks
         self.steps = tuple(sorted(chunks))
+        # The chunks batches run, longest first (their stages' order, chunk_plan's).
+        self.batch_steps = tuple(t for t in sorted(self.steps, reverse=True)
+                                 if not split_chunks or t & (t - 1) == 0)
+        self._plan_table = np.zeros((0, len(self.batch_steps), 2), np.int64)
         self._units = chunks[1].units
+        self._n_features = spec.n_features
 
     def _chunk(self, key: str, steps: int, spec: FeatureSpec) -> _Chunk:
         runner = self.interpreter.get_signature_runner(key)
@@ -253,98 +283,124 @@ class ChunkedGraph:
     def _failed(self, e: Exception) -> ArtifactError:
         return ArtifactError(f"{self.source}: the model failed to run: {first_line(e)}")
 
-    def _run(self, chunk: _Chunk, events: np.ndarray, h: np.ndarray, c: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _inputs(self, chunk: _Chunk, rows: int, pad: bool) -> tuple[np.ndarray, ...]:
+        """The chunk's input tensors (events, h, c) as arrays over the interpreter's buffers,
+        their first ``rows`` rows, for the caller to fill before `_invoke`.
+
+        The chunk is allocated for ``rows`` rows, unless ``pad`` and the batch it has is a
+        few rows more (`spare_rows`): then the rows past ``rows`` are zeroed and computed.
+        """
         calls, g = self._calls, chunk.subgraph
-        rows = batch = len(events)
-        if rows < chunk.batch <= rows + rows // 4 + 1:
-            # Re-allocating a chunk for another batch costs 8-11 us (measured), about what
-            # a quarter more rows cost to compute: pad up to the batch it has instead.
-            batch = chunk.batch
-            events, h, c = _padded(events, batch), _padded(h, batch), _padded(c, batch)
+        batch = chunk.batch if pad and rows < chunk.batch <= rows + spare_rows(chunk.steps) else rows
         if batch != chunk.batch:
-            for port, shape in ((chunk.events, (batch, chunk.steps, events.shape[2])),
-                                (chunk.h, (batch, h.shape[1])), (chunk.c, (batch, c.shape[1]))):
+            chunk.buffers = ()  # they point into the arena that AllocateTensors replaces
+            for port, shape in ((chunk.events, (batch, chunk.steps, self._n_features)),
+                                (chunk.h, (batch, chunk.units)), (chunk.c, (batch, chunk.units))):
                 calls.ResizeInputTensor(port.index, np.array(shape, np.int32), False, g)
             calls.AllocateTensors(g)
             chunk.batch = batch
-        calls.SetTensor(chunk.events.index, chunk.events.to_model(events), g)
-        calls.SetTensor(chunk.h.index, chunk.h.to_model(h), g)
-        calls.SetTensor(chunk.c.index, chunk.c.to_model(c), g)
+            chunk.buffers = tuple(calls.tensor(calls, port.index, g)
+                                  for port in (chunk.events, chunk.h, chunk.c))
+        if batch == rows:
+            return chunk.buffers
+        for buffer in chunk.buffers:
+            buffer[rows:] = 0
+        return tuple(buffer[:rows] for buffer in chunk.buffers)
+
+    def _invoke(self, chunk: _Chunk, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run the chunk on its filled inputs: (probability, h, c) of the first ``rows`` rows."""
+        calls, g = self._calls, chunk.subgraph
         calls.Invoke(g)
         p, h, c = (chunk.p.from_model(calls.GetTensor(chunk.p.index, g)),
                    chunk.h_out.from_model(calls.GetTensor(chunk.h_out.index, g)),
                    chunk.c_out.from_model(calls.GetTensor(chunk.c_out.index, g)))
-        state = (batch, chunk.units)
-        if p.size != batch or h.shape != state or c.shape != state:  # a damaged graph can
+        state = (chunk.batch, chunk.units)
+        if p.size != chunk.batch or h.shape != state or c.shape != state:  # a damaged graph can
             raise self._failed(ValueError(f"outputs of shapes {list(p.shape)}, {list(h.shape)}, "
-                                          f"{list(c.shape)}, expected [{batch}, 1], {list(state)}, "
-                                          f"{list(state)}"))
-        return (p, h, c) if batch == rows else (p[:rows], h[:rows], c[:rows])
+                                          f"{list(c.shape)}, expected [{chunk.batch}, 1], "
+                                          f"{list(state)}, {list(state)}"))
+        return (p, h, c) if chunk.batch == rows else (p[:rows], h[:rows], c[:rows])
 
     def score_one(self, x: np.ndarray) -> float:
         """The uncalibrated probability of one encoded session (L, F)."""
-        units = self._units
-        h = c = np.zeros((1, units), np.float32)
-        start, x = 0, x[None]
+        h = c = np.zeros((1, self._units), np.float32)
+        start = 0
         try:
-            for steps in chunk_plan(len(x[0]), self.steps):
-                p, h, c = self._run(self._chunks[steps], x[:, start:start + steps], h, c)
+            for steps in chunk_plan(len(x), self.steps):
+                chunk = self._chunks[steps]
+                events_in, h_in, c_in = self._inputs(chunk, 1, pad=False)
+                chunk.events.fill(events_in[0], x, slice(start, start + steps))
+                chunk.h.fill(h_in, h, slice(None))
+                chunk.c.fill(c_in, c, slice(None))
+                p, h, c = self._invoke(chunk, 1)
                 start += steps
         except INTERPRETER_ERRORS as e:
             raise self._failed(e) from None
         return float(p.reshape(-1)[0])
 
-    def score_many(self, sessions: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
-        """Many sessions, in stages: at stage k every session whose chunk plan has a k-th
-        chunk of T events runs it in one invoke with the others of that T (``batch_size``
-        rows at most), whatever their lengths; its state waits between stages. A batch of
-        replayed prefixes of 1 to 100 events then takes a few invokes per stage rather than
-        one per distinct length.
+    def _plans(self, longest: int) -> np.ndarray:
+        """Every length's `chunk_plan` over the batch steps, up to ``longest`` events, as a
+        table: ``[length, kind, 0]`` the chunks of ``batch_steps[kind]`` events, ``[..., 1]``
+        the event they start at. Kept and grown, so a batch looks its sessions' plans up."""
+        if len(self._plan_table) <= longest:
+            size = max(longest + 1, 2 * len(self._plan_table))
+            table = np.zeros((size, len(self.batch_steps), 2), np.int64)
+            left, start = np.arange(size), np.zeros(size, np.int64)
+            for kind, steps in enumerate(self.batch_steps):
+                table[:, kind, 0], table[:, kind, 1] = left // steps, start
+                start += (left // steps) * steps
+                left %= steps
+            self._plan_table = table
+        return self._plan_table
+
+    def score_packed(self, events: np.ndarray, lengths: np.ndarray, batch_size: int) -> np.ndarray:
+        """Many sessions, their events end to end (``events`` (sum L_i, F), ``lengths`` L_i >= 1),
+        chunk by chunk: every session runs its `chunk_plan` over the batch steps (those of
+        `score_one`, or their powers of two with ``split_chunks``: the same scores), and all
+        sessions go through their 16-event chunks first, a stage per 16, then their 8, 4, 2
+        and 1, each stage one invoke of up to ``batch_size`` rows. 64 replayed Taobao prefixes
+        of 1-93 events take about 6 invokes, rather than one per session or per distinct
+        length; a session's state waits between the stages it sits out.
         """
-        n, units = len(sessions), self._units
+        n, units = len(lengths), self._units
         if n == 1:
-            return np.array([self.score_one(sessions[0])], np.float32)
+            return np.array([self.score_one(events)], np.float32)
         batch_size = min(batch_size, self.max_rows or batch_size)
-        lengths = np.fromiter((len(x) for x in sessions), np.int64, count=n)
-        events = np.concatenate(sessions)
-        start = np.concatenate(([0], np.cumsum(lengths)[:-1]))  # each session's next event
-        # Stage k of every session's chunk plan, as a table: plans[i, k] = T, 0 past its end.
-        by_length = {int(length): chunk_plan(int(length), self.steps) for length in np.unique(lengths)}
-        plans = np.zeros((n, max(len(plan) for plan in by_length.values())), np.int64)
-        for length, plan in by_length.items():
-            plans[lengths == length, :len(plan)] = plan
+        plan = self._plans(int(lengths.max()))[lengths]  # [n, chunk kinds, (count, offset)]
+        first = np.cumsum(lengths) - lengths  # each session's first event
         h = np.zeros((n, units), np.float32)
         c = np.zeros((n, units), np.float32)
         p = np.zeros(n, np.float32)
         try:
-            for stage in plans.T:
-                # This stage's sessions, grouped by the chunk they take: each group's rows are
-                # contiguous after one gather, so its invokes read and write slices.
-                active = np.flatnonzero(stage)
-                order = active[np.argsort(stage[active], kind="stable")]
-                steps_of, hs, cs, at = stage[order], h[order], c[order], start[order]
-                bounds = np.flatnonzero(np.diff(steps_of)) + 1
-                for lo, hi in zip(np.concatenate(([0], bounds)).tolist(),
-                                  np.concatenate((bounds, [len(order)])).tolist(), strict=True):
-                    steps = int(steps_of[lo])
+            for kind, steps in enumerate(self.batch_steps):
+                count = plan[:, kind, 0]
+                rows = np.flatnonzero(count)
+                if not len(rows):
+                    continue
+                chunk, span = self._chunks[steps], np.arange(steps)
+                at = (first[rows] + plan[rows, kind, 1])[:, None] + span  # rows' events, [B, T]
+                for k in range(int(count[rows].max())):
+                    if k:  # the rows that have a (k+1)-th chunk of these steps, further on
+                        keep = count[rows] > k
+                        rows, at = rows[keep], at[keep] + steps
                     # Parts of equal size (300 rows at 256: 150 and 150, not 256 and 44): a
                     # chunk is re-allocated whenever its batch changes.
-                    size = -(-(hi - lo) // -(-(hi - lo) // batch_size))
-                    for k in range(lo, hi, size):
-                        end = min(k + size, hi)
-                        x = events[at[k:end, None] + np.arange(steps)]  # [B, T, F]
-                        out, hs[k:end], cs[k:end] = self._run(self._chunks[steps], x, hs[k:end], cs[k:end])
-                        p[order[k:end]] = out.reshape(-1)
-                h[order], c[order] = hs, cs
-                start[order] = at + steps_of
+                    size = -(-len(rows) // -(-len(rows) // batch_size))
+                    for lo in range(0, len(rows), size):
+                        part = rows[lo:lo + size]
+                        events_in, h_in, c_in = self._inputs(chunk, len(part), pad=True)
+                        chunk.events.fill(events_in, events, at[lo:lo + size])
+                        chunk.h.fill(h_in, h, part)
+                        chunk.c.fill(c_in, c, part)
+                        out, h[part], c[part] = self._invoke(chunk, len(part))
+                        p[part] = out.reshape(-1)  # the last chunk's is the session's
         except INTERPRETER_ERRORS as e:
             raise self._failed(e) from None
         return p
 
 
-def whole_graph(interpreter, spec: FeatureSpec, graph: str, source: str, backend: str = ""
-                ) -> FusedGraph | ChunkedGraph:
+def whole_graph(interpreter, spec: FeatureSpec, graph: str, source: str, backend: str = "",
+                precision: str = "") -> FusedGraph | ChunkedGraph:
     """The whole-session graph of kind ``graph`` (``fused`` or ``unrolled``) over ``interpreter``.
 
     Args:
@@ -353,10 +409,12 @@ def whole_graph(interpreter, spec: FeatureSpec, graph: str, source: str, backend
         graph: ``fused`` or ``unrolled``.
         source: the artifact's name, for messages.
         backend: the interpreter's backend name (some run a chunk for one session at a time).
+        precision: the artifact's precision (FLOAT_STATE_PRECISIONS may split chunks in batches).
 
     Raises:
         ArtifactError: its ports are not the ones that kind has (see each class).
     """
     if graph == "fused":
         return FusedGraph(interpreter, spec, source)
-    return ChunkedGraph(interpreter, spec, source, max_rows=1 if backend in ONE_SESSION_PER_INVOKE else None)
+    return ChunkedGraph(interpreter, spec, source, max_rows=1 if backend in ONE_SESSION_PER_INVOKE else None,
+                        split_chunks=precision in FLOAT_STATE_PRECISIONS)

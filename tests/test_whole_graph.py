@@ -11,7 +11,7 @@ from converters.precisions import PRECISIONS
 from converters.tflite import artifact_path
 from edge_runtime import Scorer
 from edge_runtime.errors import ConfigError
-from edge_runtime.whole_graph import chunk_key, chunk_plan
+from edge_runtime.whole_graph import FLOAT_STATE_PRECISIONS, chunk_key, chunk_plan
 from trainer.readers import read_log
 from trainer.rundir import RunDirectory
 from trainer.sessions import sessionize
@@ -81,9 +81,14 @@ def test_batches_of_any_size_give_the_one_by_one_scores(quantized_run, synthetic
     lengths = [1, 1, 2, 3, 3, 3, 4, 5, 8, 9, 16, 17, 33, 2 * spec.max_len + 1, 1, 3]
     sessions = [rng.standard_normal((n, spec.n_features)).astype(np.float32) for n in lengths]
     one = np.array([scorer.score_features(x) for x in sessions], np.float32)
-    for batch_size in (1, 2, 3, 64):
-        np.testing.assert_allclose(scorer.score_encoded(sessions, batch_size=batch_size), one,
-                                   atol=1e-6, err_msg=f"batch_size {batch_size}")
+    for batch_size in (1, 2, 3, 64, 5, 64):  # chunks re-allocated, padded, then re-used
+        # The same bits: a batch runs each session's chunks as one session does, or, with a
+        # float state, its chunk of 3 as 2 then 1, which computes the same.
+        np.testing.assert_array_equal(scorer.score_encoded(sessions, batch_size=batch_size), one,
+                                      err_msg=f"batch_size {batch_size}")
+    graph = scorer._whole_graph()
+    expected = (16, 8, 4, 2, 1) if precision in FLOAT_STATE_PRECISIONS else (16, 8, 4, 3, 2, 1)
+    assert graph.batch_steps == expected
     with pytest.raises(ConfigError, match="batch_size must be a whole number >= 1, got 0"):
         scorer.score_encoded(sessions, batch_size=0)
 
