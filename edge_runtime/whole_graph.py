@@ -366,6 +366,9 @@ class ChunkedGraph:
         if n == 1:
             return np.array([self.score_one(events)], np.float32)
         batch_size = min(batch_size, self.max_rows or batch_size)
+        # Row-major: the encoder's output can be column-major, and gathering rows of that
+        # into a chunk's buffer took 80 us instead of 1 (measured, 16 rows of 15 features).
+        events = np.ascontiguousarray(events, np.float32)
         plan = self._plans(int(lengths.max()))[lengths]  # [n, chunk kinds, (count, offset)]
         first = np.cumsum(lengths) - lengths  # each session's first event
         h = np.zeros((n, units), np.float32)
