@@ -103,7 +103,10 @@ def canonical_event(event: Mapping) -> Event:
     # pass takes the full check, which gives them the same result.
     kind_of = type(ts)
     ts = float(ts) if (kind_of is float or kind_of is int) and MIN_TS <= ts <= MAX_TS else check_time(ts)
-    code = EVENT_CODE.get(kind, -1) if type(kind) is str else -1
+    if type(kind) is str:
+        code = EVENT_CODE.get(kind, -1)
+    else:  # an integer code, as logs read by trainer.readers and replayed sessions carry
+        code = kind if type(kind) is int and 0 <= kind < len(EVENT_TYPES) else -1
     if code < 0:
         code = _event_code(kind)
     if type(item) is not str or not item or item.isspace():

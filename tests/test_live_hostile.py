@@ -409,6 +409,17 @@ def test_canonical_event_normalises_what_means_absent():
         canonical_event(["ts", "event"])
 
 
+@pytest.mark.parametrize("kind", [4, -1, True, False, 1.0, None])
+def test_an_event_type_code_is_a_whole_number_of_the_four(kind):
+    # Integer codes take a fast path (the readers' logs carry them); what it does not pass
+    # takes the full check: the same codes, the same refusals.
+    for code, name in enumerate(("view", "cart", "fav", "purchase")):
+        assert canonical_event({"ts": T0, "event": code, "item": "a"}) == \
+            canonical_event({"ts": T0, "event": name, "item": "a"})
+    with pytest.raises(ConfigError, match=r"event type .* not in \['view', 'cart', 'fav', 'purchase'\]"):
+        canonical_event({"ts": T0, "event": kind, "item": "a"})
+
+
 def test_a_live_session_pushed_from_many_threads_loses_no_update(scorer):
     # Identical events: the order the threads take does not change the result, so the
     # session must end where one thread pushing them all ends.
