@@ -10,7 +10,8 @@ table (operators, subgraphs, signatures, existing metadata such as "min_runtime_
 to 16 bytes, out-of-flatbuffer data moved inline).
 
 Seams: `add_metadata(model, entries)` and `seal(model)`, the last step of every conversion;
-`tflite_schema()`.
+`tflite_schema()`. The standard TFLite metadata (``TFLITE_METADATA``, what Netron and Android
+Studio show) goes in through `add_metadata` too, from converters.tflite_metadata, before `seal`.
 """
 
 from __future__ import annotations

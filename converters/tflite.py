@@ -44,8 +44,10 @@ import numpy as np
 from converters.graphs import chunk_samples, score_function, step_function
 from converters.metadata_writer import add_metadata, seal, tflite_schema
 from converters.precisions import GRAPHS, PRECISIONS, Precision
+from converters.signatures import with_step_signature
+from converters.tflite_metadata import add_standard_metadata
 from edge_runtime import __version__
-from edge_runtime.artifact import METADATA_NAME, STEP_METADATA_NAME, ArtifactInfo
+from edge_runtime.artifact import METADATA_NAME, ArtifactInfo
 from edge_runtime.calibration import PlattCalibration
 from edge_runtime.errors import ArtifactError, ConfigError, MalformedModelError, UbpEdgeError, first_line
 from edge_runtime.live import StepModel
@@ -272,8 +274,9 @@ def _load(model_bytes: bytes, source: str) -> Scorer:
 
 
 def _labelled(model_bytes: bytes, entries: dict[str, bytes]) -> bytes:
-    """Add metadata entries and re-seal: every intermediate artifact verifies like a final one."""
-    return seal(add_metadata(model_bytes, entries))
+    """Add metadata entries, rewrite the standard TFLite metadata from the result (what Netron
+    and Android Studio show) and re-seal: every intermediate artifact verifies like a final one."""
+    return seal(add_standard_metadata(add_metadata(model_bytes, entries)))
 
 
 def _validate(model_bytes: bytes, graph: str, run: ConversionRun, tolerance: float
@@ -520,10 +523,12 @@ STEP_PARITY_SESSIONS = 100
 def _with_step_graph(run: ConversionRun, model_bytes: bytes, scorer: Scorer, precision: Precision
                      ) -> tuple[bytes, float, int]:
     """Convert the one-event graph at the precision's live precision, check that pushing a
-    session's events one at a time reproduces scoring each prefix whole, and embed it.
+    session's events one at a time reproduces scoring each prefix whole, and add it to the
+    artifact as its ``step`` signature (converters.signatures; a fused graph's own becomes
+    ``score``).
 
     Returns:
-        (artifact bytes with the step graph inside, max |p_step - p_prefix|, sessions checked)
+        (artifact bytes with the step signature, max |p_step - p_prefix|, sessions checked)
     """
     step_bytes = to_tflite(run.step_function, precision.live_precision)
     step = StepModel(step_bytes, "auto", 1, "step graph")
@@ -540,7 +545,8 @@ def _with_step_graph(run: ConversionRun, model_bytes: bytes, scorer: Scorer, pre
         raise ArtifactError(f"pushing events one at a time differs from scoring the prefix whole "
                             f"by up to {worst:.3g} on {len(sessions)} test sessions (allowed "
                             f"{precision.step_max_abs_diff:g})")
-    return _labelled(model_bytes, {STEP_METADATA_NAME: step_bytes}), float(worst), len(sessions)
+    joined = add_standard_metadata(with_step_signature(model_bytes, step_bytes))
+    return seal(joined), float(worst), len(sessions)
 
 
 def _write(run: ConversionRun, result: ConversionResult, overwrite: bool) -> None:

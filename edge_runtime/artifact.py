@@ -32,8 +32,14 @@ from edge_runtime.lean_stdlib import sha256
 from edge_runtime.tflite_reader import metadata_spans, read_metadata
 
 METADATA_NAME = "ubp_edge"
-# The live one-event graph: a complete .tflite of its own, carried inside the artifact so
-# the user ships one file.
+# The model's signatures: the fused whole-session graph (events [1, L, F] -> probability)
+# and the live one-event graph (event, h, c -> probability, h, c), which any LiteRT client
+# calls by name. An unrolled artifact's whole-session graph is its chunk_T signatures
+# (edge_runtime.whole_graph) beside ``step``.
+SCORE_SIGNATURE = "score"
+STEP_SIGNATURE = "step"
+# Artifacts of spec version 1 carried the live graph as a complete .tflite of its own in
+# this metadata entry instead of the ``step`` signature; they still load.
 STEP_METADATA_NAME = "ubp_edge_step"
 # SHA-256 of the whole file with this entry's own 64 bytes zeroed: any flipped or missing
 # byte anywhere (weights included, which a flatbuffer verifier cannot judge) is caught.
@@ -79,7 +85,10 @@ def verify_digest(model: bytes, source: str = "artifact") -> None:
 
 
 ARTIFACT_FORMAT = "ubp-edge-artifact"
-ARTIFACT_VERSION = 1
+# Version 2: the live graph is the model's ``step`` signature (and a fused whole graph is
+# ``score``); version 1 carried it in the STEP_METADATA_NAME entry. Both are read.
+ARTIFACT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class NumberRule(NamedTuple):
@@ -217,6 +226,8 @@ class ArtifactInfo:
             model's output (edge_runtime.calibration.PlattCalibration.to_dict), fitted on
             validation sessions where quantisation shifted the probabilities; None when the
             output is used as is.
+        version: the artifact format's version (READABLE_VERSIONS; ARTIFACT_VERSION for a
+            new artifact).
     """
 
     spec: FeatureSpec
@@ -225,10 +236,11 @@ class ArtifactInfo:
     graph: str
     provenance: dict = field(default_factory=dict)
     calibration: dict | None = None
+    version: int = ARTIFACT_VERSION
 
     def to_dict(self) -> dict:
         """The JSON object stored under METADATA_NAME (format and version included)."""
-        return {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
+        return {"format": ARTIFACT_FORMAT, "version": self.version,
                 "feature_spec": self.spec.to_dict(), "threshold": self.threshold,
                 "precision": self.precision, "graph": self.graph, "provenance": self.provenance,
                 "calibration": self.calibration}
@@ -252,9 +264,10 @@ class ArtifactInfo:
         """
         if not isinstance(d, Mapping) or d.get("format") != ARTIFACT_FORMAT:
             raise ArtifactError(f"{source}: metadata is not a ubp-edge artifact description")
-        if d.get("version") != ARTIFACT_VERSION:
-            raise ArtifactError(f"{source}: artifact version {d.get('version')!r} is not supported; "
-                                f"this ubp-edge reads version {ARTIFACT_VERSION}")
+        version = d.get("version")
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
+            raise ArtifactError(f"{source}: artifact version {version!r} is not supported; "
+                                f"this ubp-edge reads versions {', '.join(map(str, READABLE_VERSIONS))}")
         check_numbers(d, source)
         try:
             spec = FeatureSpec.from_dict(d["feature_spec"])
@@ -272,7 +285,7 @@ class ArtifactInfo:
             raise ArtifactError(f"{source}: threshold {threshold} outside [0, 1]")
         if graph not in ("fused", "unrolled"):
             raise ArtifactError(f"{source}: graph {graph!r} not in ['fused', 'unrolled']")
-        return cls(spec, threshold, precision, graph, provenance, calibration)
+        return cls(spec, threshold, precision, graph, provenance, calibration, int(version))
 
 
 class NonJsonNumber(float):

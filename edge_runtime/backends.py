@@ -2,12 +2,15 @@
 
 Each is imported only when asked for, so the runtime never loads TensorFlow unless the
 device has nothing else. Seams: BACKENDS (name -> module and class, in "auto" order),
-`interpreter_class`, `backend_version`, `check_model` (the graph check and memory bound,
-without an interpreter), and `make_interpreter`, the one way the runtime builds an
-interpreter: after `check_model` and a delegate-free trial run, with what the native
-libraries print captured by edge_runtime.native_logs (kept on the error when the model is
-refused, shown as written under ``--verbose``). A model that could still crash a kernel is
-kept out of the process by edge_runtime.verify, which runs all of this in a child first.
+`interpreter_class`, `backend_version`, `runtime_version` and `check_runtime` (the model's
+``min_runtime_version`` against the backend's TFLite runtime), `delegate_fault` (models a
+backend's default delegate gets wrong, DELEGATE_FAULTS), `check_model` (the graph check and
+memory bound, without an interpreter), and `make_interpreter`, the one way the runtime
+builds an interpreter: after `check_runtime`, `check_model` and a delegate-free trial run,
+with what the native libraries print captured by edge_runtime.native_logs (kept on the error
+when the model is refused, shown as written under ``--verbose``). A model that could still
+crash a kernel is kept out of the process by edge_runtime.verify, which runs all of this in
+a child first.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ import numpy as np
 
 from edge_runtime.errors import ArtifactError, ConfigError, first_line
 from edge_runtime.native_logs import quiet_native
-from edge_runtime.tflite_reader import check_graph
+from edge_runtime.tflite_reader import (
+    check_graph,
+    min_runtime_version,
+    operator_codes,
+    tensor_types,
+    version_tuple,
+)
 
 # name -> (module, attribute): the interpreter class of each backend, in "auto" order.
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -30,11 +39,52 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
+# The TFLite runtime that each ai-edge-litert release carries, for a model's
+# min_runtime_version: LiteRT numbers its packages apart from TensorFlow, and its Python
+# interpreter does not say which runtime it is. Read from the native library's version string
+# (`strings ai_edge_litert/libpywrap_litert_common.so`: "2.22.0-dev0+selfbuilt" for 2.3.0,
+# the release pyproject.toml pins). A release not listed has no known runtime version: its
+# models are not checked before the interpreter sees them, which then names any op version it
+# lacks. tflite-runtime and TensorFlow number their interpreter with their own version.
+LITERT_RUNTIMES = {"2.3.0": "2.22.0-dev0"}
+
+
 # Backends that run an unrolled graph's chunks one session at a time (edge_runtime.whole_graph):
 # tflite-runtime 2.14 crashed (SIGSEGV, in invoke) re-running a chunk at a batch of 3 after
 # the other chunks had been allocated for other batches (measured on the Taobao run's
 # unrolled float32 artifact); at one session per invoke it scores every length, as tested.
 ONE_SESSION_PER_INVOKE = frozenset({"tflite-runtime"})
+
+
+# Models a backend must run on its built-in kernels, without its default XNNPACK delegate:
+# backend -> [(what the model has: BuiltinOperator codes and TensorTypes, all of them), why].
+# tflite-runtime 2.14.0: the fused graph with float16 weights (their DEQUANTIZE to float32
+# feeds the UNIDIRECTIONAL_SEQUENCE_LSTM op, which the delegate leaves to the built-in
+# kernels) scored wrong once its input was resized to another session length: off by up to
+# 0.58 from ai-edge-litert on the Taobao run's test sessions, silently; right on the built-in
+# kernels, and in a fresh interpreter. Measured right with the delegate: float32, both
+# graphs; the unrolled float16 graph; ai-edge-litert 2.3.0 and TensorFlow 2.21 on all.
+UNIDIRECTIONAL_SEQUENCE_LSTM, FLOAT16 = 44, 1
+DELEGATE_FAULTS: dict[str, list[tuple[frozenset[int], frozenset[int], str]]] = {
+    "tflite-runtime": [(frozenset({UNIDIRECTIONAL_SEQUENCE_LSTM}), frozenset({FLOAT16}),
+                        "fused LSTM with float16 weights: wrong scores after a resize")],
+}
+
+
+def delegate_fault(model: bytes, name: str) -> str | None:
+    """Why ``name``'s default delegate must not run ``model`` (DELEGATE_FAULTS), or None.
+
+    Args:
+        model: the `.tflite` bytes.
+        name: a name of BACKENDS.
+    """
+    faults = DELEGATE_FAULTS.get(name)
+    if not faults:
+        return None
+    codes = operator_codes(model)
+    faults = [(kinds, why) for ops, kinds, why in faults if ops <= codes]
+    types = tensor_types(model) if faults else set()  # the walk over every tensor, only if needed
+    return next((why for kinds, why in faults if kinds <= types), None)
 
 
 def interpreter_class(backend: str = "auto"):
@@ -88,6 +138,58 @@ def backend_version(name: str) -> str:
         return f"{version} {path}"
 
 
+def runtime_version(name: str) -> str | None:
+    """The TFLite runtime version of an imported backend, to compare with the
+    ``min_runtime_version`` a model carries.
+
+    Args:
+        name: a name of BACKENDS, already imported (by `interpreter_class`).
+
+    Returns:
+        e.g. ``"2.14.0"`` for tflite-runtime 2.14.0, ``"2.22.0-dev0"`` for ai-edge-litert
+        2.3.0 (LITERT_RUNTIMES); None when it is not known (an ai-edge-litert release not in
+        that table).
+    """
+    module, _ = BACKENDS[name]
+    version = getattr(sys.modules.get(module.split(".")[0]), "__version__", None)
+    if name == "ai-edge-litert":
+        return LITERT_RUNTIMES.get(version)
+    return version
+
+
+def check_runtime(model: bytes, name: str) -> None:
+    """Refuse, by name, a model that needs a newer TFLite runtime than the backend's, before
+    an interpreter sees it (which would say "Didn't find op for builtin opcode
+    'FULLY_CONNECTED' version '12'", naming neither the runtime nor what to do).
+
+    Args:
+        model: the `.tflite` bytes (its ``min_runtime_version`` entry is what is checked: an
+            artifact's step graph of spec version 1, a model of its own, is checked when it
+            is loaded).
+        name: a name of BACKENDS, already imported.
+
+    Raises:
+        ArtifactError: the backend's runtime is older than the model's min_runtime_version
+            (MalformedModelError: the entry is not a version number).
+    """
+    need = min_runtime_version(model)
+    have = runtime_version(name)
+    if need is None or have is None or version_tuple(have) >= version_tuple(need):
+        return
+    raise ArtifactError(f"needs a TFLite runtime >= {need} (its min_runtime_version); "
+                        f"{_runtime_name(name)} is older: use ai-edge-litert, or convert the "
+                        f"model again (the README's backend table gives each precision's "
+                        f"minimum runtime)")
+
+
+def _runtime_name(name: str) -> str:
+    """``"tflite-runtime 2.14.0"``, ``"ai-edge-litert 2.3.0 (TFLite 2.22.0-dev0)"``."""
+    module, _ = BACKENDS[name]
+    package = getattr(sys.modules.get(module.split(".")[0]), "__version__", "unknown")
+    runtime = runtime_version(name)
+    return f"{name} {package}" + ("" if runtime in (None, package) else f" (TFLite {runtime})")
+
+
 # What an interpreter raises when the model it holds is damaged: it refuses to build or
 # allocate it (ValueError, RuntimeError), a tensor or signature index points nowhere
 # (ValueError), a tensor name is not UTF-8 (UnicodeDecodeError, a ValueError), or a
@@ -106,8 +208,10 @@ def make_interpreter(model: bytes, backend: str = "auto", num_threads: int = 1,
                      verified: bool = False):
     """A ready interpreter over ``model`` bytes and the backend's name.
 
-    Three gates stand before the interpreter that is returned, each for damage that passes
-    the flatbuffer verifier (fuzzing re-sealed artifacts found every one of them):
+    First the model's ``min_runtime_version`` is checked against the backend's runtime
+    (`check_runtime`): a model that needs a newer one is refused by name. Then three gates
+    stand before the interpreter that is returned, each for damage that passes the
+    flatbuffer verifier (fuzzing re-sealed artifacts found every one of them):
 
     1. our own reader checks the graph (edge_runtime.tflite_reader.check_graph): no
        operator writes a graph input, a constant or another operator's output, and the
@@ -122,11 +226,14 @@ def make_interpreter(model: bytes, backend: str = "auto", num_threads: int = 1,
        SIGSEGV inside allocate_tensors() when the delegate met them first.
 
     Gate 2 costs one more build and invoke of the graph at load (about 0.6 ms for the tiny
-    test model, 4 ms for its unrolled graph). What the interpreter prints while it is built
-    (delegate banners, kernel errors) is captured (edge_runtime.native_logs.quiet_native).
+    test model, 4 ms for its unrolled graph). A model the backend's delegate is known to get
+    wrong (DELEGATE_FAULTS) is returned on the built-in kernels. What the interpreter prints
+    while it is built (delegate banners, kernel errors) is captured
+    (edge_runtime.native_logs.quiet_native).
 
-    ``verified`` skips gates 1 and 2: for bytes that edge_runtime.verify has seen pass them,
-    and everything after, in a child process with this backend and runtime.
+    ``verified`` skips the runtime check and gates 1 and 2: for bytes that edge_runtime.verify
+    has seen pass them, and everything after, in a child process with this backend and
+    runtime.
 
     Args:
         model: the `.tflite` bytes.
@@ -139,12 +246,15 @@ def make_interpreter(model: bytes, backend: str = "auto", num_threads: int = 1,
 
     Raises:
         MalformedModelError: the graph check refuses the model (edge_runtime.tflite_reader).
-        ArtifactError: the interpreter refuses the model (corrupted or unsupported ops), or
-            its tensors would need far more memory than the file could justify; the captured
-            native output is on the error (edge_runtime.native_logs.native_log_of).
+        ArtifactError: the backend's runtime is older than the model's min_runtime_version;
+            the interpreter refuses the model (corrupted or unsupported ops), or its tensors
+            would need far more memory than the file could justify; the captured native
+            output is on the error (edge_runtime.native_logs.native_log_of).
         ConfigError: the backend is unknown or not installed.
     """
     cls, name = interpreter_class(backend)
+    if not verified:  # a verdict was reached by a child that made this check with this backend
+        check_runtime(model, name)
     with quiet_native():
         try:
             if not verified:
@@ -156,11 +266,28 @@ def make_interpreter(model: bytes, backend: str = "auto", num_threads: int = 1,
                 plain.invoke()
                 _run_other_signatures(plain)
                 del plain
-            interpreter = cls(model_content=model, num_threads=num_threads)
+            if delegate_fault(model, name):
+                interpreter = _without_default_delegates(cls, model, num_threads)
+            else:
+                interpreter = cls(model_content=model, num_threads=num_threads)
             interpreter.allocate_tensors()
         except INTERPRETER_ERRORS as e:
-            raise ArtifactError(f"{name} cannot load the model: {first_line(e)}") from None
+            raise ArtifactError(f"{name} cannot load the model: {first_line(e)}"
+                                f"{_runtime_hint(model, name, e)}") from None
     return interpreter, name
+
+
+def _runtime_hint(model: bytes, name: str, error: Exception) -> str:
+    """For an interpreter that lacks an op version (a runtime `runtime_version` does not know):
+    what the model says it needs, and which runtime this is."""
+    if "Didn't find op" not in str(error):
+        return ""
+    try:
+        need = min_runtime_version(model)
+    except ArtifactError:  # the interpreter's own message says enough
+        return ""
+    return "" if need is None else (f" (the model needs a TFLite runtime >= {need}, its "
+                                    f"min_runtime_version; this is {_runtime_name(name)})")
 
 
 def _run_other_signatures(interpreter) -> None:

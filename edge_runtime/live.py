@@ -1,9 +1,9 @@
 """Live sessions: one event in, the updated purchase probability out, in constant time.
 
-Every artifact carries a second, one-event graph ("step": event, h, c -> probability, h, c)
-built from the same weights. A LiveSession keeps the encoder's state (last timestamp, items
-seen, counters) and the LSTM's h and c together, so each click costs one encoder step and
-one small invoke, however long the session already is. A SessionStore holds many live
+Every artifact carries a second, one-event graph, its ``step`` signature (event, h, c ->
+probability, h, c), built from the same weights. A LiveSession keeps the encoder's state
+(last timestamp, items seen, counters) and the LSTM's h and c together, so each click costs
+one encoder step and one small invoke, however long the session already is. A SessionStore holds many live
 sessions by key, bounded in number (least recently used goes first) and in idle time, as
 rows of columns rather than LiveSession objects (about 1.3 KB a session at 128 units, 1 KB
 of it h and c); each of its events gives exactly the probability a LiveSession gives.
@@ -52,22 +52,28 @@ ROWS_PER_BLOCK = 1024
 
 
 class StepModel:
-    """The step graph of an artifact on its own interpreter.
+    """The step graph of an artifact on its own interpreter: the model's ``step`` signature
+    (edge_runtime.artifact.STEP_SIGNATURE), or, in an artifact of version 1, the only
+    signature of the step model it carried in metadata.
 
     Inputs and outputs are found by the signature's names (event, h, c; probability, h, c)
-    and then driven by tensor index, which is cheaper per call than a SignatureRunner.
+    and then driven by tensor and subgraph index, which is cheaper per call than a
+    SignatureRunner.
     """
 
     def __init__(self, model: bytes, backend: str, num_threads: int, source: str,
-                 n_features: int | None = None, verified: bool = False) -> None:
+                 n_features: int | None = None, verified: bool = False,
+                 signature: str | None = None) -> None:
         """Load and check the step graph.
 
         Args:
-            model: the step graph's .tflite bytes.
+            model: the artifact's .tflite bytes (``signature`` names the step graph in it), or
+                a version-1 artifact's step model (``signature`` None: its only signature).
             backend, num_threads, verified: as edge_runtime.backends.make_interpreter
                 (``verified``: a verifying child has built and run this step graph).
             source: the artifact's name, for messages.
             n_features: the width the artifact's FeatureSpec gives an event; None skips the check.
+            signature: the step graph's signature key; None for a model of one signature.
 
         Raises:
             ArtifactError: the graph does not load, lacks the event/h/c signature, has tensors
@@ -82,7 +88,7 @@ class StepModel:
                                                                    verified=verified)
             except ArtifactError as e:
                 raise type(e)(f"{source}: step graph: {e}") from None
-        ports = self._signature_ports()
+        ports = self._signature_ports(signature)
         shape = self._check_ports(ports)
         self.units = shape["h"][1] if len(shape["h"]) == 2 else 0
         self.n_features = shape["event"][1] if len(shape["event"]) == 2 else 0
@@ -100,21 +106,36 @@ class StepModel:
         if not np.isfinite(p):
             raise ArtifactError(f"{source}: step graph is corrupted: it scores a blank event {p}")
 
-    def _signature_ports(self) -> dict[str, int]:
-        """Tensor index of each port, found by the signature's names; ArtifactError without
-        the event/h/c signature."""
+    def _signature_ports(self, signature: str | None) -> dict[str, int]:
+        """Tensor index of each port, found by the signature's names, and the signature's
+        subgraph; ArtifactError without the event/h/c signature."""
+        interp = self._interpreter
         try:
-            signatures = self._interpreter._get_full_signature_list()
-            sig = next(iter(signatures.values()))
+            signatures = interp._get_full_signature_list()
+            key = next(iter(signatures)) if signature is None else signature
+            sig = signatures[key]
             inputs, outputs = sig["inputs"], sig["outputs"]
             self._event, self._h_in, self._c_in = inputs["event"], inputs["h"], inputs["c"]
             self._p, self._h_out, self._c_out = outputs["probability"], outputs["h"], outputs["c"]
+            self._calls = interp._interpreter  # set, invoke and get by subgraph index
+            self._subgraph = self._calls.GetSubgraphIndexFromSignature(key) if signature else 0
+            # A signature's subgraph other than the first is allocated when first used.
+            self._details = interp.get_signature_runner(key) if signature else None
         except (StopIteration, KeyError, TypeError, AttributeError):
             raise ArtifactError(f"{self.source}: step graph lacks the event/h/c signature") from None
         except INTERPRETER_ERRORS as e:
             raise ArtifactError(f"{self.source}: step graph is corrupted: {first_line(e)}") from None
         return {"event": self._event, "h": self._h_in, "c": self._c_in,
                 "probability": self._p, "h out": self._h_out, "c out": self._c_out}
+
+    def _port_details(self) -> dict[int, dict]:
+        """Tensor index -> details of the step signature's inputs and outputs."""
+        if self._details is None:
+            ports = (*self._interpreter.get_input_details(), *self._interpreter.get_output_details())
+        else:
+            runner = self._details
+            ports = (*runner.get_input_details().values(), *runner.get_output_details().values())
+        return {d["index"]: d for d in ports}
 
     def _check_ports(self, ports: dict[str, int]) -> dict[str, list[int]]:
         """The shape of each port; ArtifactError unless each is a float32 input or output.
@@ -123,8 +144,9 @@ class StepModel:
         event cannot fail on them later (or feed an array of the wrong size).
         """
         try:
-            details = {d["index"]: d for d in (*self._interpreter.get_input_details(),
-                                               *self._interpreter.get_output_details())}
+            if self._details is not None:
+                self._calls.AllocateTensors(self._subgraph)
+            details = self._port_details()
         except INTERPRETER_ERRORS as e:
             raise ArtifactError(f"{self.source}: step graph is corrupted: {first_line(e)}") from None
         for what, index in ports.items():
@@ -148,14 +170,14 @@ class StepModel:
         Raises:
             ArtifactError: the graph fails to run or returns outputs of the wrong shape.
         """
-        interp = self._interpreter
+        calls, g = self._calls, self._subgraph
         try:
-            interp.set_tensor(self._event, x.reshape(1, -1))
-            interp.set_tensor(self._h_in, h)
-            interp.set_tensor(self._c_in, c)
-            interp.invoke()
-            p = interp.get_tensor(self._p)
-            h, c = interp.get_tensor(self._h_out), interp.get_tensor(self._c_out)
+            calls.SetTensor(self._event, x.reshape(1, -1), g)
+            calls.SetTensor(self._h_in, h, g)
+            calls.SetTensor(self._c_in, c, g)
+            calls.Invoke(g)
+            p = calls.GetTensor(self._p, g)
+            h, c = calls.GetTensor(self._h_out, g), calls.GetTensor(self._c_out, g)
         except INTERPRETER_ERRORS as e:
             raise ArtifactError(f"{self.source}: step graph failed to run: "
                                 f"{first_line(e)}") from None

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.artifact import STEP_METADATA_NAME, ArtifactInfo, parse_artifact, read_artifact
+from edge_runtime.artifact import (
+    STEP_METADATA_NAME,
+    STEP_SIGNATURE,
+    ArtifactInfo,
+    parse_artifact,
+    read_artifact,
+)
 from edge_runtime.backends import interpreter_class, make_interpreter
 from edge_runtime.calibration import PlattCalibration
 from edge_runtime.errors import ArtifactError, ConfigError
@@ -23,7 +29,7 @@ from edge_runtime.events import Event, canonical_event
 from edge_runtime.features import FeatureEncoder
 from edge_runtime.live import LiveSession, StepModel
 from edge_runtime.native_logs import quiet_native
-from edge_runtime.tflite_reader import read_metadata
+from edge_runtime.tflite_reader import read_metadata, signature_keys
 from edge_runtime.verify import Verdict, verify_model
 from edge_runtime.whole_graph import ChunkedGraph, FusedGraph, whole_graph
 
@@ -71,7 +77,12 @@ class Scorer:
         """
         self.info = info
         self._model = model
-        self._step_bytes = read_metadata(model).get(STEP_METADATA_NAME)
+        # The live graph: the model's own `step` signature, or (an artifact of version 1) a
+        # model of its own in a metadata entry. Which signature StepModel runs in those bytes.
+        if STEP_SIGNATURE in signature_keys(model):
+            self._step_bytes, self._step_signature = model, STEP_SIGNATURE
+        else:
+            self._step_bytes, self._step_signature = read_metadata(model).get(STEP_METADATA_NAME), None
         self._step: StepModel | None = None
         self._whole: FusedGraph | ChunkedGraph | None = None
         self._num_threads = num_threads
@@ -287,7 +298,8 @@ class Scorer:
                     # gate (edge_runtime.backends.make_interpreter): do not build it twice.
                     self._step = StepModel(self._step_bytes, self.backend, self._num_threads,
                                            self.source, n_features=self.info.spec.n_features,
-                                           verified=self.verdict is not None)
+                                           verified=self.verdict is not None,
+                                           signature=self._step_signature)
         return self._step
 
     def score_step(self, x: np.ndarray, hc: np.ndarray, calibrated: bool = True

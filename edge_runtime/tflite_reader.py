@@ -14,9 +14,11 @@ whose length was already checked to fit.
 
 Seams: `read_metadata` / `metadata_spans` (edge_runtime.artifact reads and verifies the
 ubp-edge entries through them), `check_graph` (edge_runtime.backends runs it before building
-an interpreter). A file whose structure or graph is damaged raises MalformedModelError (an
-ArtifactError), so a caller can tell it from "not a TFLite file at all" without reading the
-message.
+an interpreter), `signature_keys`, `min_runtime_version` and `version_tuple` (the runtime a
+model needs, which edge_runtime.backends compares with the backend's), `operator_codes` and
+`tensor_types` (what a backend's known faults depend on). A file whose
+structure or graph is damaged raises MalformedModelError (an ArtifactError), so a caller can
+tell it from "not a TFLite file at all" without reading the message.
 """
 
 from __future__ import annotations
@@ -457,3 +459,117 @@ def _tensor_name(r: _Reader, tensor: int) -> str:
         return ""
     start, length = r.vector(pos, 1, "tensor name")
     return r.data[start:start + length].decode("utf-8", "replace")
+
+
+_SIGNATURE_KEY = 2
+
+
+def signature_keys(model: bytes) -> list[str]:
+    """The signature keys of a TFLite flatbuffer, in the file's order (``[]`` without any),
+    e.g. to see whether an artifact carries its live graph as the ``step`` signature without
+    building an interpreter.
+
+    Raises:
+        ArtifactError: the bytes are not a TFLite model (MalformedModelError: a signature
+            table or key that does not fit in the file).
+    """
+    data = bytes(model)
+    if len(data) < 8 or data[4:8] != FILE_IDENTIFIER:
+        raise ArtifactError("not a TFLite flatbuffer")
+    r = _Reader(data)
+    keys = []
+    for i, signature in enumerate(_tables(r, r.table(0, "Model"), 7, "Model.signature_defs")):
+        pos = r.field(signature, _SIGNATURE_KEY)
+        if pos is None:
+            keys.append("")
+            continue
+        start, length = r.vector(pos, 1, f"signature {i} key")
+        keys.append(data[start:start + length].decode("utf-8", "replace"))
+    return keys
+
+
+# The entry TensorFlow's converter writes into every model: the oldest TFLite runtime that
+# has all of its op versions (tensorflow/lite/tools/versioning/runtime_version.cc), as text
+# padded with NUL bytes, e.g. b"2.3.0\0\0\0...".
+MIN_RUNTIME_METADATA_NAME = "min_runtime_version"
+
+
+def min_runtime_version(model: bytes) -> str | None:
+    """The TFLite runtime version a model needs, from its ``min_runtime_version`` entry.
+
+    Args:
+        model: the whole `.tflite` file.
+
+    Returns:
+        e.g. ``"2.3.0"``; None when the model has no such entry (or an empty one).
+
+    Raises:
+        ArtifactError: the bytes are not a TFLite model (MalformedModelError: one whose
+            flatbuffer does not hold together, or whose entry is not a version number).
+    """
+    data = bytes(model)
+    span = metadata_spans(data).get(MIN_RUNTIME_METADATA_NAME)
+    raw = None if span is None else data[span[0]:span[1]]
+    text = (raw or b"").rstrip(b"\0")
+    if not text:
+        return None
+    parts = text.split(b".")
+    if len(parts) > 4 or not all(p.isdigit() and len(p) <= 4 for p in parts):
+        raise MalformedModelError(f"corrupted TFLite file: {MIN_RUNTIME_METADATA_NAME} is {raw!r}, "
+                                  f"not a version number")
+    return text.decode("ascii")
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"2.22.0-dev0"`` -> ``(2, 22, 0)``: the leading digits of each dot-separated part, for
+    comparing runtime versions (a part without any counts as 0)."""
+    numbers = []
+    for part in version.split("."):
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        numbers.append(int(digits or 0))
+    while len(numbers) > 1 and numbers[-1] == 0:  # 2.3 == 2.3.0
+        numbers.pop()
+    return tuple(numbers)
+
+
+def operator_codes(model: bytes) -> set[int]:
+    """The BuiltinOperator codes a model's operators may use (schema.fbs numbers, e.g. 44
+    UNIDIRECTIONAL_SEQUENCE_LSTM): what a backend's known faults depend on
+    (edge_runtime.backends.DELEGATE_FAULTS), with `tensor_types`.
+
+    Raises:
+        ArtifactError: the bytes are not a TFLite model (MalformedModelError: one whose
+            flatbuffer does not hold together).
+    """
+    r = _model_reader(model)
+    return {_builtin_code(r, c) for c in _tables(r, r.table(0, "Model"), 1, "Model.operator_codes")}
+
+
+def tensor_types(model: bytes) -> set[int]:
+    """The TensorTypes of a model's tensors, every subgraph's (schema.fbs numbers, e.g. 1
+    FLOAT16, 9 INT8).
+
+    Raises:
+        ArtifactError: as `operator_codes`.
+    """
+    r = _model_reader(model)
+    types = set()
+    for s, subgraph in enumerate(_tables(r, r.table(0, "Model"), 2, "Model.subgraphs")):
+        for t, tensor in enumerate(_tables(r, subgraph, _SUBGRAPH_TENSORS, f"subgraph {s} tensors")):
+            pos = r.field(tensor, _TENSOR_TYPE)
+            types.add(r.scalar("<b", pos, f"subgraph {s} tensor {t}") if pos is not None else 0)
+    return types
+
+
+def _model_reader(model: bytes) -> _Reader:
+    """A reader over a TFLite flatbuffer (its identifier checked); every read it makes is
+    bounds-checked, so the whole file need not be walked first (`metadata_spans` does)."""
+    data = bytes(model)
+    if len(data) < 8 or data[4:8] != FILE_IDENTIFIER:
+        raise ArtifactError(f"not a TFLite flatbuffer: file identifier is {data[4:8]!r}, "
+                            f"expected {FILE_IDENTIFIER!r}")
+    return _Reader(data)

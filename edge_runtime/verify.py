@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from edge_runtime.backends import backend_version, check_model, interpreter_class
+from edge_runtime.backends import backend_version, check_model, check_runtime, interpreter_class
 from edge_runtime.errors import (
     ArtifactError,
     ConfigError,
@@ -163,6 +163,7 @@ def verify_model(model: bytes, backend: str = "auto", num_threads: int = 1,
         return cached
     try:
         check_model(model)
+        check_runtime(model, name)  # a runtime older than the model needs: no child to start
     except ArtifactError as e:
         raise type(e)(f"{source}: {e}") from None
     verdict, cacheable = _run_child(model, name, num_threads, source, _timeout(timeout))

@@ -24,8 +24,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from artifact_layouts import split_step, version_1
 
 from converters.metadata_writer import add_metadata, seal
+from converters.signatures import with_step_signature
 from edge_runtime import Scorer
 from edge_runtime.artifact import DIGEST_METADATA_NAME, METADATA_NAME, STEP_METADATA_NAME, file_digest
 from edge_runtime.errors import ArtifactError, MalformedModelError
@@ -198,7 +200,7 @@ def wide_step(tensorflow, model) -> bytes:
 
 
 def _step_of(model: bytes) -> bytes:
-    return read_metadata(model)[STEP_METADATA_NAME]
+    return split_step(model)[1]
 
 
 # name -> (build(model, foreign) -> artifact bytes, phrase the message must hold)
@@ -216,7 +218,9 @@ FILE_FAULTS = {
 }
 
 # name -> (build(model, foreign, wide_step) -> artifact bytes, phrase); all re-sealed, so
-# they pass the digest and load; the step graph is refused when live scoring starts.
+# they pass the digest and load; the step graph is refused when live scoring starts. The
+# first ones damage the step model a version-1 artifact carries in metadata, the last ones
+# the step signature of today's.
 STEP_FAULTS = {
     "step-truncated": (lambda m, f, w: _with_step(m, _step_of(m)[:len(_step_of(m)) // 2]),
                        "step graph: truncated or corrupted TFLite file"),
@@ -228,11 +232,17 @@ STEP_FAULTS = {
                               "step graph lacks the event/h/c signature"),
     "step-wider-event": (lambda m, f, w: _with_step(m, w),
                          "step graph tensor 'event' has shape [1, 17], expected [1, 16]"),
+    "step-signature-wider-event": (lambda m, f, w: seal(with_step_signature(split_step(m)[0], w)),
+                                   "step graph tensor 'event' has shape [1, 17], expected [1, 16]"),
+    "step-signature-not-a-step-graph": (
+        lambda m, f, w: seal(with_step_signature(split_step(m)[0], f)),
+        "step graph lacks the event/h/c signature"),
 }
 
 
 def _with_step(model: bytes, step: bytes) -> bytes:
-    return _resealed(model, {STEP_METADATA_NAME: step})
+    """``model`` in the version-1 layout, carrying ``step`` as its step model."""
+    return version_1(model, step)
 
 
 def _flip(model: bytes, position: int) -> bytes:
@@ -345,6 +355,8 @@ def corrupt(model: bytes, kind: str, seed: int, index: int) -> tuple[bytes, bool
     Deterministic in (model, kind, seed, index): a failing case reproduces on its own.
     """
     rng = random.Random(f"{seed}:{index}")
+    if kind == "step-resealed-in-place":  # the step model of a version-1 artifact, in place
+        model = version_1(model)
     n = len(model)
     for _ in range(100):  # until the bytes differ from the artifact (two flips may cancel)
         data = bytearray(model)

@@ -395,7 +395,8 @@ def test_data_formats_lists_the_format_table():
     assert CUSTOM_FORMAT in text and "--map" in text
 
 
-@pytest.mark.parametrize("command", ["score", "evaluate", "compare", "data inspect", "train"])
+@pytest.mark.parametrize("command", ["score", "evaluate", "compare", "data inspect", "train",
+                                     "export-spec"])
 def test_log_options_help_names_every_format_and_backend(command):
     from edge_runtime.backends import BACKENDS
     from trainer.formats import FORMAT_NAMES

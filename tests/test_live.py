@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -220,17 +219,41 @@ def test_serve_command_streams_stdin(tiny_artifact):
 
 
 def test_artifact_without_step_graph_says_so(tmp_path, tiny_artifact):
+    from artifact_layouts import split_step, version_1
+
     from converters.metadata_writer import add_metadata, seal
-    from edge_runtime.artifact import STEP_METADATA_NAME
-    from edge_runtime.tflite_reader import read_metadata
+    from edge_runtime.artifact import METADATA_NAME, STEP_SIGNATURE
+    from edge_runtime.tflite_reader import read_metadata, signature_keys
 
     model = tiny_artifact.read_bytes()
-    assert STEP_METADATA_NAME in read_metadata(model)
-    # An artifact whose step entry is empty bytes cannot run live, and says how to fix it.
+    assert STEP_SIGNATURE in signature_keys(model)
+    # Without its step signature, an artifact cannot run live, and says how to fix it.
+    whole, _ = split_step(model)
     broken = tmp_path / "nostep.tflite"
-    broken.write_bytes(seal(add_metadata(model, {STEP_METADATA_NAME: b""})))
-    with pytest.raises(ArtifactError, match="step graph"):
+    broken.write_bytes(seal(add_metadata(whole, {METADATA_NAME: read_metadata(model)[METADATA_NAME]})))
+    with pytest.raises(ArtifactError, match="no step graph for live scoring; re-run `ubp-edge convert`"):
         Scorer.load(broken).start_session()
+    # Nor can an artifact of version 1 whose step entry is empty bytes.
+    empty = tmp_path / "emptystep.tflite"
+    empty.write_bytes(version_1(model, b""))
+    with pytest.raises(ArtifactError, match="step graph"):
+        Scorer.load(empty).start_session()
+
+
+def test_an_artifact_of_version_1_scores_live_and_whole_as_today(tmp_path, tiny_artifact):
+    """Issue 13: artifacts written before the step signature (version 1: the step graph in
+    a metadata entry, a fused graph's signature serving_default) load and give the same
+    numbers."""
+    from artifact_layouts import version_1
+
+    old = tmp_path / "v1.tflite"
+    old.write_bytes(version_1(tiny_artifact.read_bytes()))
+    then, now = Scorer.load(old), Scorer.load(tiny_artifact)
+    assert then.info.version == 1 and now.info.version == 2
+    session = [{"ts": 1.7e9 + 30 * i, "event": "view", "item": str(i % 3)} for i in range(7)]
+    assert then.score_sessions([session])[0] == now.score_sessions([session])[0]
+    live_then, live_now = then.start_session(), now.start_session()
+    assert [live_then.push(e) for e in session] == [live_now.push(e) for e in session]
 
 
 def test_doctor_reports_backends_and_scores_the_artifact(tiny_artifact):
@@ -243,54 +266,3 @@ def test_doctor_reports_backends_and_scores_the_artifact(tiny_artifact):
     assert rows["ai-edge-litert"]["scores"] and rows["ai-edge-litert"]["live"]
     assert report["numpy"] and report["python"]
 
-
-LEGACY = ROOT / ".venv-tflite-runtime"
-
-
-def _legacy_python() -> Path:
-    """A virtual environment with tflite-runtime 2.14.0 (numpy < 2, Python <= 3.11), made once."""
-    python = LEGACY / "bin" / "python"
-    if python.exists():
-        return python
-    if sys.version_info[:2] > (3, 11):
-        pytest.skip("tflite-runtime 2.14.0 has no wheel for Python > 3.11")
-    made = subprocess.run([sys.executable, "-m", "venv", str(LEGACY)], capture_output=True, text=True)
-    if made.returncode == 0:
-        made = subprocess.run([str(python), "-m", "pip", "install", "-q", "tflite-runtime==2.14.0",
-                               "numpy<2"], capture_output=True, text=True, timeout=600)
-    if made.returncode != 0:
-        pytest.skip(f"tflite-runtime cannot be installed here: {made.stderr.strip()[-300:]}")
-    return python
-
-
-@pytest.mark.parametrize("graph", ["fused", "unrolled"])
-def test_tflite_runtime_backend_scores_float32_artifacts(quantized_run, graph):
-    """tflite-runtime 2.14 drives the unrolled graph's chunks by signature too."""
-    artifact = artifact_path(quantized_run[0], "float32", graph)
-    python = _legacy_python()
-    script = (
-        "import json, sys\n"
-        "from edge_runtime import Scorer\n"
-        "s = Scorer.load(sys.argv[1], backend='tflite-runtime')\n"
-        "ev = [{'ts': 1.7e9, 'event': 'view', 'item': 'a'},\n"
-        "      {'ts': 1.7e9 + 9, 'event': 'cart', 'item': 'a'}]\n"
-        "live = s.start_session()\n"
-        "pushed = [live.push(e) for e in ev]\n"
-        "long = [dict(e, ts=1.7e9 + 30 * i) for i, e in enumerate(ev * 25)]\n"
-        "batch = s.score_sessions([ev, ev[:1], long, ev[:1], long[:7]]).tolist()\n"
-        "print(json.dumps({'backend': s.backend, 'whole': float(s.score_sessions([ev])[0]),\n"
-        "                  'live': pushed[-1], 'batch': batch,\n"
-        "                  'tensorflow': 'tensorflow' in sys.modules}))\n")
-    done = subprocess.run([str(python), "-c", script, str(artifact)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    here = Scorer.load(artifact).score_sessions([[{"ts": 1.7e9, "event": "view", "item": "a"},
-                                                       {"ts": 1.7e9 + 9, "event": "cart", "item": "a"}]])[0]
-    assert result["backend"] == "tflite-runtime" and not result["tensorflow"]
-    assert abs(result["whole"] - here) < 1e-5 and abs(result["live"] - here) < 1e-5
-    # Batches of mixed lengths (chunks re-run one session at a time on this backend).
-    ev = [{"ts": 1.7e9, "event": "view", "item": "a"}, {"ts": 1.7e9 + 9, "event": "cart", "item": "a"}]
-    long = [dict(e, ts=1.7e9 + 30 * i) for i, e in enumerate(ev * 25)]
-    expected = Scorer.load(artifact).score_sessions([ev, ev[:1], long, ev[:1], long[:7]])
-    np.testing.assert_allclose(result["batch"], expected, atol=1e-5)

@@ -221,11 +221,10 @@ def test_the_child_gets_a_minimal_environment(cache, model, monkeypatch):
 def test_the_real_child_refuses_as_the_host_would(cache, tmp_path):
     # The step graph replaced by bytes that are not a model, re-sealed: the real child
     # refuses the step graph with the reader's message; the whole graph loads and scores.
-    from converters.metadata_writer import add_metadata, seal
-    from edge_runtime.artifact import STEP_METADATA_NAME
+    from artifact_layouts import version_1
 
     path = tmp_path / "bad-step.tflite"
-    path.write_bytes(seal(add_metadata(MODEL.read_bytes(), {STEP_METADATA_NAME: b"\0" * 64})))
+    path.write_bytes(version_1(MODEL.read_bytes(), b"\0" * 64))
     scorer = Scorer.load(path)
     assert scorer.verdict.step == "refused" and 0 < scorer.score_sessions([SESSION])[0] < 1
     with pytest.raises(ArtifactError, match=rf"^{path}: step graph: not a TFLite flatbuffer"):

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from ubp_edge.commands import benchmark, compare, convert, data, prepare, score, serve, train
+from ubp_edge.commands import benchmark, compare, convert, data, export, prepare, score, serve, train
 from ubp_edge.console import library_output
 
 app = typer.Typer(help="Purchase-intent scoring of browsing sessions, trained with an LSTM and "
@@ -45,6 +45,7 @@ app.command("serve")(serve.serve)
 app.command("doctor")(serve.doctor)
 app.command("compare")(compare.compare)
 app.command("benchmark")(benchmark.benchmark)
+app.command("export-spec")(export.export_spec)
 app.add_typer(data_app, name="data")
 data_app.command("inspect")(data.inspect)
 data_app.command("generate")(data.generate)

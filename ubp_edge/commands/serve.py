@@ -20,7 +20,7 @@ from ubp_edge.options import BackendOpt, JsonOpt, ModelOpt
 if TYPE_CHECKING:
     from edge_runtime.serve import LongLine
 
-DOCTOR_COLUMNS = ("backend", "version", "loads", "scores", "live", "p")
+DOCTOR_COLUMNS = ("backend", "version", "TFLite", "meets", "loads", "scores", "live", "p")
 
 
 def serve(
@@ -109,8 +109,9 @@ def doctor(
         help="An artifact to load and score with each backend.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Interpreters this machine has (and their versions), numpy, Python, platform; with an
-    artifact, whether it loads, scores and scores live on each."""
+    """Interpreters this machine has (their versions and TFLite runtimes), numpy, Python,
+    platform; with an artifact, the runtime it needs and, on each backend, whether it meets
+    it, loads, scores and scores live, and the signatures the backend lists."""
     with user_errors():
         from edge_runtime.artifact import read_artifact
         from edge_runtime.doctor import doctor as run_doctor
@@ -122,10 +123,36 @@ def doctor(
             print_json(report)
             return
         out.print(f"Python {report['python']} on {report['platform']}; numpy {report['numpy']}")
+        if artifact is not None:
+            out.print(Text(artifact_line(report)), soft_wrap=True)
         out.print(backends_table(report, artifact))
+        for line in signature_lines(report):
+            out.print(Text(line), soft_wrap=True)
         for row in report["backends"]:
             if row.get("detail"):
                 out.print(Text(f"{row['name']}: {row['detail']}"), soft_wrap=True)
+
+
+def artifact_line(report: dict) -> str:
+    """What the doctor report says of the artifact itself: the TFLite runtime it needs (its
+    ``min_runtime_version``), which the table's ``meets`` column compares with each
+    backend's, and the signature keys its file holds."""
+    need, keys = report.get("min_runtime_version"), report.get("signatures")
+    return (f"{report['artifact']}: needs a TFLite runtime "
+            f"{f'>= {need} (its min_runtime_version)' if need else 'of any version (no min_runtime_version)'}"
+            f"; signatures in the file: {', '.join(keys) if keys else 'none'}")
+
+
+def signature_lines(report: dict) -> list[str]:
+    """One line per distinct signature listing: the signatures the backends that loaded the
+    artifact list, each as ``key (inputs -> outputs)``, backends that agree on one line."""
+    by_listing: dict[str, list[str]] = {}
+    for row in report["backends"]:
+        if row.get("signatures") is not None:
+            listing = "; ".join(f"{key} ({', '.join(v['inputs'])} -> {', '.join(v['outputs'])})"
+                                for key, v in row["signatures"].items()) or "none"
+            by_listing.setdefault(listing, []).append(row["name"])
+    return [f"signatures ({', '.join(names)}): {listing}" for listing, names in by_listing.items()]
 
 
 def backends_table(report: dict, artifact: Path | None) -> Table:
@@ -136,15 +163,19 @@ def backends_table(report: dict, artifact: Path | None) -> Table:
         artifact: the artifact it was run with, if any (named in the title).
 
     Returns:
-        The Rich table: version, and whether the artifact loads, scores and scores live.
+        The Rich table: version, TFLite runtime, and whether that meets the artifact's
+        minimum, and whether the artifact loads, scores and scores live.
     """
-    table = Table(title=f"backends{'' if artifact is None else f' for {artifact}'}", box=box.SIMPLE_HEAD)
+    table = Table(title=f"backends{'' if artifact is None else f' for {artifact}'}", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
     for col in DOCTOR_COLUMNS:
         table.add_column(col, no_wrap=True)
     for row in report["backends"]:
         def mark(value, importable=row["importable"]):
             return "" if value is None or not importable else ("yes" if value else "no")
-        table.add_row(row["name"], row["version"] or "not installed", mark(row.get("loads")),
+        table.add_row(row["name"], row["version"] or "not installed",
+                      (row.get("runtime") or "unknown") if row["importable"] else "",
+                      mark(row.get("meets")), mark(row.get("loads")),
                       mark(row.get("scores")), mark(row.get("live")),
                       "" if row.get("probability") is None else f"{row['probability']:.4f}")
     return table
