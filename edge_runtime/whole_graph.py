@@ -7,7 +7,8 @@ Two kinds of graph score a whole session (converters.graphs writes both):
 - `ChunkedGraph`: the unrolled graph, signatures ``chunk_T`` of T events each with the LSTM
   state in and out. A session of L events runs through the chunks of `chunk_plan` (L = 50:
   16, 16, 16, 2), so it is scored whole, at any length, without padding; many sessions go
-  through in stages, each chunk of a stage for many sessions in one invoke.
+  through chunk by chunk, every session's 16-event chunks first, then its 8, 4, 2 and 1, each
+  stage one invoke for all the sessions that have it.
 
 Both score every event of a session, however long: the training window (FeatureSpec.max_len)
 does not cut it, so a session's whole score is its live score (edge_runtime.live).
@@ -15,8 +16,7 @@ Neither locks nor calibrates: edge_runtime.scorer.Scorer does both around them.
 
 Seams: `whole_graph(interpreter, spec, graph, source)` picks and checks one; both have
 ``score_one(x)`` and ``score_packed(events, lengths, batch_size)`` (many sessions, their
-events end to end); `chunk_plan`, `chunk_key`;
-`TensorPort`.
+events end to end); `chunk_plan`, `chunk_key`, `spare_rows`; `TensorPort`.
 """
 
 from __future__ import annotations
