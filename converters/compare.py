@@ -40,10 +40,12 @@ from edge_runtime.scorer import Scorer
 from edge_runtime.timing import time_calls
 from trainer.logsource import EventLogSource
 from trainer.metrics import (
+    MARKETING_KEYS,
     METRICS,
     PREFIX_BUCKETS,
     classification_metrics,
     expected_calibration_error,
+    marketing_metrics,
     roc_auc_or_none,
 )
 from trainer.rundir import SPLIT_NAMES
@@ -71,7 +73,8 @@ WARMUP_SESSIONS = 20
 # Every artifact row has exactly these keys, in this order, whatever its status.
 ARTIFACT_KEYS = ("precision", "graph", "path", "status", "reason", "threshold", "recalibrated",
                  "size_bytes", "size_ratio", *[k for m in COMPARED_METRICS for k in (m, f"delta_{m}")],
-                 *AGREEMENT, "max_abs_diff_uncalibrated", "p50_us", "by_prefix_length")
+                 *AGREEMENT, "max_abs_diff_uncalibrated", "p50_us", "by_prefix_length",
+                 *MARKETING_KEYS)
 BUCKET_KEYS = ("n_sessions", "roc_auc", "delta_roc_auc")
 RESULT_KEYS = ("reference", "run_dir", "data", "split", "split_reason", "n_sessions",
                "n_positive", "n_excluded_empty_prefix", "bad_rows", "warnings", "artifacts")
@@ -308,6 +311,8 @@ def _summarise(row: ArtifactRow, ref: ArtifactRow, y: np.ndarray, prefix_len: np
         buckets[name] = {"n_sessions": int(sel.sum()), "roc_auc": auc,
                          "delta_roc_auc": _delta(auc, auc_ref)}
     out["by_prefix_length"] = buckets
+    # Lift, capture, gains and the calibration bins: trainer.metrics.marketing_metrics.
+    out.update(marketing_metrics(y, p, ECE_BINS))
     return out
 
 

@@ -1,4 +1,4 @@
-"""The `compare --report DIR` output: a Markdown page and five PNG plots.
+"""The `compare --report DIR` output: a Markdown page and six PNG plots.
 
 matplotlib is imported inside the plot functions and drawn on its Agg canvas through the
 object-oriented `Figure` API (no pyplot, no global backend switch), so importing this
@@ -15,14 +15,14 @@ import numpy as np
 
 from converters.compare import ECE_BINS, REFERENCE, ArtifactRow, Comparison
 from trainer.files import check_folder_writable, write_bytes_atomic
-from trainer.metrics import METRICS, PREFIX_BUCKETS
+from trainer.metrics import METRICS, PREFIX_BUCKETS, TOP_PERCENTS, cumulative_gains
 
 # Metric names in the page, the terminal table and the plots: the metric table's labels.
 AUC, PR_AUC, ECE = METRICS["roc_auc"].label, METRICS["pr_auc"].label, METRICS["ece"].label
 # The "All metrics" table of compare.md: each figure and its delta against float32.
 DETAIL_METRICS = ("log_loss", "brier", "accuracy", "f1")
 
-PLOTS = ("roc.png", "pr.png", "reliability.png", "auc_by_prefix.png", "scatter.png")
+PLOTS = ("roc.png", "pr.png", "reliability.png", "gains.png", "auc_by_prefix.png", "scatter.png")
 REPORT_MD = "compare.md"
 COLUMNS = ("precision", "graph", "status", "size", "ratio", AUC, "ΔAUC", PR_AUC, ECE,
            "flip rate", "max|Δp|", "p50 µs")
@@ -60,6 +60,43 @@ def footnote(result: dict) -> str | None:
     return (f"* recalibrated in conversion (Platt scaling, threshold moved with it): max|Δp| "
             f"includes that deliberate shift; the raw model output differs from {REFERENCE}'s "
             f"by at most {raw}")
+
+
+def lift_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """(headers, one row per scored artifact): lift and capture at each top slice.
+
+    A cell reads ``2.41x 24.1%``: the slice's lift, then its capture rate. The headers give
+    each slice's size, the same for every artifact (ceil(k * N / 100) sessions).
+    """
+    ok = [a for a in result["artifacts"] if a["status"] == "ok"]
+    sizes = ok[0]["n_sessions_at"] if ok else {}
+    keys = [f"{k}%" for k in TOP_PERCENTS]
+    headers = ["artifact", *[f"top {k} (n={sizes.get(k, 0):,})" for k in keys]]
+    rows = []
+    for a in ok:
+        cells = []
+        for k in keys:
+            lift, capture = a["lift_at"][k], a["capture_at"][k]
+            cells.append("n/a" if lift is None or capture is None else f"{lift:.2f}x {100 * capture:.1f}%")
+        rows.append([_artifact_label(a), *cells])
+    return headers, rows
+
+
+def calibration_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """(headers, one row per probability bin that any scored artifact uses): per artifact,
+    ``mean predicted / observed rate (sessions)`` in that bin."""
+    ok = [a for a in result["artifacts"] if a["status"] == "ok"]
+    headers = ["bin", *[_artifact_label(a) for a in ok]]
+    rows = []
+    for b, edges in enumerate(ok[0]["calibration_bins"] if ok else []):
+        cells = [a["calibration_bins"][b] for a in ok]
+        if not any(c["n_sessions"] for c in cells):
+            continue
+        rows.append([f"{edges['lo']:.1f}-{edges['hi']:.1f}",
+                     *["" if not c["n_sessions"] else
+                       f"{c['mean_predicted']:.3f} / {c['observed_rate']:.3f} ({c['n_sessions']:,})"
+                       for c in cells]])
+    return headers, rows
 
 
 def _markdown_table(headers, rows, right_from: int = 0) -> str:
@@ -112,6 +149,21 @@ def markdown(result: dict, command: str, plots: tuple[str, ...] = PLOTS) -> str:
               _fmt(a["mean_abs_diff"], ".1e"), _fmt(a["spearman"], ".6f")] for a in ok],
             right_from=1),
         "",
+        "## Lift and capture of the top sessions",
+        "",
+        _markdown_table(*lift_rows(result), right_from=1),
+        "",
+        "Each cell: lift (purchase rate in the slice / overall rate), then capture (share of all "
+        "sessions with a purchase that are in the slice). The top k% is the ceil(k * N / 100) "
+        "highest-scored sessions; equal scores keep the sessions' order (a stable sort).",
+        "",
+        f"## Calibration by bin ({ECE_BINS} equal-width bins, the bins {ECE} sums)",
+        "",
+        _markdown_table(*calibration_rows(result), right_from=1),
+        "",
+        "Each cell: mean predicted probability / observed share with a purchase (sessions); "
+        "empty bins are left out.",
+        "",
         f"## {AUC} by prefix length (events before the outcome)",
         "",
     ]
@@ -139,6 +191,7 @@ def markdown(result: dict, command: str, plots: tuple[str, ...] = PLOTS) -> str:
         "roc.png": "ROC curves",
         "pr.png": "Precision-recall curves",
         "reliability.png": f"Reliability diagram ({ECE_BINS} equal-width bins)",
+        "gains.png": "Cumulative gains (share of purchases found in the top sessions)",
         "auc_by_prefix.png": f"{AUC} by prefix length",
         "scatter.png": f"Each artifact's probability against {REFERENCE}'s",
     }
@@ -279,6 +332,58 @@ def plot_reliability(c: Comparison) -> bytes:
     return _png(fig)
 
 
+def _zoom_top(c: Comparison, right: float) -> float:
+    """The zoomed gains panel's upper limit: a margin over the highest curve there, so the
+    artifacts' differences show (the perfect line may leave the panel)."""
+    highest = right
+    share = float(c.label.mean()) if len(c.label) else 0.0
+    if share > 0:
+        for r in c.ok_rows:
+            sessions, found = cumulative_gains(c.label, r.probability)
+            highest = max(highest, float(found[sessions <= right + 1e-12].max()))
+    return min(1.01, 1.2 * highest)
+
+
+def plot_gains(c: Comparison) -> bytes:
+    """Cumulative gains of every artifact, with the random and perfect lines: the whole curve,
+    and beside it the top 20% of sessions where campaigns are cut."""
+    styles = _style(c.rows)
+    fig, axes = _figure(_width(c) + 4.6, 5.6, rows=1, cols=2)
+    share = float(c.label.mean()) if len(c.label) else 0.0
+    zoom = max(TOP_PERCENTS) / 100
+    for ax, right in ((axes[0, 0], 1.0), (axes[0, 1], zoom)):
+        x = np.linspace(0, right, 201)
+        ax.plot(x, x, color="0.6", linestyle=":", linewidth=1, label="random")
+        if share > 0:
+            ax.plot(x, np.minimum(x / share, 1.0), color="0.35", linestyle="-.", linewidth=1,
+                    label=f"perfect (all purchases in the top {100 * share:.1f}%)")
+        for r in c.ok_rows:
+            if share == 0:
+                break
+            sessions, found = cumulative_gains(c.label, r.probability)
+            keep = sessions <= right + 1e-12
+            ten = r.metrics["capture_at"].get("10%")
+            ax.plot(sessions[keep], found[keep], drawstyle="steps-post",
+                    label=f"{r.label} (capture at 10%: {100 * ten:.1f}%)", **styles[r.name])
+        for k in TOP_PERCENTS:
+            if k / 100 <= right:
+                ax.axvline(k / 100, color="0.8", linewidth=0.7, zorder=0)
+        ax.set(xlim=(0, right), ylim=(0, 1.01 if right == 1.0 else _zoom_top(c, right)),
+               xlabel="share of sessions, highest score first",
+               ylabel="share of sessions with a purchase found")
+        ax.xaxis.set_major_formatter(lambda v, _: f"{round(100 * v, 1):g}%")
+        ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_title(f"Cumulative gains: {REFERENCE} vs each artifact\n{_subtitle(c)}")
+    axes[0, 1].set_title(f"The top {max(TOP_PERCENTS)}% (grey lines at "
+                         f"{', '.join(f'{k}%' for k in TOP_PERCENTS)})")
+    if share == 0:
+        axes[0, 0].text(0.5, 0.5, "no session with a purchase", transform=axes[0, 0].transAxes,
+                        ha="center", va="center", color="0.4")
+    _legend(axes[0, 1], len(c.ok_rows), "lower right")
+    return _png(fig)
+
+
 def plot_auc_by_prefix(c: Comparison) -> bytes:
     styles = _style(c.rows)
     fig, axes = _figure(8.6, 6.6, rows=2, cols=1, sharex=True,
@@ -358,7 +463,7 @@ def plot_scatter(c: Comparison) -> bytes:
 
 
 PLOTTERS = {"roc.png": plot_roc, "pr.png": plot_pr, "reliability.png": plot_reliability,
-            "auc_by_prefix.png": plot_auc_by_prefix, "scatter.png": plot_scatter}
+            "gains.png": plot_gains, "auc_by_prefix.png": plot_auc_by_prefix, "scatter.png": plot_scatter}
 
 
 def report_files(out_dir: str | os.PathLike) -> list[Path]:
@@ -369,7 +474,7 @@ def report_files(out_dir: str | os.PathLike) -> list[Path]:
 
 
 def write_report(comparison: Comparison, out_dir: str | os.PathLike, command: str) -> list[Path]:
-    """Write compare.md and the five PNGs into ``out_dir``, each file atomically.
+    """Write compare.md and the six PNGs into ``out_dir``, each file atomically.
 
     Args:
         comparison: from `converters.compare.run_comparison`.

@@ -401,3 +401,90 @@ def test_a_report_over_the_log_is_refused_before_scoring(run_copy, synthetic_log
     errors = [line for line in stderr_lines(r) if line.startswith("error:")]
     assert len(errors) == 1 and "--report" in errors[0] and "--data" in errors[0]
     assert log.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- issue 14: marketing figures
+MARKETING = ("n_sessions_at", "lift_at", "capture_at", "gains", "calibration_bins")
+SLICES = ["1%", "5%", "10%", "20%"]
+
+
+def check_marketing_keys(obj: dict) -> None:
+    """The marketing keys of an `evaluate --json` report or a `compare --json` row."""
+    for key in MARKETING:
+        assert key in obj, key
+    for key in ("n_sessions_at", "lift_at", "capture_at"):
+        assert list(obj[key]) == SLICES, key
+    n = obj.get("n_sessions") or sum(b["n_sessions"] for b in obj["by_prefix_length"].values())
+    assert obj["n_sessions_at"] == {k: -(-int(k[:-1]) * n // 100) for k in SLICES}
+    assert len(obj["gains"]) == 101 and obj["gains"][0] == 0.0 and obj["gains"][-1] == 1.0
+    assert [obj["gains"][int(k[:-1])] for k in SLICES] == list(obj["capture_at"].values())
+    bins = obj["calibration_bins"]
+    assert [(b["lo"], b["hi"]) for b in bins] == [(i / 10, (i + 1) / 10) for i in range(10)]
+    assert sum(b["n_sessions"] for b in bins) == n
+    assert sum(b["n_sessions"] / n * abs(b["gap"]) for b in bins if b["n_sessions"]) == \
+        pytest.approx(obj["ece"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_compare_json_carries_lift_capture_gains_and_calibration_bins(result):
+    ref, dynamic = result["artifacts"]
+    for a in (ref, dynamic):
+        check_marketing_keys(a)
+    assert ref["n_sessions_at"] == dynamic["n_sessions_at"]
+    assert ref["n_sessions_at"]["1%"] == -(-result["n_sessions"] // 100)
+
+
+@pytest.mark.slow
+def test_a_failed_row_has_no_marketing_figures(run_copy, synthetic_log):
+    (run_copy / "model-dynamic.tflite").write_bytes(b"not a model")
+    rows = by_precision(compare_run(run_copy, EventLogSource(synthetic_log)))
+    assert rows["dynamic"]["status"] == "failed"
+    assert all(rows["dynamic"][k] is None for k in MARKETING)
+
+
+@pytest.mark.slow
+def test_evaluate_json_agrees_with_compare_on_the_same_split(two_artifact_run, synthetic_log, result):
+    r = runner.invoke(app, ["evaluate", str(two_artifact_run / "model-float32.tflite"), "--data",
+                            str(synthetic_log), "--split", "test", "--run-dir", str(two_artifact_run),
+                            "--json"])
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    report = json.loads(r.stdout)
+    check_marketing_keys(report)
+    ref = result["artifacts"][0]
+    assert report["n_sessions"] == result["n_sessions"]
+    for key in MARKETING:
+        assert report[key] == ref[key], key
+    assert report["ece"] == pytest.approx(ref["ece"], abs=1e-12)
+
+
+@pytest.mark.slow
+def test_evaluate_and_compare_tables_show_lift_and_capture(two_artifact_run, synthetic_log):
+    r = runner.invoke(app, ["evaluate", str(two_artifact_run / "model-float32.tflite"), "--data",
+                            str(synthetic_log)])
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    text = ANSI.sub("", r.stdout)
+    for word in ("lift", "capture", "ECE", "1%", "20%"):
+        assert word in text, word
+    r = invoke(two_artifact_run, "--data", synthetic_log)
+    text = ANSI.sub("", r.stdout)
+    assert "lift and capture" in text and "top 20% (n=" in text
+
+
+@pytest.mark.slow
+def test_report_draws_the_gains_png_and_the_marketing_tables(two_artifact_run, synthetic_log, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "report"
+    r = invoke(two_artifact_run, "--data", synthetic_log, "--report", out)
+    assert r.exit_code == 0, (r.stdout, r.stderr)
+    with Image.open(out / "gains.png") as image:
+        image.verify()  # a whole, valid PNG
+    with Image.open(out / "gains.png") as image:
+        assert image.format == "PNG"
+        # two panels of the report's plots side by side at 110 dpi: (6.4 + 4.6) x 5.6 inches
+        assert image.size == (1210, 616), image.size
+    md = (out / "compare.md").read_text()
+    assert "](gains.png)" in md
+    assert "## Lift and capture of the top sessions" in md and "| top 1% (n=" in md
+    assert "## Calibration by bin" in md
+    assert "| bin | float32 | dynamic |" in md

@@ -8,11 +8,22 @@ import numpy as np
 import pytest
 
 from trainer.metrics import (
+    CALIBRATION_KEYS,
+    MARKETING_KEYS,
     METRIC_KEYS,
     PREFIX_BUCKETS,
+    TOP_PERCENTS,
     by_prefix_length,
+    calibration_table,
     choose_threshold,
     classification_metrics,
+    cumulative_gains,
+    expected_calibration_error,
+    gains_at_percents,
+    lift_and_capture,
+    marketing_metrics,
+    rank_by_score,
+    top_count,
 )
 
 Y = np.array([0, 0, 1, 1, 1])
@@ -156,3 +167,140 @@ def test_by_prefix_length_empty_bucket_has_counts_only():
     assert out["4-5"] == {"n_sessions": 0, "n_positive": 0}
     assert out["1"]["n_sessions"] == 1 and out["11+"]["n_sessions"] == 1
     assert sum(v["n_sessions"] for v in out.values()) == 2
+
+
+# --------------------------------------------------------------------------- lift, capture, gains
+# Issue 14: the top k% is ceil(k * N / 100) sessions, highest score first, ties in input order.
+
+def test_top_count_is_an_exact_ceiling():
+    assert [top_count(100, k) for k in (0, 1, 7, 20, 100)] == [0, 1, 7, 20, 100]  # 0.07*100 > 7
+    assert [top_count(250, k) for k in (1, 5, 10, 20)] == [3, 13, 25, 50]
+    assert top_count(0, 20) == 0 and top_count(1, 1) == 1
+
+
+@pytest.mark.parametrize("n, percent", [(-1, 5), (10, 101), (10, -1)])
+def test_top_count_refuses_impossible_slices_naming_them(n, percent):
+    with pytest.raises(ValueError, match=f"top {percent}% of {n} sessions"):
+        top_count(n, percent)
+
+
+def test_lift_and_capture_hand_computed_with_n_not_divisible_by_100():
+    # N = 30, 6 buyers (rate 0.2). Scores descend with the index, so the ranking is the input order.
+    y = np.zeros(30, int)
+    y[[0, 2, 3, 10, 20, 29]] = 1
+    p = np.linspace(0.99, 0.01, 30)
+    m = lift_and_capture(y, p)
+    # ceil(0.3)=1, ceil(1.5)=2, ceil(3)=3, ceil(6)=6 sessions
+    assert m["n_sessions_at"] == {"1%": 1, "5%": 2, "10%": 3, "20%": 6}
+    # top 1: 1 buyer; top 2: 1; top 3: 2; top 6: 3
+    assert m["capture_at"] == {"1%": 1 / 6, "5%": 1 / 6, "10%": 2 / 6, "20%": 3 / 6}
+    assert m["lift_at"]["1%"] == pytest.approx(5.0, abs=1e-12)          # (1/1) / 0.2
+    assert m["lift_at"]["5%"] == pytest.approx(2.5, abs=1e-12)          # (1/2) / 0.2
+    assert m["lift_at"]["10%"] == pytest.approx(10 / 3, abs=1e-12)      # (2/3) / 0.2
+    assert m["lift_at"]["20%"] == pytest.approx(2.5, abs=1e-12)         # (3/6) / 0.2
+
+
+def test_ties_are_broken_by_input_order():
+    # Four sessions tie at 0.5; the top 1 of 4 (25%) is the first of them in the input.
+    p = np.array([0.5, 0.5, 0.5, 0.5])
+    assert list(rank_by_score(p)) == [0, 1, 2, 3]
+    first = lift_and_capture(np.array([1, 0, 0, 0]), p, (25, 50))
+    last = lift_and_capture(np.array([0, 0, 0, 1]), p, (25, 50))
+    assert first["capture_at"] == {"25%": 1.0, "50%": 1.0} and first["lift_at"]["25%"] == 4.0
+    assert last["capture_at"] == {"25%": 0.0, "50%": 0.0} and last["lift_at"]["25%"] == 0.0
+    # Ties below a higher score: the higher one leads, the tied ones follow in input order.
+    assert list(rank_by_score([0.2, 0.7, 0.2, 0.9, 0.2])) == [3, 1, 0, 2, 4]
+
+
+def test_a_slice_with_no_purchase_has_lift_and_capture_zero():
+    y = np.array([0] * 10 + [1] * 2)
+    p = np.linspace(0.9, 0.1, 12)  # the buyers are scored lowest
+    m = lift_and_capture(y, p, (10, 20, 50))
+    assert m["n_sessions_at"] == {"10%": 2, "20%": 3, "50%": 6}
+    assert m["capture_at"] == {"10%": 0.0, "20%": 0.0, "50%": 0.0}
+    assert m["lift_at"] == {"10%": 0.0, "20%": 0.0, "50%": 0.0}
+
+
+def test_all_positives_give_lift_one_and_capture_the_slice_share():
+    y, p = np.ones(40, int), np.linspace(0, 1, 40)
+    m = lift_and_capture(y, p)
+    assert m["n_sessions_at"] == {"1%": 1, "5%": 2, "10%": 4, "20%": 8}
+    assert m["lift_at"] == {"1%": 1.0, "5%": 1.0, "10%": 1.0, "20%": 1.0}
+    assert m["capture_at"] == {"1%": 1 / 40, "5%": 2 / 40, "10%": 4 / 40, "20%": 8 / 40}
+
+
+@pytest.mark.parametrize("y", [[0, 0, 0], []])
+def test_no_purchase_leaves_lift_capture_and_gains_undefined(y):
+    y = np.array(y, int)
+    p = np.linspace(0.1, 0.3, len(y))
+    m = marketing_metrics(y, p)
+    assert list(m) == list(MARKETING_KEYS)
+    assert all(v is None for v in m["lift_at"].values())
+    assert all(v is None for v in m["capture_at"].values())
+    assert m["gains"] is None
+    assert np.isnan(cumulative_gains(y, p)[1]).all()
+
+
+def test_lengths_must_match_naming_both():
+    with pytest.raises(ValueError, match="3 labels but 2 probabilities"):
+        lift_and_capture([1, 0, 0], [0.2, 0.1])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gains_are_monotonic_bounded_and_end_at_one(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 400))
+    y = (rng.random(n) < 0.2).astype(int)
+    y[0] = 1
+    p = rng.random(n).round(1)  # many ties
+    gains = gains_at_percents(y, p)
+    assert len(gains) == 101 and gains[0] == 0.0 and gains[-1] == 1.0
+    assert min(gains) >= 0.0 and max(gains) <= 1.0 and np.all(np.diff(gains) >= 0)
+    sessions, found = cumulative_gains(y, p)
+    assert len(sessions) == n + 1 and sessions[0] == 0.0 and sessions[-1] == 1.0
+    assert found[0] == 0.0 and found[-1] == 1.0 and np.all(np.diff(found) >= 0)
+    # Each sampled point is the curve at ceil(k * N / 100) sessions, and capture agrees.
+    m = lift_and_capture(y, p)
+    for k in TOP_PERCENTS:
+        assert gains[k] == found[top_count(n, k)] == m["capture_at"][f"{k}%"]
+        # Capture never beats perfect ranking, and lift times the slice share is capture.
+        assert m["capture_at"][f"{k}%"] <= min(1.0, m["n_sessions_at"][f"{k}%"] / y.sum())
+        assert m["lift_at"][f"{k}%"] * m["n_sessions_at"][f"{k}%"] / n == pytest.approx(
+            m["capture_at"][f"{k}%"], abs=1e-12)
+    assert lift_and_capture(y, p, (100,))["capture_at"]["100%"] == 1.0
+
+
+def test_gains_hand_computed_and_step():
+    y = np.array([1, 0, 1, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.1])
+    s, found = cumulative_gains(y, p)
+    assert list(s) == [0, 0.25, 0.5, 0.75, 1.0] and list(found) == [0, 0.5, 0.5, 1.0, 1.0]
+    # at 0, 25, 50, 75, 100%: ceil gives 0, 1, 2, 3, 4 sessions
+    assert gains_at_percents(y, p, step=25) == [0.0, 0.5, 0.5, 1.0, 1.0]
+    with pytest.raises(ValueError, match="step 3"):
+        gains_at_percents(y, p, step=3)
+
+
+# --------------------------------------------------------------------------- calibration bins
+
+def test_calibration_table_hand_computed_and_sums_to_ece():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.05, 0.15, 0.15, 0.55, 0.95, 1.0])
+    table = calibration_table(y, p, bins=4)
+    assert [tuple(r) for r in table] == [CALIBRATION_KEYS] * 4
+    assert [(r["lo"], r["hi"], r["n_sessions"]) for r in table] == [
+        (0.0, 0.25, 3), (0.25, 0.5, 0), (0.5, 0.75, 1), (0.75, 1.0, 2)]
+    assert table[0]["mean_predicted"] == pytest.approx(0.35 / 3)
+    assert table[0]["observed_rate"] == pytest.approx(1 / 3)
+    assert table[0]["gap"] == pytest.approx(1 / 3 - 0.35 / 3)
+    assert table[1]["mean_predicted"] is None and table[1]["gap"] is None
+    assert table[2]["gap"] == pytest.approx(0.45)
+    # 1.0 falls in the last bin: its mean is (0.95 + 1.0) / 2, half of the two bought.
+    assert table[3]["mean_predicted"] == pytest.approx(0.975) and table[3]["observed_rate"] == 0.5
+    ece = sum(r["n_sessions"] / len(y) * abs(r["gap"]) for r in table if r["n_sessions"])
+    assert ece == pytest.approx(expected_calibration_error(y, p, bins=4), abs=1e-12)
+
+
+def test_calibration_table_refuses_zero_bins():
+    with pytest.raises(ValueError, match="bins must be >= 1, got 0"):
+        calibration_table([1], [0.5], bins=0)

@@ -46,9 +46,19 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("accuracy", "accuracy", "acc", "share of sessions decided right at the threshold", True),
     Metric("f1", "F1", "F1", "F1 of the purchase decision at the threshold", True),
     Metric("ece", "ECE", "ECE", "expected calibration error over 10 equal-width bins", False),
+    Metric("lift_at", "lift", "lift", "purchase rate among the top k% of sessions by score over "
+           "the overall rate (1 = no better than random)", True),
+    Metric("capture_at", "capture", "capture", "share of all purchasing sessions found in the top "
+           "k% of sessions by score", True),
 )}
 # What classification_metrics returns, in table order (ECE is computed apart: it needs bins).
 METRIC_KEYS: tuple[str, ...] = ("roc_auc", "pr_auc", "log_loss", "brier", "mae", "accuracy", "f1")
+# The top slices a marketing team targets, in percent of sessions by score.
+TOP_PERCENTS: tuple[int, ...] = (1, 5, 10, 20)
+# What marketing_metrics returns, in JSON order.
+MARKETING_KEYS: tuple[str, ...] = ("n_sessions_at", "lift_at", "capture_at", "gains", "calibration_bins")
+# The keys of one calibration_table row, in JSON order.
+CALIBRATION_KEYS: tuple[str, ...] = ("lo", "hi", "n_sessions", "mean_predicted", "observed_rate", "gap")
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -118,11 +128,34 @@ def by_prefix_length(y: np.ndarray, p: np.ndarray, lengths: np.ndarray, threshol
     return out
 
 
+def _labels_and_scores(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` as float 0/1 and ``p`` clipped to [0, 1], both flat.
+
+    Raises:
+        ValueError: ``y`` and ``p`` of different lengths.
+    """
+    y = np.asarray(y, np.float64).reshape(-1)
+    p = np.clip(np.asarray(p, np.float64).reshape(-1), 0.0, 1.0)
+    if len(y) != len(p):
+        raise ValueError(f"{len(y)} labels but {len(p)} probabilities")
+    return y, p
+
+
+def _bin_sums(y: np.ndarray, p: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin: sessions, sum of labels, sum of probabilities (1.0 in the last bin)."""
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    return (np.bincount(which, minlength=bins), np.bincount(which, y, bins),
+            np.bincount(which, p, bins))
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error over ``bins`` equal-width probability bins.
 
     The mean of |share of positives - mean probability| over the non-empty bins, each
     weighted by its share of sessions. A probability of exactly 1.0 falls in the last bin.
+    `calibration_table` lists the bins it sums.
 
     Args:
         y: 0/1 labels (N,).
@@ -135,16 +168,161 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     Raises:
         ValueError: ``bins`` < 1 or ``y`` and ``p`` of different lengths.
     """
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    y = np.asarray(y, np.float64).reshape(-1)
-    p = np.clip(np.asarray(p, np.float64).reshape(-1), 0.0, 1.0)
-    if len(y) != len(p):
-        raise ValueError(f"{len(y)} labels but {len(p)} probabilities")
+    y, p = _labels_and_scores(y, p)
+    count, sum_y, sum_p = _bin_sums(y, p, bins)
     if len(y) == 0:
         return float("nan")
-    which = np.minimum((p * bins).astype(np.int64), bins - 1)
-    count = np.bincount(which, minlength=bins)
-    gap = np.abs(np.bincount(which, y, bins) - np.bincount(which, p, bins))  # per-bin sums
     # sum_b n_b/N * |mean_y_b - mean_p_b| == sum_b |sum_y_b - sum_p_b| / N
+    gap = np.abs(sum_y - sum_p)
     return float(gap[count > 0].sum() / len(y))
+
+
+def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict]:
+    """The bins behind `expected_calibration_error`, one dict per bin (keys CALIBRATION_KEYS).
+
+    Bin b holds the probabilities in [b/bins, (b+1)/bins); the last bin also holds 1.0.
+    ``gap`` is observed rate minus mean predicted probability (positive: the model
+    under-predicts there), so ECE = sum of n_sessions/N * |gap|. An empty bin has
+    ``n_sessions`` 0 and None for the means and the gap.
+
+    Args:
+        y: 0/1 labels (N,).
+        p: probabilities (N,), clipped to [0, 1].
+        bins: number of bins on [0, 1].
+
+    Returns:
+        ``bins`` dicts, lowest probabilities first.
+
+    Raises:
+        ValueError: ``bins`` < 1 or ``y`` and ``p`` of different lengths.
+
+    Example:
+        >>> calibration_table([0, 1, 1], [0.05, 0.5, 0.7], bins=2)[1]
+        {'lo': 0.5, 'hi': 1.0, 'n_sessions': 2, 'mean_predicted': 0.6, 'observed_rate': 1.0, 'gap': 0.4}
+    """
+    y, p = _labels_and_scores(y, p)
+    count, sum_y, sum_p = _bin_sums(y, p, bins)
+    rows = []
+    for b in range(bins):
+        n = int(count[b])
+        mean_p = float(sum_p[b] / n) if n else None
+        rate = float(sum_y[b] / n) if n else None
+        rows.append(dict(zip(CALIBRATION_KEYS, (b / bins, (b + 1) / bins, n, mean_p, rate,
+                                                None if n == 0 else rate - mean_p), strict=True)))
+    return rows
+
+
+def top_count(n: int, percent: int) -> int:
+    """How many sessions "the top ``percent``%" of ``n`` is: ceil(percent * n / 100).
+
+    Integer arithmetic, so 7% of 100 is 7 (not 8 from 0.07 * 100 = 7.000000000000001). A
+    non-empty slice of a non-empty set holds at least one session.
+
+    Raises:
+        ValueError: ``n`` < 0 or ``percent`` outside 0..100.
+    """
+    if n < 0 or not 0 <= percent <= 100:
+        raise ValueError(f"top {percent}% of {n} sessions: need n >= 0 and percent in 0..100")
+    return -(-percent * n // 100)
+
+
+def rank_by_score(p: np.ndarray) -> np.ndarray:
+    """Session indices from the highest score down; equal scores keep their input order.
+
+    A stable sort, so a slice cut through tied scores takes the earlier sessions: the
+    result is deterministic, and it is what a team mailing the top of a sorted list gets.
+    """
+    p = np.asarray(p, np.float64).reshape(-1)
+    return np.argsort(-p, kind="stable")
+
+
+def cumulative_gains(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cumulative gains curve at every session: (share of sessions, share of purchases).
+
+    Sessions are taken in `rank_by_score` order; point i (from 0) is the top i sessions, so
+    both arrays have N + 1 points from (0, 0) to (1, 1). With no purchase the second array
+    is all NaN.
+
+    Raises:
+        ValueError: ``y`` and ``p`` of different lengths.
+    """
+    y, p = _labels_and_scores(y, p)
+    found = np.concatenate([[0.0], np.cumsum(y[rank_by_score(p)])])
+    sessions = np.arange(len(y) + 1) / max(len(y), 1)
+    total = found[-1]
+    return sessions, (found / total if total > 0 else np.full(len(found), np.nan))
+
+
+def lift_and_capture(y: np.ndarray, p: np.ndarray,
+                     percents: tuple[int, ...] = TOP_PERCENTS) -> dict[str, dict[str, float | int | None]]:
+    """Lift and capture rate of the top ``percents`` of sessions by score.
+
+    The top k% is the first `top_count` (ceil(k * N / 100)) sessions of `rank_by_score`
+    (highest score first, ties in input order). Lift is the purchase rate among them over
+    the overall purchase rate; capture is the share of all purchasing sessions among them.
+
+    Args:
+        y: 0/1 labels (N,).
+        p: probabilities (N,).
+        percents: the slices, in whole percent (0..100).
+
+    Returns:
+        ``{"n_sessions_at": {"1%": n, ...}, "lift_at": {"1%": lift, ...}, "capture_at": {...}}``;
+        lift and capture are None when there is no purchase (or no session) at all, or,
+        for lift, when the slice is empty.
+
+    Raises:
+        ValueError: ``y`` and ``p`` of different lengths, or a percent outside 0..100.
+
+    Example:
+        >>> lift_and_capture([1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3], (25,))["lift_at"]
+        {'25%': 4.0}
+    """
+    y, p = _labels_and_scores(y, p)
+    found = np.concatenate([[0.0], np.cumsum(y[rank_by_score(p)])])
+    n, total = len(y), float(found[-1])
+    out: dict[str, dict] = {"n_sessions_at": {}, "lift_at": {}, "capture_at": {}}
+    for k in percents:
+        key, top = f"{k}%", top_count(n, k)
+        hits = float(found[top])
+        out["n_sessions_at"][key] = top
+        out["capture_at"][key] = hits / total if total > 0 else None
+        # (hits / top) / (total / n), as one division of integers' products: exact ties.
+        out["lift_at"][key] = hits * n / (top * total) if total > 0 and top > 0 else None
+    return out
+
+
+def gains_at_percents(y: np.ndarray, p: np.ndarray, step: int = 1) -> list[float] | None:
+    """The cumulative gains curve sampled at 0%, step%, 2*step%, ..., 100% of sessions.
+
+    Entry i is the capture rate of the top ``i * step``% (`top_count` sessions), so the
+    list starts at 0.0 and ends at 1.0.
+
+    Returns:
+        The list, or None when there is no purchase to capture.
+
+    Raises:
+        ValueError: ``step`` not a divisor of 100, or ``y`` and ``p`` of different lengths.
+    """
+    if step < 1 or 100 % step:
+        raise ValueError(f"step {step}: expected a divisor of 100 (1, 2, 4, 5, 10, ...)")
+    y, p = _labels_and_scores(y, p)
+    found = np.concatenate([[0.0], np.cumsum(y[rank_by_score(p)])])
+    total = float(found[-1])
+    if total <= 0:
+        return None
+    return [float(found[top_count(len(y), k)]) / total for k in range(0, 101, step)]
+
+
+def marketing_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
+    """The figures a marketing team reads, keyed as MARKETING_KEYS (`evaluate`, `compare` JSON).
+
+    ``n_sessions_at``, ``lift_at``, ``capture_at``: `lift_and_capture` at TOP_PERCENTS;
+    ``gains``: `gains_at_percents` at every 1% (101 points, None without a purchase);
+    ``calibration_bins``: `calibration_table` with ``bins`` equal-width bins.
+
+    Raises:
+        ValueError: ``y`` and ``p`` of different lengths.
+    """
+    return {**lift_and_capture(y, p), "gains": gains_at_percents(y, p),
+            "calibration_bins": calibration_table(y, p, bins)}

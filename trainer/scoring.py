@@ -28,7 +28,12 @@ from edge_runtime.scorer import Scorer
 from trainer import dataset
 from trainer.files import atomic_open
 from trainer.logsource import EventLogSource
-from trainer.metrics import by_prefix_length, classification_metrics
+from trainer.metrics import (
+    by_prefix_length,
+    classification_metrics,
+    expected_calibration_error,
+    marketing_metrics,
+)
 from trainer.readers import EventLog
 from trainer.rundir import SPLIT_NAMES
 from trainer.sessions import DEFAULT_GAP_MINUTES, Sessions, key_digests, sessionize
@@ -208,9 +213,11 @@ def split_keys(split_manifest: str | os.PathLike, split: str) -> set[str]:
 
 
 def evaluation_report(scored: ScoredLog, threshold: float) -> dict:
-    """The `evaluate` JSON: counts, metrics at ``threshold``, by prefix length, bad rows."""
+    """The `evaluate` JSON: counts, metrics at ``threshold``, by prefix length, the marketing
+    figures (ECE and its bins, lift and capture at the top slices, the gains curve), bad rows."""
     s = scored.sessions
     y, p = scored.label, scored.probability
+    ece = expected_calibration_error(y, p)
     return {
         "n_sessions": int(len(scored.index)),
         "n_positive": int(y.sum()),
@@ -218,6 +225,8 @@ def evaluation_report(scored: ScoredLog, threshold: float) -> dict:
         **classification_metrics(y, p, threshold),
         "threshold": float(threshold),
         "by_prefix_length": by_prefix_length(y, p, scored.prefix_len, threshold),
+        "ece": None if ece != ece else float(ece),  # NaN without sessions: JSON has no NaN
+        **marketing_metrics(y, p),
         "bad_rows": scored.log.bad.summary(),
         "warnings": scored.warnings,
     }

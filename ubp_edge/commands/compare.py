@@ -48,7 +48,7 @@ def compare(
     as_json: JsonOpt = False,
     report: Annotated[Path | None, typer.Option(
         "--report", help="Write DIR/compare.md and its PNG plots (ROC, PR, reliability, "
-                         "AUC by prefix length, scatter).")] = None,
+                         "cumulative gains, AUC by prefix length, scatter).")] = None,
     max_auc_drop: Annotated[float | None, typer.Option(
         "--max-auc-drop", help=f"Exit 1 if an artifact's ROC-AUC is more than this below {REFERENCE}'s "
                                "(or an artifact failed).")] = None,
@@ -107,7 +107,7 @@ def print_comparison(result: dict, title: str, written: list[Path] | None) -> No
         title: the table title's first line (run directory and log).
         written: the report files (compare.md last), if a report was written.
     """
-    from converters.compare_report import COLUMNS, footnote, summary_rows
+    from converters.compare_report import COLUMNS, footnote, lift_rows, summary_rows
 
     for w in result["warnings"]:
         warn(w)
@@ -118,6 +118,14 @@ def print_comparison(result: dict, title: str, written: list[Path] | None) -> No
     for a, cells in zip(result["artifacts"], summary_rows(result), strict=True):
         table.add_row(*cells, style=None if a["status"] == "ok" else "red")
     print_wide(table, 160)
+    headers, rows = lift_rows(result)
+    if rows:
+        lift = Table(title="lift and capture of the top sessions by score (ties: session order)")
+        for i, col in enumerate(headers):
+            lift.add_column(col, justify="left" if i == 0 else "right")
+        for cells in rows:
+            lift.add_row(*cells)
+        print_wide(lift, 160)
     note = footnote(result)
     if note:
         out.print(note, soft_wrap=True)

@@ -172,7 +172,30 @@ def evaluate(
         for w in scored.warnings:
             warn(w)
         out.print(metrics_table(report, f"{model.name} on {data}"))
+        if report["lift_at"]:
+            out.print(lift_table(report))
         out.print(bad_rows_line(report["bad_rows"], written))
+
+
+def lift_table(report: dict) -> Table:
+    """Lift and capture at the top slices of sessions by score, and the ECE.
+
+    Args:
+        report: the `evaluate` JSON dict, with `trainer.metrics.marketing_metrics`'s keys.
+
+    Returns:
+        A small Rich table: one row per top slice (its sessions, lift, capture).
+    """
+    ece = report.get("ece")
+    table = Table(title="top sessions by score" + ("" if ece is None else f", ECE {ece:.4f}"),
+                  caption="top k%: ceil(k*N/100) sessions; ties in session order")
+    for name in ("top", "sessions", "lift", "capture"):
+        table.add_column(name, justify="left" if name == "top" else "right")
+    for k, n in report["n_sessions_at"].items():
+        lift, capture = report["lift_at"][k], report["capture_at"][k]
+        table.add_row(k, f"{n:,}", "n/a" if lift is None else f"{lift:.2f}x",
+                      "n/a" if capture is None else f"{100 * capture:.1f}%")
+    return table
 
 
 def metrics_table(report: dict, title: str) -> Table:
