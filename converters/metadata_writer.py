@@ -10,7 +10,8 @@ table (operators, subgraphs, signatures, existing metadata such as "min_runtime_
 to 16 bytes, out-of-flatbuffer data moved inline).
 
 Seams: `add_metadata(model, entries)` and `seal(model)`, the last step of every conversion;
-`tflite_schema()`. The standard TFLite metadata (``TFLITE_METADATA``, what Netron and Android
+`tflite_schema()`, `read_model` and `pack_model` (the object-API tables in and out) and
+`flatbuffer_text`. The standard TFLite metadata (``TFLITE_METADATA``, what Netron and Android
 Studio show) goes in through `add_metadata` too, from converters.tflite_metadata, before `seal`.
 """
 
@@ -50,7 +51,6 @@ def add_metadata(model: bytes, entries: dict[str, bytes]) -> bytes:
         TypeError: an entry is not str -> bytes.
         ArtifactError: ``model`` is not a readable TFLite flatbuffer.
     """
-    import flatbuffers
     import numpy as np
 
     schema = tflite_schema()
@@ -59,20 +59,10 @@ def add_metadata(model: bytes, entries: dict[str, bytes]) -> bytes:
             raise TypeError(f"metadata entries must be str -> bytes, got {name!r}: {type(value).__name__}")
 
     data = bytes(model)
-    if len(data) < 8 or data[4:8] != FILE_IDENTIFIER:
-        raise ArtifactError(f"not a TFLite flatbuffer: file identifier is {data[4:8]!r}, "
-                            f"expected {FILE_IDENTIFIER!r}")
-    try:
-        m = schema.ModelT.InitFromPackedBuf(data, 0)
-    except Exception as exc:  # the generated code raises anything on corrupt input
-        raise ArtifactError(f"not a readable TFLite flatbuffer: {exc}") from exc
-
-    _inline_external_data(m, data, np)
-    # Buffer 0 is by convention the empty buffer of tensors without data; keep it so.
-    m.buffers = list(m.buffers or [schema.BufferT()])
+    m = read_model(data)
     m.metadata = list(m.metadata or [])
 
-    by_name = {_text(item.name): item for item in m.metadata}
+    by_name = {flatbuffer_text(item.name): item for item in m.metadata}
     for name, value in entries.items():
         payload = np.frombuffer(bytes(value), dtype=np.uint8)
         item = by_name.get(name)
@@ -87,14 +77,47 @@ def add_metadata(model: bytes, entries: dict[str, bytes]) -> bytes:
             by_name[name] = item
         item.buffer = len(m.buffers) - 1
 
-    aligned = _aligned_buffer_type(schema)
+    return pack_model(m, len(data) + sum(len(v) for v in entries.values()))
+
+
+def read_model(model: bytes):
+    """The object-API tables (``ModelT``) of a `.tflite` file, with any data stored after the
+    flatbuffer (models over 2 GB) moved inline and buffer 0, the empty one, in place.
+
+    Raises:
+        ArtifactError: ``model`` is not a readable TFLite flatbuffer.
+    """
+    import numpy as np
+
+    schema = tflite_schema()
+    data = bytes(model)
+    if len(data) < 8 or data[4:8] != FILE_IDENTIFIER:
+        raise ArtifactError(f"not a TFLite flatbuffer: file identifier is {data[4:8]!r}, "
+                            f"expected {FILE_IDENTIFIER!r}")
+    try:
+        m = schema.ModelT.InitFromPackedBuf(data, 0)
+    except Exception as exc:  # the generated code raises anything on corrupt input
+        raise ArtifactError(f"not a readable TFLite flatbuffer: {exc}") from exc
+    _inline_external_data(m, data, np)
+    # Buffer 0 is by convention the empty buffer of tensors without data; keep it so.
+    m.buffers = list(m.buffers or [schema.BufferT()])
+    return m
+
+
+def pack_model(m, size_hint: int = 0) -> bytes:
+    """``ModelT`` tables as `.tflite` bytes, every buffer's data 16-byte aligned as the
+    converter writes it (``size_hint``: about the bytes expected)."""
+    import flatbuffers
+
+    aligned = _aligned_buffer_type(tflite_schema())
     m.buffers = [aligned(data=b.data, offset=b.offset, size=b.size) for b in m.buffers]
-    builder = flatbuffers.Builder(len(data) + sum(len(v) for v in entries.values()) + 1024)
+    builder = flatbuffers.Builder(size_hint + 1024)
     builder.Finish(m.Pack(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())
 
 
-def _text(value) -> str:
+def flatbuffer_text(value) -> str:
+    """A flatbuffer string field (bytes from the object API) as text."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 

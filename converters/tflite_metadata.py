@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from converters.metadata_writer import add_metadata, tflite_schema
+from converters.metadata_writer import add_metadata, flatbuffer_text, read_model, tflite_schema
 from edge_runtime.artifact import DIGEST_METADATA_NAME, METADATA_NAME, ArtifactInfo
 from edge_runtime.errors import ArtifactError
 from edge_runtime.tflite_reader import read_metadata
@@ -147,25 +147,22 @@ def graph_signatures(model: bytes) -> list[GraphSignature]:
     """
     schema = tflite_schema()
     read_metadata(model)  # the bounds-checked reader refuses damaged bytes by name first
-    try:
-        m = schema.ModelT.InitFromPackedBuf(bytes(model), 0)
-    except Exception as exc:  # the generated code raises anything on corrupt input
-        raise ArtifactError(f"not a readable TFLite flatbuffer: {exc}") from exc
+    m = read_model(model)
     type_names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     keys: dict[int, list[str]] = {}
     names: dict[int, dict[int, str]] = {}
     for sig in m.signatureDefs or []:
-        keys.setdefault(sig.subgraphIndex, []).append(_text(sig.signatureKey))
+        keys.setdefault(sig.subgraphIndex, []).append(flatbuffer_text(sig.signatureKey))
         by_tensor = names.setdefault(sig.subgraphIndex, {})
         for t in list(sig.inputs or []) + list(sig.outputs or []):
-            by_tensor.setdefault(t.tensorIndex, _text(t.name))
+            by_tensor.setdefault(t.tensorIndex, flatbuffer_text(t.name))
 
     def port(subgraph, i: int, index: int) -> Port:
         t = subgraph.tensors[index]
         shape = t.shapeSignature if t.shapeSignature is not None and len(t.shapeSignature) else t.shape
         q = t.quantization
         one_scale = q is not None and q.scale is not None and len(q.scale) == 1
-        return Port(name=names.get(i, {}).get(index, _text(t.name)), tensor=_text(t.name),
+        return Port(name=names.get(i, {}).get(index, flatbuffer_text(t.name)), tensor=flatbuffer_text(t.name),
                     shape=tuple(int(d) for d in (shape if shape is not None else ())),
                     dtype=type_names.get(t.type, str(t.type)),
                     quantization=(float(q.scale[0]), int(q.zeroPoint[0])) if one_scale else None)
@@ -173,13 +170,9 @@ def graph_signatures(model: bytes) -> list[GraphSignature]:
     def ports(subgraph, i: int, indices) -> tuple[Port, ...]:
         return tuple(port(subgraph, i, j) for j in (indices if indices is not None else []))
 
-    return [GraphSignature(index=i, keys=tuple(keys.get(i, ())), name=_text(sg.name or b""),
+    return [GraphSignature(index=i, keys=tuple(keys.get(i, ())), name=flatbuffer_text(sg.name or b""),
                            inputs=ports(sg, i, sg.inputs), outputs=ports(sg, i, sg.outputs))
             for i, sg in enumerate(m.subgraphs or [])]
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 # --- what the model and its tensors mean -------------------------------------------------

@@ -9,27 +9,25 @@ from __future__ import annotations
 
 import json
 
-import flatbuffers
-
-from converters.metadata_writer import add_metadata, seal, tflite_schema
+from converters.metadata_writer import (
+    add_metadata,
+    flatbuffer_text,
+    pack_model,
+    read_model,
+    seal,
+    tflite_schema,
+)
 from converters.signatures import DEFAULT_SIGNATURE
 from edge_runtime.artifact import METADATA_NAME, SCORE_SIGNATURE, STEP_METADATA_NAME, STEP_SIGNATURE
-from edge_runtime.tflite_reader import FILE_IDENTIFIER, read_metadata
-
-
-def _packed(m) -> bytes:
-    builder = flatbuffers.Builder(1 << 20)
-    builder.Finish(m.Pack(builder), file_identifier=FILE_IDENTIFIER)
-    return add_metadata(bytes(builder.Output()), {})  # re-aligned as the converter writes
+from edge_runtime.tflite_reader import read_metadata
 
 
 def split_step(model: bytes) -> tuple[bytes, bytes]:
     """(``model`` without its ``step`` signature and subgraph, the step graph as a model of
     its own with one ``serving_default`` signature): what with_step_signature joined."""
     schema = tflite_schema()
-    m = schema.ModelT.InitFromPackedBuf(model, 0)
-    keys = [s.signatureKey.decode() if isinstance(s.signatureKey, bytes) else s.signatureKey
-            for s in m.signatureDefs]
+    m = read_model(model)
+    keys = [flatbuffer_text(s.signatureKey) for s in m.signatureDefs]
     signature = m.signatureDefs[keys.index(STEP_SIGNATURE)]
     index = signature.subgraphIndex
     assert index == len(m.subgraphs) - 1, "the step subgraph is the last one"
@@ -49,13 +47,13 @@ def split_step(model: bytes) -> tuple[bytes, bytes]:
     signature.signatureKey, signature.subgraphIndex = DEFAULT_SIGNATURE, 0
     step.signatureDefs = [signature]
 
-    whole = schema.ModelT.InitFromPackedBuf(model, 0)
+    whole = read_model(model)
     whole.subgraphs = whole.subgraphs[:index]
     whole.signatureDefs = [s for s in whole.signatureDefs if s.subgraphIndex != index]
     for s in whole.signatureDefs:
-        if s.signatureKey in (SCORE_SIGNATURE, SCORE_SIGNATURE.encode()):
+        if flatbuffer_text(s.signatureKey) == SCORE_SIGNATURE:
             s.signatureKey = DEFAULT_SIGNATURE
-    return _packed(whole), _packed(step)
+    return pack_model(whole, len(model)), pack_model(step, len(model))
 
 
 def version_1(model: bytes, step: bytes | None = None) -> bytes:
