@@ -21,7 +21,7 @@ rules), edge_runtime.features (CONTEXT_FIELDS, MAX_REMEMBERED_IDS), the artifact
 metadata (threshold, calibration, precision, graph) and its interpreter (signatures). The
 formulas exist only as code (FeatureEncoder._transform, step_features); their
 descriptions live here, next to each other in FEATURE_FORMULAS, one entry per feature of
-edge_runtime.features.ALL_FEATURES. tests/test_export_spec.py rebuilds the features from
+edge_runtime.features.FEATURE_LAYOUT. tests/test_export_spec.py rebuilds the features from
 the written spec alone, in a process without edge_runtime, and fails when an entry is
 missing or its expression computes something else than the encoder.
 
@@ -56,6 +56,7 @@ from edge_runtime.events import (
 )
 from edge_runtime.features import CONTEXT_FEATURES, CONTEXT_FIELDS, MAX_REMEMBERED_IDS, FeatureSpec
 from edge_runtime.scorer import Scorer
+from edge_runtime.target_stats import TABLE_FIELDS
 from edge_runtime.tflite_reader import read_metadata
 from edge_runtime.whole_graph import CHUNK_KEY, chunk_plan
 from trainer.files import atomic_open, write_json_atomic
@@ -95,7 +96,16 @@ EXPRESSION_VOCABULARY: dict[str, str] = {
     "len(S)": "the number of elements of the set S",
     "set()": "the empty set",
     "round_half_even(x)": "the nearest integer, a tie to the even one (2.5 -> 2, 3.5 -> 4)",
+    "lookup(field, id)": "the pair [rate, log_sessions] target_tables[field] holds for the id "
+                         "(text, or null): see target_tables.lookup",
 }
+
+# How a native client reads the target tables (edge_runtime.target_stats.TargetTable).
+TARGET_LOOKUP = (
+    "h = BLAKE2b(key = the table's key (16 bytes), digest_size = 4) of the 8 bytes "
+    "BLAKE2b(digest_size = 8) of the id's UTF-8 text (no key), read as a big-endian unsigned "
+    "32-bit integer; the pair is entries[str(h)] when the table has that entry, else the "
+    "table's fallback; a null id (an event without a category) reads the fallback")
 
 
 class StateVariable(NamedTuple):
@@ -159,7 +169,7 @@ CONTEXT_MEANINGS: dict[str, str] = {
 # The time-of-day angle, as FeatureEncoder._transform and step_features compute it.
 _ANGLE = "((ts + utc_offset_hours * 3600.0) % 86400.0) * (2.0 * pi / 86400.0)"
 
-# Every feature of edge_runtime.features.ALL_FEATURES: what FeatureEncoder._transform (the
+# Every feature of edge_runtime.features.FEATURE_LAYOUT: what FeatureEncoder._transform (the
 # batch path) and FeatureEncoder.step_features (the one-event path) compute, in words and as
 # an expression. A feature added there without an entry here fails tests/test_export_spec.py,
 # and so does an entry whose expression computes anything else.
@@ -197,7 +207,25 @@ FEATURE_FORMULAS: dict[str, Formula] = {
         f"log1p of the session's context value {name} ({CONTEXT_MEANINGS[name]}), a negative "
         f"value counted as 0; the same for every event of the session",
         f"log1p(max({name}, 0.0))") for name in CONTEXT_FIELDS},
+    **{f"{field}_rate": Formula(
+        f"logit of the purchase rate of the training sessions that touched the event's {field}, "
+        f"smoothed towards the training base rate (target_tables.{field}; its fallback for an "
+        f"unknown {field}{' or none' if field == 'category' else ''})",
+        f"lookup({field!r}, {field})[0]") for field in TABLE_FIELDS},
+    **{f"{field}_log_sessions": Formula(
+        f"log1p of the training sessions that touched the event's {field} (0 for an unknown one)",
+        f"lookup({field!r}, {field})[1]") for field in TABLE_FIELDS},
 }
+
+
+def target_tables_contract(spec: FeatureSpec) -> dict:
+    """The spec's target tables as a native client reads them: each entry under its hash."""
+    return {"lookup": TARGET_LOOKUP, **{t.field: {
+        "key": t.key.hex(), "hash_bytes": t.hashes.itemsize,
+        "fallback": [t.fallback_rate, 0.0],
+        "entries": {str(h): [r, p] for h, r, p in zip(t.hashes.tolist(), t.rate.astype(np.float64).tolist(),
+                                                     t.popularity.astype(np.float64).tolist(), strict=True)},
+    } for t in spec.tables}}
 
 NORMALISATION = ("x = float32((raw - mean) / scale): computed in double precision from the "
                  "feature's raw value, mean and scale below, then rounded to the nearest float32")
@@ -292,6 +320,7 @@ def feature_contract(spec: FeatureSpec) -> dict:
                 if name in CONTEXT_FEATURES else {})}
             for i, (name, mean, scale) in enumerate(zip(spec.features, spec.mean, spec.scale, strict=True))
         ],
+        **({"target_tables": target_tables_contract(spec)} if spec.tables else {}),
         "normalisation": NORMALISATION,
         "max_len": {
             "value": spec.max_len,

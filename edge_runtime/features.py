@@ -30,8 +30,13 @@ except ImportError:  # a Python built without the module
 
 from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.events import CART, EVENT_TYPES, Event, canonical_event
+from edge_runtime.target_stats import DIGEST_DTYPE, TABLE_FIELDS, TargetTable
 
+# The spec's format. Version 2 adds the target tables; a spec without them is still written
+# as version 1, so that every ubp-edge that reads version 1 reads it.
 SPEC_VERSION = 1
+TABLES_SPEC_VERSION = 2
+READABLE_SPEC_VERSIONS = (SPEC_VERSION, TABLES_SPEC_VERSION)
 
 # Per-event features, in the order they are laid out before selection.
 SEQUENCE_FEATURES: tuple[str, ...] = (
@@ -49,6 +54,19 @@ SEQUENCE_FEATURES: tuple[str, ...] = (
 CONTEXT_FIELDS: tuple[str, ...] = ("prior_sessions", "prior_purchases", "open_cart_items")
 CONTEXT_FEATURES: tuple[str, ...] = tuple(f"ctx_log_{name}" for name in CONTEXT_FIELDS)
 ALL_FEATURES: tuple[str, ...] = SEQUENCE_FEATURES + CONTEXT_FEATURES
+# Learned on the training split (edge_runtime.target_stats), looked up per event by the id of
+# its category or item: the logit of the smoothed purchase rate, log1p(training sessions).
+# Only a spec that carries the field's TargetTable can select them; `prepare` adds them.
+TARGET_FEATURES: tuple[str, ...] = tuple(f"{field}_{stat}" for field in TABLE_FIELDS
+                                         for stat in ("rate", "log_sessions"))
+# Every feature a spec may select, in the order the encoder lays them out.
+FEATURE_LAYOUT: tuple[str, ...] = ALL_FEATURES + TARGET_FEATURES
+NO_TARGETS = (0.0,) * len(TARGET_FEATURES)
+
+
+def target_field(feature: str) -> str | None:
+    """The id field whose table a target feature reads ("category", "item"), else None."""
+    return feature.split("_", 1)[0] if feature in TARGET_FEATURES else None
 
 
 def default_features(has_price: bool, has_category: bool, use_context: bool) -> tuple[str, ...]:
@@ -74,6 +92,7 @@ class FeatureSpec:
         max_len: the training window: the model was trained on each prefix's last ``max_len``
             events. Scoring reads the whole session, however long, as live scoring does.
         max_dt_seconds: gaps longer than this count as this long.
+        tables: the TargetTable of each field whose TARGET_FEATURES are selected.
         version: the spec format version; artifacts of another version are refused.
     """
 
@@ -83,12 +102,18 @@ class FeatureSpec:
     utc_offset_hours: float = 0.0
     max_len: int = 50
     max_dt_seconds: float = 86400.0
+    tables: tuple[TargetTable, ...] = ()
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.features if f not in ALL_FEATURES]
+        unknown = [f for f in self.features if f not in FEATURE_LAYOUT]
         if unknown:
-            raise ConfigError(f"unknown features {unknown}; allowed {list(ALL_FEATURES)}")
+            raise ConfigError(f"unknown features {unknown}; allowed {list(FEATURE_LAYOUT)}")
+        table_fields = [t.field for t in self.tables]
+        needed = sorted({target_field(f) for f in self.features} - {None})
+        if len(set(table_fields)) != len(table_fields) or sorted(table_fields) != needed:
+            raise ConfigError(f"target tables for {table_fields}, but the features need tables "
+                              f"for {needed}")
         if len(set(self.features)) != len(self.features) or not self.features:
             raise ConfigError(f"features must be distinct and non-empty, got {list(self.features)}")
         if not (len(self.mean) == len(self.scale) == len(self.features)):
@@ -110,24 +135,35 @@ class FeatureSpec:
         return any(f in CONTEXT_FEATURES for f in self.features)
 
     def to_dict(self) -> dict:
-        return {"version": self.version, "features": list(self.features),
-                "mean": list(self.mean), "scale": list(self.scale),
-                "utc_offset_hours": self.utc_offset_hours, "max_len": self.max_len,
-                "max_dt_seconds": self.max_dt_seconds}
+        d = {"version": TABLES_SPEC_VERSION if self.tables else SPEC_VERSION, "features": list(self.features),
+             "mean": list(self.mean), "scale": list(self.scale),
+             "utc_offset_hours": self.utc_offset_hours, "max_len": self.max_len,
+             "max_dt_seconds": self.max_dt_seconds}
+        if self.tables:
+            d["target_tables"] = [t.to_dict() for t in self.tables]
+        return d
+
+    def table(self, field: str) -> TargetTable | None:
+        """The target table of ``field``, None when the spec has none."""
+        return next((t for t in self.tables if t.field == field), None)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> FeatureSpec:
         """Rebuild a spec; ArtifactError when it is of another version or malformed."""
         if not isinstance(d, Mapping):
             raise ArtifactError(f"feature spec is {type(d).__name__}, expected an object")
-        if d.get("version") != SPEC_VERSION:
+        if d.get("version") not in READABLE_SPEC_VERSIONS:
             raise ArtifactError(f"feature spec version {d.get('version')!r} is not supported; "
-                                f"this ubp-edge reads version {SPEC_VERSION}")
+                                f"this ubp-edge reads versions {list(READABLE_SPEC_VERSIONS)}")
+        tables = d.get("target_tables", []) if d["version"] == TABLES_SPEC_VERSION else []
+        if not isinstance(tables, list):
+            raise ArtifactError(f"feature spec target_tables is {type(tables).__name__}, expected a list")
         try:
             return cls(features=tuple(d["features"]), mean=tuple(map(float, d["mean"])),
                        scale=tuple(map(float, d["scale"])),
                        utc_offset_hours=float(d["utc_offset_hours"]), max_len=int(d["max_len"]),
-                       max_dt_seconds=float(d["max_dt_seconds"]), version=int(d["version"]))
+                       max_dt_seconds=float(d["max_dt_seconds"]),
+                       tables=tuple(TargetTable.from_dict(t) for t in tables), version=SPEC_VERSION)
         except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise ArtifactError(f"feature spec is malformed: {e}") from None
 
@@ -159,6 +195,14 @@ def id_digest(text: str) -> bytes:
 
 
 _BLAKE2B = blake2b(digest_size=DIGEST_BYTES)  # never updated: only copied
+
+
+def id_digests(names: Sequence) -> np.ndarray:
+    """`id_digest` of each id (as text: 12 and "12" are one id) as DIGEST_DTYPE numbers,
+    the form the batch path looks target tables up by."""
+    if not len(names):
+        return np.zeros(0, DIGEST_DTYPE)
+    return np.frombuffer(b"".join(id_digest(n if type(n) is str else str(n)) for n in names), DIGEST_DTYPE)
 
 
 def remembered(seen: bytes | bytearray, digest: bytes, start: int = 0, end: int | None = None) -> bool:
@@ -286,18 +330,25 @@ class FeatureEncoder:
     """
 
     def __init__(self, features: Sequence[str] = ALL_FEATURES, utc_offset_hours: float = 0.0,
-                 max_len: int = 50, max_dt_seconds: float = 86400.0) -> None:
+                 max_len: int = 50, max_dt_seconds: float = 86400.0,
+                 tables: Sequence[TargetTable] = ()) -> None:
         self.features = tuple(features)
         self.utc_offset_hours = utc_offset_hours
         self.max_len = max_len
         self.max_dt_seconds = max_dt_seconds
-        unknown = [f for f in self.features if f not in ALL_FEATURES]
+        self.tables = tuple(tables)
+        unknown = [f for f in self.features if f not in FEATURE_LAYOUT]
         if unknown:
-            raise ConfigError(f"unknown features {unknown}; allowed {list(ALL_FEATURES)}")
-        self._columns = np.array([ALL_FEATURES.index(f) for f in self.features], np.int64)
+            raise ConfigError(f"unknown features {unknown}; allowed {list(FEATURE_LAYOUT)}")
+        missing = sorted({target_field(f) for f in self.features} - {None} - {t.field for t in self.tables})
+        if missing:
+            raise ConfigError(f"features {list(self.features)} need the target tables of {missing}")
+        self._columns = np.array([FEATURE_LAYOUT.index(f) for f in self.features], np.int64)
         # Ids are remembered only for the repeat features the spec selects.
         self._track_items = "repeat_item" in self.features
         self._track_categories = "repeat_category" in self.features
+        self._item_table = next((t for t in self.tables if t.field == "item"), None)
+        self._category_table = next((t for t in self.tables if t.field == "category"), None)
         self.mean_: np.ndarray | None = None
         self.scale_: np.ndarray | None = None
         self._step_norm: tuple | None = None  # `step_features`' normalisation, by _fit_step_norm
@@ -312,10 +363,16 @@ class FeatureEncoder:
         """Whether it remembers category ids (the spec has ``repeat_category``)."""
         return self._track_categories
 
+    @property
+    def needs_digests(self) -> bool:
+        """Whether encoding needs the ids' digests beyond the repeat features: the spec has
+        target tables (`raw_batch`'s ``item_digest`` / ``category_digest``)."""
+        return bool(self.tables)
+
     # ------------------------------------------------------------------ spec
     @classmethod
     def from_spec(cls, spec: FeatureSpec) -> FeatureEncoder:
-        enc = cls(spec.features, spec.utc_offset_hours, spec.max_len, spec.max_dt_seconds)
+        enc = cls(spec.features, spec.utc_offset_hours, spec.max_len, spec.max_dt_seconds, spec.tables)
         enc.mean_ = np.asarray(spec.mean, np.float64)
         enc.scale_ = np.asarray(spec.scale, np.float64)
         return enc
@@ -326,7 +383,7 @@ class FeatureEncoder:
             raise ConfigError("FeatureEncoder is not fitted: call fit() first")
         return FeatureSpec(self.features, tuple(map(float, self.mean_)),
                            tuple(map(float, self.scale_)), self.utc_offset_hours, self.max_len,
-                           self.max_dt_seconds)
+                           self.max_dt_seconds, self.tables)
 
     def fit(self, raw_rows: np.ndarray) -> FeatureEncoder:
         """Learn the normalisation from raw (unnormalised) rows of training sessions.
@@ -372,10 +429,12 @@ class FeatureEncoder:
     # ------------------------------------------------------------------ shared core
     def _transform(self, event: np.ndarray, dt: np.ndarray, ts: np.ndarray, position: np.ndarray,
                    elapsed: np.ndarray, repeat_item: np.ndarray, repeat_category: np.ndarray,
-                   carts: np.ndarray, price: np.ndarray, context: np.ndarray) -> np.ndarray:
-        """Primitive quantities (arrays of length L) -> raw feature rows (L, F), float64."""
+                   carts: np.ndarray, price: np.ndarray, context: np.ndarray,
+                   targets: np.ndarray | None = None) -> np.ndarray:
+        """Primitive quantities (arrays of length L) -> raw feature rows (L, F), float64.
+        ``targets``: (L, len(TARGET_FEATURES)) looked-up values, None for none."""
         n = len(event)
-        out = np.empty((n, len(ALL_FEATURES)), np.float64)
+        out = np.empty((n, len(FEATURE_LAYOUT)), np.float64)
         for code in range(len(EVENT_TYPES)):
             out[:, code] = event == code
         k = len(EVENT_TYPES)
@@ -389,8 +448,44 @@ class FeatureEncoder:
         out[:, k + 6] = repeat_category
         out[:, k + 7] = np.log1p(carts)
         out[:, k + 8] = np.log1p(np.where(np.isfinite(price) & (price >= 0), price, 0.0))
-        out[:, k + 9:] = np.log1p(np.maximum(context, 0.0))
+        out[:, k + 9:len(ALL_FEATURES)] = np.log1p(np.maximum(context, 0.0))
+        out[:, len(ALL_FEATURES):] = 0.0 if targets is None else targets
         return out[:, self._columns]
+
+    def add_targets(self, base_raw: np.ndarray, item_digest: np.ndarray,
+                    category_digest: np.ndarray | None) -> np.ndarray:
+        """Raw rows of every selected feature but the TARGET_FEATURES (as `prepare`'s session
+        records hold them, computed before the tables exist) completed with the target
+        features, looked up in this encoder's tables by the events' id digests (category
+        digest 0: no category). The target features come last in any spec, so they are
+        appended."""
+        if not self.tables:
+            return base_raw
+        present = None if category_digest is None else np.asarray(category_digest) != 0
+        targets = self.targets(item_digest, category_digest, present, len(base_raw))
+        chosen = [TARGET_FEATURES.index(f) for f in self.features if f in TARGET_FEATURES]
+        return np.hstack([base_raw, targets[:, chosen]])
+
+    def targets(self, item_digest: np.ndarray | None, category_digest: np.ndarray | None,
+                category_present: np.ndarray | None = None, n: int = 0) -> np.ndarray | None:
+        """The TARGET_FEATURES columns (n, 4) of events whose ids have these digests
+        (DIGEST_DTYPE), looked up in the encoder's tables; None when it has none.
+
+        Raises:
+            ConfigError: a table's field has no digests.
+        """
+        if not self.tables:
+            return None
+        out = np.zeros((n, len(TARGET_FEATURES)), np.float64)
+        lookups = ((self._category_table, category_digest, category_present),
+                   (self._item_table, item_digest, None))
+        for j, (table, digests, known) in enumerate(lookups):
+            if table is None:
+                continue
+            if digests is None:
+                raise ConfigError(f"the spec's {table.field} table needs the {table.field} ids' digests")
+            out[:, 2 * j:2 * j + 2] = table.columns(digests, known)
+        return out
 
     def _normalise(self, raw: np.ndarray) -> np.ndarray:
         if self.mean_ is None or self.scale_ is None:
@@ -426,7 +521,9 @@ class FeatureEncoder:
     # ------------------------------------------------------------------ batch path
     def raw_batch(self, offsets: np.ndarray, ts: np.ndarray, event: np.ndarray, item: np.ndarray,
                   category: np.ndarray | None = None, price: np.ndarray | None = None,
-                  context: Mapping | np.ndarray | None = None) -> np.ndarray:
+                  context: Mapping | np.ndarray | None = None, *,
+                  item_digest: np.ndarray | None = None,
+                  category_digest: np.ndarray | None = None) -> np.ndarray:
         """Raw (unnormalised) feature rows of many sessions at once, float64 (N, F).
 
         Session ``k`` is rows ``offsets[k]:offsets[k+1]`` of the event arrays, time-ordered.
@@ -444,6 +541,9 @@ class FeatureEncoder:
             price: prices or None; NaN means "no price".
             context: user history (CONTEXT_FIELDS) before each session: (S, 3), one
                 mapping/vector for all sessions, or None.
+            item_digest, category_digest: each event's id digest (`id_digests`), for the
+                target tables; None: computed from ``item`` / ``category`` taken as the ids
+                themselves (callers that pass dictionary codes pass the digests).
         """
         offsets = np.asarray(offsets, np.int64)
         ts = np.asarray(ts, np.float64)
@@ -473,15 +573,31 @@ class FeatureEncoder:
             ctx = np.asarray(context, np.float64)[session]
         else:
             ctx = np.broadcast_to(self._context_vector(context), (n, len(CONTEXT_FIELDS)))
+        targets = None
+        if self.tables:
+            if self._item_table is not None and item_digest is None:
+                item_digest = _digests_of_values(np.asarray(item))
+            present = None
+            if self._category_table is not None:
+                if category is None:
+                    category_digest, present = np.zeros(n, DIGEST_DTYPE), np.zeros(n, bool)
+                else:
+                    present = category >= 0 if category.dtype.kind in "iu" else category != ""
+                    if category_digest is None:
+                        category_digest = _digests_of_values(category)
+            targets = self.targets(item_digest, category_digest, present, n)
         return self._transform(event, dt, ts, position.astype(np.float64), elapsed,
                                repeat_item.astype(np.float64), repeat_category.astype(np.float64),
-                               carts.astype(np.float64), price, ctx)
+                               carts.astype(np.float64), price, ctx, targets)
 
     def encode_batch(self, offsets: np.ndarray, ts: np.ndarray, event: np.ndarray, item: np.ndarray,
                      category: np.ndarray | None = None, price: np.ndarray | None = None,
-                     context: Mapping | np.ndarray | None = None) -> np.ndarray:
+                     context: Mapping | np.ndarray | None = None, *,
+                     item_digest: np.ndarray | None = None,
+                     category_digest: np.ndarray | None = None) -> np.ndarray:
         """Normalised float32 rows (N, F) of many sessions; see `raw_batch` for the arguments."""
-        return self._normalise(self.raw_batch(offsets, ts, event, item, category, price, context))
+        return self._normalise(self.raw_batch(offsets, ts, event, item, category, price, context,
+                                              item_digest=item_digest, category_digest=category_digest))
 
     def raw(self, ts: np.ndarray, event: np.ndarray, item: np.ndarray,
             category: np.ndarray | None = None, price: np.ndarray | None = None,
@@ -543,28 +659,41 @@ class FeatureEncoder:
         """
         ts, code, item, category, price = event
         carts = state.carts + (code == CART)
-        item_digest = id_digest(item) if self._track_items else None
-        repeat_item = item_digest is not None and remembered(state.items, item_digest)
-        category_digest = (id_digest(category) if category is not None and self._track_categories
-                           else None)
-        repeat_category = category_digest is not None and remembered(state.categories, category_digest)
+        item_digest = id_digest(item) if self._track_items or self._item_table is not None else None
+        repeat_item = self._track_items and remembered(state.items, item_digest)
+        category_digest = (id_digest(category) if category is not None
+                           and (self._track_categories or self._category_table is not None) else None)
+        repeat_category = (self._track_categories and category_digest is not None
+                           and remembered(state.categories, category_digest))
+        targets = self.target_values(item_digest, category_digest) if self.tables else NO_TARGETS
         x = self.step_features(ts, code, price, state.n, state.first_ts, state.last_ts, carts,
-                               repeat_item, repeat_category, state.context_logs)
+                               repeat_item, repeat_category, state.context_logs, targets)
         if state.n == 0:
             state.first_ts = ts
         state.n += 1
         state.last_ts = ts
         state.carts = carts
         cap = MAX_REMEMBERED_IDS * DIGEST_BYTES
-        if item_digest is not None and not repeat_item and len(state.items) < cap:
+        if self._track_items and not repeat_item and len(state.items) < cap:
             state.items += item_digest
-        if category_digest is not None and not repeat_category and len(state.categories) < cap:
+        if (self._track_categories and category_digest is not None and not repeat_category
+                and len(state.categories) < cap):
             state.categories += category_digest
         return x
 
+    def target_values(self, item_digest: bytes | None, category_digest: bytes | None) -> tuple[float, ...]:
+        """One event's TARGET_FEATURES values (the `step_features` argument) from its ids'
+        8-byte digests (None: no category); NO_TARGETS for a spec without tables."""
+        if not self.tables:
+            return NO_TARGETS
+        category = self._category_table
+        item = self._item_table
+        return (*(category.values_of(category_digest) if category is not None else (0.0, 0.0)),
+                *(item.values_of(item_digest) if item is not None else (0.0, 0.0)))
+
     def step_features(self, ts: float, code: int, price: float, n: int, first_ts: float,
                       last_ts: float, carts: int, repeat_item: bool, repeat_category: bool,
-                      context_logs: Sequence[float]) -> np.ndarray:
+                      context_logs: Sequence[float], targets: Sequence[float] = NO_TARGETS) -> np.ndarray:
         """One event's normalised float32 features (F,) from what its session held before it:
         the arithmetic of the one-event path, shared by `step_event` and by callers that keep
         a session's counters themselves (edge_runtime.live.SessionStore keeps them in columns).
@@ -576,6 +705,7 @@ class FeatureEncoder:
             carts: the session's carts up to and including this event.
             repeat_item, repeat_category: whether the event's item (category) is a remembered one.
             context_logs: the session's context as `start` logs it (log1p, clipped at 0).
+            targets: the event's TARGET_FEATURES values (`target_values`).
 
         Raises:
             ConfigError: the encoder is not fitted.
@@ -595,7 +725,7 @@ class FeatureEncoder:
         # element: the same bits, without a numpy call per operation.
         row = [*_NO_EVENT_TYPE, logs[0], math.sin(angle), math.cos(angle), logs[1], logs[2],
                1.0 if repeat_item else 0.0, 1.0 if repeat_category else 0.0, logs[3], logs[4],
-               *context_logs]
+               *context_logs, *targets]
         row[code] = 1.0
         return np.array([(row[j] - mean) / scale for j, mean, scale in norm[2]], np.float32)
 
@@ -613,6 +743,12 @@ class FeatureEncoder:
 
 
 _NO_EVENT_TYPE = (0.0,) * len(EVENT_TYPES)
+
+
+def _digests_of_values(values: np.ndarray) -> np.ndarray:
+    """`id_digests` of an array of ids, each distinct id hashed once."""
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return id_digests(distinct)[inverse.reshape(-1)]
 
 
 def _seen_before(group: np.ndarray, values: np.ndarray, cap: int | None,

@@ -33,7 +33,14 @@ import numpy as np
 from edge_runtime.backends import INTERPRETER_ERRORS, make_interpreter
 from edge_runtime.errors import ArtifactError, ConfigError, first_line
 from edge_runtime.events import CART, Event, canonical_event, check_time, shown
-from edge_runtime.features import NO_CONTEXT, NO_CONTEXT_LOGS, EncoderState, RememberedIds, id_digest
+from edge_runtime.features import (
+    NO_CONTEXT,
+    NO_CONTEXT_LOGS,
+    NO_TARGETS,
+    EncoderState,
+    RememberedIds,
+    id_digest,
+)
 from edge_runtime.native_logs import quiet_native
 
 # The longest session key a SessionStore holds: keys are kept (and echoed by `serve`), so
@@ -424,13 +431,17 @@ class SessionStore:
                 context_logs = NO_CONTEXT_LOGS if held is None else held[1]
                 hc = self._hc[row // self._block][row % self._block]
             carts += code == CART
-            item_digest = id_digest(item) if items is not None else None
-            repeat_item = n > 0 and item_digest is not None and items.seen(row, item_digest)
-            category_digest = (id_digest(category) if category is not None and categories is not None
-                               else None)
-            repeat_category = n > 0 and category_digest is not None and categories.seen(row, category_digest)
-            x = self._encoder.step_features(ts, code, price, n, first_ts, last_ts, carts, repeat_item,
-                                            repeat_category, context_logs)
+            encoder = self._encoder
+            tables = encoder.tables
+            item_digest = id_digest(item) if items is not None or tables else None
+            repeat_item = n > 0 and items is not None and items.seen(row, item_digest)
+            wanted = categories is not None or tables
+            category_digest = id_digest(category) if category is not None and wanted else None
+            repeat_category = (n > 0 and categories is not None and category_digest is not None
+                               and categories.seen(row, category_digest))
+            targets = encoder.target_values(item_digest, category_digest) if tables else NO_TARGETS
+            x = encoder.step_features(ts, code, price, n, first_ts, last_ts, carts, repeat_item,
+                                      repeat_category, context_logs, targets)
             step = self._step
             with step.lock:
                 p, h, c = step(x, hc[0:1], hc[1:2])
@@ -473,9 +484,9 @@ class SessionStore:
             self._carts[row] = carts
             self._seen[row] = ts if ts < self._clock else self._clock
             self._probability[row] = p
-            if item_digest is not None and not repeat_item:
+            if items is not None and not repeat_item:
                 items.remember(row, item_digest)
-            if category_digest is not None and not repeat_category:
+            if categories is not None and category_digest is not None and not repeat_category:
                 categories.remember(row, category_digest)
             self.stats.pushed += 1
             return p, removed

@@ -26,7 +26,7 @@ from edge_runtime.backends import interpreter_class, make_interpreter
 from edge_runtime.calibration import PlattCalibration
 from edge_runtime.errors import ArtifactError, ConfigError
 from edge_runtime.events import Event, canonical_event
-from edge_runtime.features import FeatureEncoder
+from edge_runtime.features import FeatureEncoder, id_digests
 from edge_runtime.live import LiveSession, StepModel
 from edge_runtime.native_logs import quiet_native
 from edge_runtime.tflite_reader import read_metadata, signature_keys
@@ -411,11 +411,18 @@ class Scorer:
         ts, codes, items, categories, prices = zip(*checked, strict=True)
         item_codes: dict[str, int] = {}
         category_codes: dict[str | None, int] = {None: -1}  # None: no category
+        item = np.array([item_codes.setdefault(i, len(item_codes)) for i in items], np.int64)
+        category = np.array([category_codes.setdefault(c, len(category_codes)) for c in categories], np.int64)
+        digests = {}
+        if self.encoder.needs_digests:  # the target tables look ids up by digest, each id once
+            digests["item_digest"] = id_digests(list(item_codes))[item]
+            known = id_digests([c for c in category_codes if c is not None])  # codes 1, 2, ...
+            # No category (code -1) reads the zero digest, which the encoder leaves unlooked-up.
+            digests["category_digest"] = np.r_[known, np.zeros(1, known.dtype)][
+                np.where(category > 0, category - 1, len(known))]
         return self.encoder.encode_batch(
             np.array(offsets, np.int64), np.array(ts, np.float64), np.array(codes, np.int64),
-            np.array([item_codes.setdefault(i, len(item_codes)) for i in items], np.int64),
-            np.array([category_codes.setdefault(c, len(category_codes)) for c in categories], np.int64),
-            np.array(prices, np.float64), context)
+            item, category, np.array(prices, np.float64), context, **digests)
 
     def score_sessions(self, sessions: Iterable[Sequence[Mapping]],
                        contexts: Iterable[Mapping | None] | None = None,

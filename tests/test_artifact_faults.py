@@ -115,8 +115,8 @@ def _with_meta(model: bytes, change) -> bytes:
     return _resealed(model, {METADATA_NAME: json.dumps(meta).encode()})
 
 
-def _spec_version_2(meta: dict) -> None:
-    meta["feature_spec"]["version"] = 2
+def _spec_version_3(meta: dict) -> None:
+    meta["feature_spec"]["version"] = 3
 
 
 def _one_feature_fewer(meta: dict) -> None:
@@ -210,10 +210,10 @@ FILE_FAULTS = {
     "flipped-weight-byte": (lambda m, f: _flip(m, _main_weight_byte(m)),
                             "contents do not match the integrity digest"),
     "flipped-root-offset": (lambda m, f: _flip(m, 0), "truncated or corrupted TFLite file"),
-    "spec-version-2": (lambda m, f: _with_meta(m, _spec_version_2),
-                       "feature spec version 2 is not supported; this ubp-edge reads version 1"),
+    "spec-version-3": (lambda m, f: _with_meta(m, _spec_version_3),
+                       "feature spec version 3 is not supported; this ubp-edge reads versions [1, 2]"),
     "wrong-input-size": (lambda m, f: _with_meta(m, _one_feature_fewer),
-                         "does not take 15 features as its spec says"),
+                         "does not take 19 features as its spec says"),
     "not-ours": (lambda m, f: f, "not a ubp-edge artifact"),
 }
 
@@ -231,9 +231,9 @@ STEP_FAULTS = {
     "step-not-a-step-graph": (lambda m, f, w: _with_step(m, f),
                               "step graph lacks the event/h/c signature"),
     "step-wider-event": (lambda m, f, w: _with_step(m, w),
-                         "step graph tensor 'event' has shape [1, 17], expected [1, 16]"),
+                         "step graph tensor 'event' has shape [1, 21], expected [1, 20]"),
     "step-signature-wider-event": (lambda m, f, w: seal(with_step_signature(split_step(m)[0], w)),
-                                   "step graph tensor 'event' has shape [1, 17], expected [1, 16]"),
+                                   "step graph tensor 'event' has shape [1, 21], expected [1, 20]"),
     "step-signature-not-a-step-graph": (
         lambda m, f, w: seal(with_step_signature(split_step(m)[0], f)),
         "step graph lacks the event/h/c signature"),
@@ -289,11 +289,11 @@ def test_fault_is_one_clear_artifact_error(fault, model, foreign, write, synthet
 
 
 def test_sealed_faults_get_past_the_digest(model, foreign):
-    # "spec-version-2" and "wrong-input-size" must be refused for what they say, not because
+    # "spec-version-3" and "wrong-input-size" must be refused for what they say, not because
     # rewriting them damaged the file: their digest checks out and only the meaning is wrong.
     from edge_runtime.artifact import verify_digest
 
-    for fault in ("spec-version-2", "wrong-input-size"):
+    for fault in ("spec-version-3", "wrong-input-size"):
         verify_digest(FILE_FAULTS[fault][0](model, foreign))
 
 

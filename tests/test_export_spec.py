@@ -35,13 +35,15 @@ from converters.export_spec import (
 from edge_runtime.calibration import PlattCalibration
 from edge_runtime.events import EVENT_CODE, MAX_TS, MIN_TS
 from edge_runtime.features import (
-    ALL_FEATURES,
     CONTEXT_FIELDS,
+    FEATURE_LAYOUT,
     MAX_REMEMBERED_IDS,
     FeatureEncoder,
     FeatureSpec,
+    id_digests,
 )
 from edge_runtime.scorer import Scorer
+from edge_runtime.target_stats import TargetTable
 from edge_runtime.whole_graph import TensorPort, chunk_plan
 from ubp_edge.cli import app
 
@@ -54,13 +56,25 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # (numpy for the functions), normalises with the spec's mean and scale, and prints how far
 # it lands from golden.jsonl's features, session by session.
 NATIVE_ENCODER = r"""
-import json, sys
+import hashlib, json, sys
 import numpy as np
 
 spec = json.load(open(sys.argv[1]))
+tables = spec.get("target_tables", {})
+
+
+def lookup(field, id):  # target_tables.lookup, in words there, with hashlib here
+    table = tables[field]
+    if id is None:
+        return table["fallback"]
+    digest = hashlib.blake2b(id.encode("utf-8"), digest_size=8).digest()
+    keyed = hashlib.blake2b(digest, key=bytes.fromhex(table["key"]), digest_size=table["hash_bytes"])
+    return table["entries"].get(str(int.from_bytes(keyed.digest(), "big")), table["fallback"])
+
+
 vocabulary = {"log1p": np.log1p, "log": np.log, "exp": np.exp, "sin": np.sin, "cos": np.cos,
               "isfinite": np.isfinite, "min": min, "max": max, "len": len, "set": set, "pi": np.pi,
-              **spec["constants"]}
+              "lookup": lookup, **spec["constants"]}
 no_builtins = {"__builtins__": {}}
 mean = np.array([f["mean"] for f in spec["features"]])
 scale = np.array([f["scale"] for f in spec["features"]])
@@ -119,7 +133,7 @@ def check_golden(scorer: Scorer, golden_path: Path) -> list[dict]:
 # =========================================================================== the formulas
 
 def test_every_feature_and_context_field_has_a_formula():
-    assert set(FEATURE_FORMULAS) == set(ALL_FEATURES)
+    assert set(FEATURE_FORMULAS) == set(FEATURE_LAYOUT)
     assert all(f.words.strip() and f.raw.strip() for f in FEATURE_FORMULAS.values())
     assert list(CONTEXT_MEANINGS) == list(CONTEXT_FIELDS)
 
@@ -151,9 +165,14 @@ def test_spec_of_every_feature_rebuilds_the_encoder_in_a_process_without_ubp_edg
     """Every formula against FeatureEncoder, through the written spec: a missing entry, a
     wrong constant or a wrong branch shows here."""
     rng = np.random.default_rng(3)
-    spec = FeatureSpec(ALL_FEATURES, tuple(rng.normal(size=len(ALL_FEATURES))),
-                       tuple(rng.uniform(0.3, 2.0, size=len(ALL_FEATURES))),
-                       utc_offset_hours=5.5, max_len=20, max_dt_seconds=3600.0)
+    # Target tables that know some of the sessions' ids (every third), not the others.
+    tables = tuple(TargetTable.build(field, bytes(range(16)),
+                                     id_digests([f"{field[0]}{i}" for i in range(0, 60, 3)]),
+                                     rng.integers(2, 50, 20), rng.integers(0, 2, 20), 0.07)
+                   for field in ("category", "item"))
+    spec = FeatureSpec(FEATURE_LAYOUT, tuple(rng.normal(size=len(FEATURE_LAYOUT))),
+                       tuple(rng.uniform(0.3, 2.0, size=len(FEATURE_LAYOUT))),
+                       utc_offset_hours=5.5, max_len=20, max_dt_seconds=3600.0, tables=tables)
     encoder = FeatureEncoder.from_spec(spec)
     (tmp_path / "spec.json").write_text(json.dumps(feature_contract(spec)))
     lines = []

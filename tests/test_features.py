@@ -254,7 +254,7 @@ def test_spec_round_trip():
     assert FeatureSpec.from_dict(json.loads(json.dumps(d))) == spec
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", None])
 def test_spec_from_dict_other_version_raises_artifact_error(version):
     d = FeatureSpec(("is_view",), (0.0,), (1.0,)).to_dict()
     d["version"] = version

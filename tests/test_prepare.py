@@ -21,25 +21,73 @@ import pytest
 from conftest import ROOT, real_file
 
 from edge_runtime.errors import ConfigError, DataError, RunDirError
+from edge_runtime.features import TARGET_FEATURES, FeatureEncoder, FeatureSpec, id_digests
+from edge_runtime.target_stats import TargetTable
 from trainer.dataset import aggregate_features, encode_sessions, new_encoder, raw_sessions
 from trainer.logsource import EventLogSource
 from trainer.prepare import MANIFEST, QUARANTINE, PrepareConfig, prepare
+from trainer.prepare.targets import FOLDS
 from trainer.prepdir import PrepDir
 from trainer.readers import read_log
 from trainer.rundir import SPLIT_NAMES, stage_dir
 from trainer.sessions import key_digests, sessionize, time_split
 
 
-def in_memory(path: Path, fmt: str, max_len: int = 50):
+def reference_tables(sessions, split, fields, key, max_len):
+    """The target tables learned the slow, obvious way: for every training session, the set
+    of ids among its encoded events; counts per id and fold; TargetTable.build. Returns
+    (shipped tables, tables by fold) for ``fields``, with the preparation's ``key``."""
+    log = sessions.log
+    digests = key_digests(sessions.key[split.train])
+    fold = [int(d[:8], 16) % FOLDS for d in digests]
+    shipped, by_fold = [], [[] for _ in range(FOLDS)]
+    base = sessions.label[split.train].mean()
+    for field in fields:
+        ids = getattr(log, field)
+        count: dict[str, np.ndarray] = {}
+        for s, f in zip(split.train, fold, strict=True):
+            events = sessions.prefix_events(s)[-max_len:]
+            for name in set(ids.values(events)) - {""}:
+                count.setdefault(name, np.zeros((FOLDS, 2)))[f] += (1, sessions.label[s])
+        names = sorted(count)
+        per = np.array([count[n] for n in names]).reshape(-1, FOLDS, 2)
+        shipped.append(TargetTable.build(field, key, id_digests(names), per[:, :, 0].sum(1),
+                                         per[:, :, 1].sum(1), base))
+        for f in range(FOLDS):
+            rest = np.delete(per, f, axis=1).sum(1)
+            by_fold[f].append(TargetTable.build(field, key, id_digests(names), rest[:, 0], rest[:, 1], base))
+    return tuple(shipped), by_fold
+
+
+def in_memory(path: Path, fmt: str, max_len: int = 50, spec: FeatureSpec | None = None):
     """Today's in-memory preparation (what `train` did before the model), per split:
-    (key digests, labels, encoded sessions, baseline counts), and the encoder."""
+    (key digests, labels, encoded sessions, baseline counts), and the encoder. With a
+    prepared ``spec`` that has target tables, the same fields' tables are learned here by
+    `reference_tables`, and each training session is encoded with its fold's."""
     log = read_log(path, fmt)
     sessions = sessionize(log)
     split = time_split(sessions)
     encoder = new_encoder(sessions, max_len, True)
-    encoder.fit(np.concatenate(raw_sessions(sessions, split.train, encoder, window=max_len)))
+    fold_encoders = None
+    if spec is not None and spec.tables:
+        fields = [t.field for t in spec.tables]
+        shipped, by_fold = reference_tables(sessions, split, fields, spec.tables[0].key, max_len)
+
+        features = encoder.features + tuple(f for f in TARGET_FEATURES if f.split("_")[0] in fields)
+
+        def with_tables(tables):
+            return FeatureEncoder(features, encoder.utc_offset_hours, max_len, tables=tables)
+        encoder = with_tables(shipped)
+        fold_encoders = [with_tables(t) for t in by_fold]
+        folds = [int(d[:8], 16) % FOLDS for d in key_digests(sessions.key[split.train])]
+        train_raw = [raw_sessions(sessions, [s], fold_encoders[f], window=max_len)[0]
+                     for s, f in zip(split.train, folds, strict=True)]
+    else:
+        train_raw = raw_sessions(sessions, split.train, encoder, window=max_len)
+    encoder.fit(np.concatenate(train_raw))
     parts = {name: (key_digests(sessions.key[ix]), sessions.label[ix],
-                    encode_sessions(sessions, ix, encoder, window=max_len),
+                    [encoder.normalise(r) for r in train_raw] if name == "train" and fold_encoders
+                    else encode_sessions(sessions, ix, encoder, window=max_len),
                     aggregate_features(sessions, ix)[0])
              for name, ix in split.parts().items()}
     return parts, encoder, log, split
@@ -51,8 +99,8 @@ def prepared(path: Path, out: Path, fmt: str | None, **settings) -> PrepDir:
 
 
 def assert_same_as_in_memory(prep: PrepDir, path: Path, fmt: str) -> None:
-    parts, encoder, log, split = in_memory(path, fmt)
-    assert prep.spec == encoder.spec()
+    parts, encoder, log, split = in_memory(path, fmt, spec=prep.spec)
+    assert prep.spec.to_dict() == encoder.spec().to_dict()
     for name in SPLIT_NAMES:
         digests, labels, encoded, baseline = parts[name]
         rows = prep.read_split(name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_runtime.features import FeatureEncoder, default_features
+from edge_runtime.features import FeatureEncoder, default_features, id_digests
+from trainer.readers import Ids
 from trainer.sessions import Sessions
 
 
@@ -42,8 +43,32 @@ def prefix_rows(sessions: Sessions, idx: np.ndarray) -> tuple[np.ndarray, np.nda
     return sessions.order[first + np.arange(offsets[-1])], offsets
 
 
-def _batch_fields(sessions: Sessions, idx: np.ndarray) -> dict:
-    """Concatenated canonical fields of the prefixes of sessions ``idx``, with their offsets."""
+def _digests(ids: Ids, rows: np.ndarray, none: str | None = None) -> np.ndarray:
+    """The id digests (edge_runtime.features.id_digests) of ``rows``, each distinct id
+    hashed once; 0 where the id is ``none`` (the empty category: no category)."""
+    used, inverse = np.unique(ids.codes[rows], return_inverse=True)
+    names = ids.names[used]
+    digests = id_digests(names)
+    if none is not None:
+        digests = np.where(names == none, np.zeros(1, digests.dtype), digests).astype(digests.dtype)
+    return digests[inverse.reshape(-1)]
+
+
+def window_digests(sessions: Sessions, idx: np.ndarray, *,
+                   window: int | None) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """The item and the category digests (DIGEST_DTYPE; category 0 where an event has none;
+    None for a log without categories) of the events `raw_sessions` encodes, per session:
+    what `prepare` learns the target tables from and looks them up by."""
+    log = sessions.log
+    rows, offsets = prefix_rows(sessions, idx)
+    category = None if log.category is None else _windowed(_digests(log.category, rows, none=""),
+                                                           offsets, window)
+    return _windowed(_digests(log.item, rows), offsets, window), category
+
+
+def _batch_fields(sessions: Sessions, idx: np.ndarray, digests: bool = False) -> dict:
+    """Concatenated canonical fields of the prefixes of sessions ``idx``, with their offsets;
+    with ``digests`` the ids' digests too (an encoder with target tables needs them)."""
     log = sessions.log
     rows, offsets = prefix_rows(sessions, idx)
     category = None
@@ -53,10 +78,14 @@ def _batch_fields(sessions: Sessions, idx: np.ndarray) -> dict:
         category = log.category.codes[rows]
         if len(empty):
             category = np.where(category == empty[0], -1, category)
-    return {"offsets": offsets, "ts": log.ts[rows],
-            "event": log.event[rows], "item": log.item.codes[rows], "category": category,
-            "price": None if log.price is None else log.price[rows],
-            "context": sessions.context[np.asarray(idx, np.int64)]}
+    fields = {"offsets": offsets, "ts": log.ts[rows],
+              "event": log.event[rows], "item": log.item.codes[rows], "category": category,
+              "price": None if log.price is None else log.price[rows],
+              "context": sessions.context[np.asarray(idx, np.int64)]}
+    if digests:
+        fields["item_digest"] = _digests(log.item, rows)
+        fields["category_digest"] = None if log.category is None else _digests(log.category, rows, none="")
+    return fields
 
 
 def _windowed(rows: np.ndarray, offsets: np.ndarray, window: int | None) -> list[np.ndarray]:
@@ -83,7 +112,7 @@ def raw_sessions(sessions: Sessions, idx: np.ndarray, encoder: FeatureEncoder, *
     Returns:
         One float64 array (events, features) per session of ``idx``.
     """
-    fields = _batch_fields(sessions, idx)
+    fields = _batch_fields(sessions, idx, encoder.needs_digests)
     return _windowed(encoder.raw_batch(**fields), fields["offsets"], window)
 
 
@@ -97,7 +126,7 @@ def encode_sessions(sessions: Sessions, idx: np.ndarray, encoder: FeatureEncoder
     Returns:
         One float32 array (events, features) per session of ``idx``.
     """
-    fields = _batch_fields(sessions, idx)
+    fields = _batch_fields(sessions, idx, encoder.needs_digests)
     return _windowed(encoder.encode_batch(**fields), fields["offsets"], window)
 
 

@@ -267,7 +267,7 @@ def worker_streams(strategy: Any, workers: int) -> Callable[[PrepDir, Any, dict[
             raise ConfigError(f"--batch-size {config.batch_size}: the {replicas} replicas of the cluster "
                               f"take equal parts of a batch; give a multiple of {replicas}")
         train_batch, validation_batch = config.batch_size // replicas, max(1, VALIDATION_BATCH // replicas)
-        steps = {"train": _steps(prep, "train", train_batch, workers, local),
+        steps = {"train": _steps(prep, "train", train_batch, workers, local, config.prefixes),
                  "validation": _steps(prep, "validation", validation_batch, workers, local)}
 
         def distributed(split: str, batch: int, **options):
@@ -280,16 +280,18 @@ def worker_streams(strategy: Any, workers: int) -> Callable[[PrepDir, Any, dict[
 
         return Streams(prep.n_features,
                        train=lambda seed: distributed("train", train_batch, shuffle=True, seed=seed,
-                                                      class_weights=weights),
+                                                      class_weights=weights, prefixes=config.prefixes),
                        validation=lambda: distributed("validation", validation_batch, shuffle=False),
                        train_steps=steps["train"] // local, validation_steps=steps["validation"] // local)
     return make
 
 
-def _steps(prep: PrepDir, split: str, batch: int, workers: int, local: int) -> int:
+def _steps(prep: PrepDir, split: str, batch: int, workers: int, local: int,
+           prefixes: str = "whole") -> int:
     """Batches every worker's stream of ``split`` holds: the longest share's count (the
     cardinality of its `PrepDir.dataset`), rounded up to a multiple of the local replicas."""
-    counts = [int(prep.dataset(split, batch, shuffle=False, worker=(k, workers)).cardinality())
+    counts = [int(prep.dataset(split, batch, shuffle=False, worker=(k, workers),
+                               prefixes=prefixes).cardinality())
               for k in range(workers)]
     if min(counts) < 0:
         raise ValueError(f"PrepDir.dataset({split!r}) has no known number of batches ({counts}); "

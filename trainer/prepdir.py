@@ -26,7 +26,7 @@ both call it):
 ```
 {"format_version": 1, "engine": "local" | "spark",
  "input": {"path", "format", "bytes", "sha256"},   (bytes and sha256 null for a pipe)
- "settings": {"gap_minutes", "validation", "test", "max_len", "use_context"},
+ "settings": {"gap_minutes", "validation", "test", "max_len", "use_context", "target_stats"},
  "counts": {"rows_read", "bad_rows": {"total", "by_reason"}, "events", "sessions",
             "sessions_with_purchase", "sessions_excluded_empty_prefix", "sessions_scorable",
             "split": {"train": {"sessions", "positives"}, "validation": ..., "test": ...}},
@@ -56,6 +56,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,20 @@ READ_CHUNK_SESSIONS = 1 << 10
 # Sessions the training stream shuffles among (after interleaving shards); at most ~100 MB
 # even if every session were max_len 50 events of 15 features.
 DEFAULT_SHUFFLE_SESSIONS = 1 << 15
+
+
+class Prefixes(StrEnum):
+    """What a training session contributes each epoch (`PrepDir.dataset`).
+
+    WHOLE: its prefix before the first purchase (its last max_len events), in batches of
+    similar length. RANDOM: one prefix of it, cut anew each epoch at a uniformly drawn
+    length 1..L of its stored events, with the session's label, in batches of mixed length:
+    the model also learns to answer after the first clicks, and every session weighs the
+    same whatever its length.
+    """
+
+    WHOLE = "whole"
+    RANDOM = "random"
 SHARD_PATTERN = re.compile(r"shards/[A-Za-z0-9_.-]+\.parquet")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 _RERUN = "run prepare again"
@@ -541,6 +556,8 @@ def check_manifest(path: str | os.PathLike, manifest: Any) -> FeatureSpec:
     if max_len < 1:
         c.fail("damaged, settings.max_len is 0, expected >= 1")
     c.kind(bool, "settings", "use_context")
+    if "target_stats" in c.kind(dict, "settings"):  # absent in folders prepared before the tables
+        c.kind(bool, "settings", "target_stats")
     counts = {k: c.whole("counts", k) for k in COUNT_FIELDS}
     c.whole("counts", "bad_rows", "total")
     for reason in c.kind(dict, "counts", "bad_rows", "by_reason"):
@@ -685,7 +702,7 @@ class PrepDir:
         manifest: manifest.json as read.
         spec: the FeatureSpec the sessions were encoded with.
         counts: the manifest's counts (rows, bad rows, events, sessions, per split).
-        settings: gap_minutes, validation, test, max_len, use_context.
+        settings: gap_minutes, validation, test, max_len, use_context, target_stats.
         shards: the manifest's shard entries, in canonical order.
         baseline_names: the baseline's columns.
         n_features: values per encoded event.
@@ -945,7 +962,8 @@ class PrepDir:
                 class_weights: Mapping[int, float] | None = None,
                 shuffle_buffer: int = DEFAULT_SHUFFLE_SESSIONS,
                 boundaries: Sequence[int] | None = None,
-                worker: tuple[int, int] | None = None, cycle_length: int = 4):
+                worker: tuple[int, int] | None = None, cycle_length: int = 4,
+                prefixes: Prefixes = Prefixes.WHOLE):
         """The sessions of ``split`` as a tf.data pipeline of length-bucketed batches.
 
         Each epoch (each new iterator) reads this split's shards through `read_shard`
@@ -975,6 +993,12 @@ class PrepDir:
             worker: (index, count): read only the shards ``i`` with ``i % count == index``
                 among this split's shards (a worker's share in multi-worker training).
             cycle_length: shards read at a time when shuffling.
+            prefixes: `Prefixes`: RANDOM cuts each session at a random length, drawn anew
+                each epoch, and batches sessions in shuffled order, not by length: batches
+                of one length bucket were measured to cost ROC-AUC with cut prefixes (README,
+                "What each lever gives"). The stored rows are causal, so the first c rows of a
+                session are the encoding of its first c events (of the last max_len events,
+                for a session cut to max_len).
 
         Returns:
             tf.data.Dataset of (x (B, T, F) float32, y (B,) float32[, w (B,) float32]), of
@@ -992,15 +1016,21 @@ class PrepDir:
         per_length = sum((histograms[i][split] for i in files), np.zeros(self.spec.max_len + 1, np.int64))
         per_bucket = np.bincount(np.searchsorted(bounds, np.arange(len(per_length)), side="right"),
                                  weights=per_length, minlength=len(bounds) + 1)
-        n_batches = int(sum(-(-int(n) // batch_size) for n in per_bucket))
+        prefixes = Prefixes(prefixes)
+        if prefixes is Prefixes.RANDOM:
+            n_batches = -(-int(per_length.sum()) // batch_size)
+        else:
+            n_batches = int(sum(-(-int(n) // batch_size) for n in per_bucket))
         epochs = iter(range(1 << 62))
 
         def batches():
-            rng = np.random.default_rng((seed, next(epochs))) if shuffle else None
+            random = shuffle or prefixes is Prefixes.RANDOM
+            rng = np.random.default_rng((seed, next(epochs))) if random else None
             order = list(rng.permutation(files)) if shuffle else list(files)
+            stream = self._cut if prefixes is Prefixes.RANDOM else self._bucketed
             try:
-                for x, y in self._bucketed(order, split, batch_size, rng, shuffle_buffer, bounds,
-                                           cycle_length if shuffle else 1):
+                for x, y in stream(order, split, batch_size, rng, shuffle_buffer, bounds,
+                                   cycle_length if shuffle else 1):
                     if class_weights is None:
                         yield x, y
                     else:
@@ -1057,6 +1087,38 @@ class PrepDir:
                 index = order[members]
                 yield _padded(rows.values, rows.lengths, starts, index), rows.label[index].astype(np.float32)
             carry = [rows.take(order[carry])] if len(carry) else []
+
+
+    def _cut(self, files: Sequence[int], split: str, batch_size: int, rng, window: int,
+             bounds: np.ndarray, cycle_length: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(x, y) batches of one random prefix per session, in shuffled order; see `dataset`.
+        Sessions short of a whole batch at the end of a window wait for the next, so an epoch
+        holds ceil(sessions / batch_size) batches, the last one partial."""
+        carry: SplitRows | None = None
+        chunks = self._interleaved(files, split, cycle_length)
+        done = False
+        while not done:
+            parts = [carry] if carry is not None else []
+            held = len(carry) if carry is not None else 0
+            while held < window:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    done = True
+                    break
+                parts.append(chunk)
+                held += len(chunk)
+            if not held:
+                return
+            rows = SplitRows.concat(parts, self.n_features, 0)
+            order = rng.permutation(len(rows))
+            whole = len(rows) if done else len(rows) - len(rows) % batch_size
+            # 1 + floor(u * L): a length in 1..L, each equally likely.
+            cut = 1 + np.floor(rng.random(len(rows)) * rows.lengths).astype(np.int64)
+            starts = np.cumsum(rows.lengths) - rows.lengths
+            for at in range(0, whole, batch_size):
+                index = order[at:at + batch_size]
+                yield _padded(rows.values, cut, starts, index), rows.label[index].astype(np.float32)
+            carry = rows.take(order[whole:]) if whole < len(rows) else None
 
 
 def _bucket_batches(lengths: np.ndarray, bounds: np.ndarray, batch_size: int,

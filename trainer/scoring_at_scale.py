@@ -44,7 +44,13 @@ from trainer.files import atomic_open, atomic_path
 from trainer.logsource import EventLogSource
 from trainer.prepare.blocks import DEFAULT_BLOCK_BYTES, LogReader
 from trainer.prepare.local import ReadTally, bucket_count, partition, read_bucket, shared_session_ids
-from trainer.prepare.records import COUNT_KEYS, RecordSettings, partition_column, session_records
+from trainer.prepare.records import (
+    COUNT_KEYS,
+    RecordSettings,
+    partition_column,
+    record_rows,
+    session_records,
+)
 from trainer.scoring import model_session_gap
 
 OUTPUT_SCHEMA = pa.schema([
@@ -245,7 +251,7 @@ def score_events(events: pa.Table, settings: ScoreSettings, scorer: Scorer) -> t
     """
     import pyarrow.compute as pc
 
-    if "repeat_category" in settings.records.features:
+    if settings.records.has_category:
         # A log without categories has them null; "" is "no category" to the encoder, as
         # `score` treats a log without a category column.
         events = events.set_column(events.schema.get_field_index("category"), "category",
@@ -257,14 +263,13 @@ def score_events(events: pa.Table, settings: ScoreSettings, scorer: Scorer) -> t
 def score_records(records: pa.Table, scorer: Scorer, threshold: float) -> pa.Table:
     """Session records (RECORD_SCHEMA) normalised with the artifact's spec and scored."""
     n = records.num_rows
-    n_features = scorer.info.spec.n_features
-    raw = records.column("raw").combine_chunks() if n else pa.array([], pa.list_(pa.float64()))
-    offsets = (np.asarray(raw.offsets) - (raw.offsets[0].as_py() if n else 0)) // n_features
-    rows = scorer.encoder.normalise(raw.flatten().to_numpy(zero_copy_only=False).reshape(-1, n_features))
+    raw, lengths = record_rows(records, scorer.encoder)
+    rows = scorer.encoder.normalise(raw)
+    offsets = np.r_[0, np.cumsum(lengths)]
     probability = scorer.score_encoded([rows[offsets[k]:offsets[k + 1]] for k in range(n)])
     return pa.table([
         records.column("key"), records.column("key_digest"), records.column("start"),
-        records.column("prefix_len"), pa.array(np.diff(offsets).astype(np.int64)),
+        records.column("prefix_len"), pa.array(lengths.astype(np.int64)),
         records.column("label"), pa.array(probability, pa.float32()),
         pa.array((probability >= threshold).astype(np.int8)),
     ], schema=OUTPUT_SCHEMA)

@@ -57,8 +57,9 @@ from trainer.metrics import (
     choose_threshold,
     classification_metrics,
 )
-from trainer.prepdir import MANIFEST, PrepDir, SplitRows, predict_by_length, predictor, sha256_file
+from trainer.prepdir import MANIFEST, Prefixes, PrepDir, SplitRows, predict_by_length, predictor, sha256_file
 from trainer.sessions import share_problems
+from trainer.tuning import MAX_TRIALS, better, settings_of, trial_settings
 
 
 class PeerLost(RunDirError, rundir.StageKept):
@@ -75,7 +76,7 @@ class ClassWeight(StrEnum):
 # The settings that decide which sessions exist, how they split and how they are encoded:
 # a PREP_DIR fixes them (its manifest's ``settings``); for a log, these defaults apply.
 DATA_DEFAULTS: dict[str, Any] = {"gap_minutes": 30.0, "validation": 0.15, "test": 0.15,
-                                 "max_len": 50, "use_context": True}
+                                 "max_len": 50, "use_context": True, "target_stats": True}
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,14 @@ class TrainConfig:
     validation: float | None = None
     test: float | None = None
     class_weight: ClassWeight = ClassWeight.BALANCED
+    prefixes: Prefixes = Prefixes.RANDOM
+    dropout: float = 0.0
     patience: int = 3
     use_context: bool | None = None
+    target_stats: bool | None = None
     seed: int = 0
+    tune: int = 0
+    ensemble: int = 1
     strict: bool = False
     overwrite: bool = False
     resume: bool = False
@@ -116,12 +122,26 @@ class TrainConfig:
                     or getattr(self, k) < 1]
         if not (0 < self.learning_rate < 1):
             problems.append(f"--learning-rate must be in (0, 1), got {self.learning_rate}")
+        if not (0 <= self.dropout < 1):
+            problems.append(f"--dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.tune, bool) or not isinstance(self.tune, int) or not 0 <= self.tune <= MAX_TRIALS:
+            problems.append(f"--tune must be a whole number of trials in 0..{MAX_TRIALS}, got {self.tune!r}")
+        if (isinstance(self.ensemble, bool) or not isinstance(self.ensemble, int)
+                or not 1 <= self.ensemble <= MAX_MEMBERS):
+            problems.append(f"--ensemble must be a whole number of models in 1..{MAX_MEMBERS}, got "
+                            f"{self.ensemble!r}")
+        if self.resume and (self.tune or self.ensemble > 1):
+            problems.append("--resume continues one model's training; a --tune or --ensemble run "
+                            "starts again (leave out --resume)")
         if self.gap_minutes is not None and not self.gap_minutes > 0:
             problems.append(f"--gap-minutes must be > 0, got {self.gap_minutes}")
         problems += share_problems(*(DATA_DEFAULTS[k] if getattr(self, k) is None else getattr(self, k)
                                      for k in ("validation", "test")))
         if self.use_context is not None and not isinstance(self.use_context, bool):
             problems.append(f"--context/--no-context must be true or false, got {self.use_context!r}")
+        if self.target_stats is not None and not isinstance(self.target_stats, bool):
+            problems.append(f"--target-stats/--no-target-stats must be true or false, got "
+                            f"{self.target_stats!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             problems.append(f"--seed must be a whole number in 0..{MAX_SEED}, got {self.seed!r}")
         try:
@@ -129,6 +149,11 @@ class TrainConfig:
         except ValueError:
             problems.append(f"--class-weight {self.class_weight!r}: expected "
                             f"{' or '.join(c.value for c in ClassWeight)}")
+        try:
+            object.__setattr__(self, "prefixes", Prefixes(self.prefixes))
+        except ValueError:
+            problems.append(f"--prefixes {self.prefixes!r}: expected "
+                            f"{' or '.join(p.value for p in Prefixes)}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -143,6 +168,8 @@ class TrainConfig:
             ConfigError: an explicit setting that contradicts the PREP_DIR's, naming both.
         """
         given = {k: getattr(self, k) for k in DATA_DEFAULTS}
+        if fixed is not None and "target_stats" not in fixed:  # prepared before the tables existed
+            fixed = {**fixed, "target_stats": False}
         if fixed is None:
             return replace(self, **{k: DATA_DEFAULTS[k] if v is None else v for k, v in given.items()})
         clashes = [f"{option(k)} {v!r} (the prepared folder has {k} {fixed[k]!r})"
@@ -156,6 +183,7 @@ class TrainConfig:
         """The config as config.json stores it."""
         d = asdict(self)
         d["class_weight"] = self.class_weight.value
+        d["prefixes"] = self.prefixes.value
         return d
 
     @classmethod
@@ -167,8 +195,13 @@ class TrainConfig:
 
 # The largest --seed: NumPy seeds take 32 bits, and a resumed run seeds with seed + epoch.
 MAX_SEED = 2**31 - 1
+# The most --ensemble members: the merged LSTM has members x units units (trainer.model.merge_members).
+MAX_MEMBERS = 8
+# Member k of an ensemble trains with seed + k * MEMBER_SEED_STEP.
+MEMBER_SEED_STEP = 1000
 # TrainConfig fields whose option is not ``--`` + the field with dashes.
-_OPTIONS = {"use_context": "--context/--no-context"}
+_OPTIONS = {"use_context": "--context/--no-context",
+            "target_stats": "--target-stats/--no-target-stats"}
 
 
 def option(field_name: str) -> str:
@@ -297,7 +330,8 @@ def _prepare_log(config: TrainConfig, source: EventLogSource | None, stage_dir: 
                                 gap_minutes=config.gap_minutes)
     prepare(PrepareConfig(source=source, out=str(folder), gap_minutes=config.gap_minutes,
                           validation=config.validation, test=config.test, max_len=config.max_len,
-                          use_context=config.use_context, overwrite=True), on_stage=stage)
+                          use_context=config.use_context, target_stats=config.target_stats,
+                          overwrite=True), on_stage=stage)
     return PrepDir.open(folder)
 
 
@@ -338,15 +372,17 @@ def _class_weights(n: int, pos: int, mode: ClassWeight) -> dict[int, float]:
 
 
 def _streams(prep: PrepDir, config: TrainConfig, weights: dict[int, float]) -> Streams:
-    """The training and validation streams of a PREP_DIR, batched by length."""
+    """The training and validation streams of a PREP_DIR (validation: whole prefixes, batched
+    by length)."""
     return Streams(
         prep.n_features,
         train=lambda seed: prep.dataset("train", config.batch_size, shuffle=True, seed=seed,
-                                        class_weights=weights),
+                                        class_weights=weights, prefixes=config.prefixes),
         validation=lambda: prep.dataset("validation", VALIDATION_BATCH, shuffle=False))
 
 
 CHECKPOINT = "checkpoint"
+TUNING = "tuning.json"  # `train --tune`: every trial and the chosen settings
 
 
 def _save_npz(path: Path, arrays: list[np.ndarray]) -> None:
@@ -370,7 +406,7 @@ def _compiled_lstm(config: TrainConfig, n_features: int):
 
     from trainer.model import build_lstm
 
-    model = build_lstm(n_features, config.units, masking=True)
+    model = build_lstm(n_features, config.units, masking=True, dropout=config.dropout)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="roc_auc"),
@@ -495,6 +531,88 @@ def _fit_lstm(config: TrainConfig, streams: Streams, weights: dict[int, float],
     _undo_class_weights(model, weights)
     return LstmFit(model, state["history"],
                    state["best_epoch"] or len(state["history"].get("loss", [])))
+
+
+MakeStreams = Callable[[PrepDir, "TrainConfig", dict[int, float]], Streams]
+
+
+def _training_weights(prep: PrepDir, config: TrainConfig) -> dict[int, float]:
+    split = prep.counts["split"]["train"]
+    return _class_weights(split["sessions"], split["positives"], config.class_weight)
+
+
+def _validation_metrics(model, data: Loaded) -> dict[str, float]:
+    """ROC-AUC and PR-AUC of a model on the validation split (tuning and ensembles)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    part = data.parts["validation"]
+    p = predict_by_length(predictor(model), part.values, part.lengths, SCORE_BATCH)
+    y = data.y("validation")
+    return {"roc_auc": round(float(roc_auc_score(y, p)), 6),
+            "pr_auc": round(float(average_precision_score(y, p)), 6)}
+
+
+def _fit_model(config: TrainConfig, prep: PrepDir, data: Loaded, make_streams: MakeStreams,
+               on_epoch: EpochCallback | None, stage_dir: Path, resume: dict | None, strategy: Any,
+               stage: Callable[[str], None]) -> tuple[LstmFit, TrainConfig, dict]:
+    """The model `train` keeps: one LSTM; or, with ``--tune N``, the best of N trials on
+    validation (trainer.tuning); and/or, with ``--ensemble K``, K members (the first the
+    chosen trial, the others other seeds) merged into one LSTM (trainer.model.merge_members).
+
+    Returns:
+        (the fit, the config with the chosen settings, the report's ``tuning`` / ``ensemble``).
+    """
+    checkpoints = stage_dir / CHECKPOINT
+
+    def fit_one(chosen: TrainConfig, folder: Path, resumed: dict | None = None) -> LstmFit:
+        weights = _training_weights(prep, chosen)
+        return _fit_lstm(chosen, make_streams(prep, chosen, weights), weights, on_epoch, folder,
+                         resumed, strategy)
+
+    if not config.tune and config.ensemble == 1:
+        return fit_one(config, checkpoints, resume), config, {}
+    if strategy is not None:
+        raise ConfigError("--tune and --ensemble train in one process: leave out --distribute")
+    checkpoints.mkdir(exist_ok=True)
+    info: dict[str, Any] = {}
+    fit = None
+    if config.tune:
+        trials, best = [], None
+        for i, settings in enumerate(trial_settings(config, config.tune, config.seed)):
+            trial = replace(config, **settings)
+            stage(f"tuning, trial {i + 1}/{config.tune}: "
+                  + ", ".join(f"{k} {v}" for k, v in settings.items()))
+            start = time.perf_counter()
+            trial_fit = fit_one(trial, checkpoints / f"trial-{i}")
+            scores = _validation_metrics(trial_fit.model, data)
+            trials.append({"trial": i, "settings": settings, "validation": scores,
+                           "best_epoch": trial_fit.best_epoch,
+                           "train_s": round(time.perf_counter() - start, 1)})
+            if better(scores, best):
+                best, fit, chosen = scores, trial_fit, trial
+        config = chosen
+        info["tuning"] = {"trials": trials, "budget": config.tune,
+                          "rule": "the highest validation PR-AUC (then ROC-AUC); trial 0 is the "
+                                  "configuration as given",
+                          "chosen": settings_of(config)}
+    if config.ensemble > 1:
+        from trainer.model import arrays_to_model, merge_members, weights_to_arrays
+
+        members = [fit] if fit is not None else []
+        for k in range(len(members), config.ensemble):
+            stage(f"ensemble, member {k + 1}/{config.ensemble}")
+            members.append(fit_one(replace(config, seed=config.seed + k * MEMBER_SEED_STEP),
+                                   checkpoints / f"member-{k}"))
+        merged = arrays_to_model(merge_members([weights_to_arrays(m.model) for m in members]), masking=True)
+        info["ensemble"] = {
+            "members": config.ensemble, "units_each": config.units, "units": config.ensemble * config.units,
+            "seeds": [config.seed + k * MEMBER_SEED_STEP for k in range(config.ensemble)],
+            "rule": "one LSTM of members x units units: the sigmoid of the members' mean logit",
+            "member_best_epochs": [m.best_epoch for m in members],
+            "member_validation": [_validation_metrics(m.model, data) for m in members],
+            "validation": _validation_metrics(merged, data)}
+        fit = LstmFit(merged, members[0].history, members[0].best_epoch)
+    return fit, config, info
 
 
 # Sessions scored per call: sorted by length first, so a batch is padded to about its own length.
@@ -740,24 +858,28 @@ def train(config: TrainConfig, source: EventLogSource | None = None,
         with _timed(timings, "load_s"):
             stage("checking shards, loading validation and test")
             data = _load(prep)
-        split = prep.counts["split"]["train"]
-        weights = _class_weights(split["sessions"], split["positives"], config.class_weight)
+        _training_weights(prep, config)  # both classes in the training split, before any training
 
         stage("training the LSTM")
         with _timed(timings, "train_lstm_s"), prep.shard_errors():
             if resume_state:
                 stage(f"training the LSTM (resumed after epoch {resume_state['epoch']})")
-            fit = _fit_lstm(config, (streams or _streams)(prep, config, weights), weights, on_epoch,
-                            tmp / CHECKPOINT, resume_state, strategy)
+            fit, config, chosen = _fit_model(config, prep, data, streams or _streams, on_epoch, tmp,
+                                             resume_state, strategy, stage)
         if strategy is not None and not strategy.extended.should_checkpoint:
             return {}  # a worker other than the chief: the chief scores and writes the run
+        weights = _training_weights(prep, config)
+        if chosen:
+            write_json_atomic(tmp / rundir.CONFIG, config.to_dict())  # the settings tuning chose
+            if "tuning" in chosen:
+                write_json_atomic(tmp / TUNING, chosen["tuning"])
         with _timed(timings, "score_s"):
             stage("scoring the splits")
             lstm = _score_lstm(fit.model, data)
 
         stage("logistic-regression baseline")
         logreg = _fit_baseline(data, config.seed)
-        report = _report(config, data, weights, fit, lstm, logreg, timings)
+        report = {**_report(config, data, weights, fit, lstm, logreg, timings), **chosen}
         _write_run(tmp, data, fit, lstm, report, config.seed)
     return report
 

@@ -8,8 +8,9 @@ on the training split, encode. The stages and who runs them:
 2. per set of whole users, the session records (`records.session_records`): the local
    engine over hash buckets on disk (`local`), the Spark engine in
    ``groupBy(...).applyInArrow`` on executors (`spark_engine`);
-3. time split, exact normalisation, encoding and shards in canonical order (`finish`),
-   both engines, out of core (a range-partitioned sort in pyarrow).
+3. time split, target tables learned on the training split (`targets`), exact
+   normalisation, encoding and shards in canonical order (`finish`), both engines, out of
+   core (a range-partitioned sort in pyarrow).
 
 PREP_DIR is built in a staging folder beside it and renamed into place when complete, so a
 killed `prepare` leaves no partial PREP_DIR and is simply run again.
@@ -24,13 +25,14 @@ from enum import StrEnum
 from pathlib import Path
 
 from edge_runtime.errors import ConfigError
-from edge_runtime.features import FeatureEncoder, default_features
+from edge_runtime.features import TARGET_FEATURES, FeatureEncoder, default_features, target_field
 from trainer.files import check_outputs
 from trainer.logsource import EventLogSource
 from trainer.prepare.blocks import DEFAULT_BLOCK_BYTES, LogReader
-from trainer.prepare.finish import SplitPlan, fit_normalisation, sort_records, write_sessions
+from trainer.prepare.finish import SplitPlan, batches, fit_normalisation, sort_records, write_sessions
 from trainer.prepare.local import ReadTally, bucket_count, bucket_records, partition, shared_session_ids
 from trainer.prepare.records import RecordSettings
+from trainer.prepare.targets import FOLDS, learn_tables
 from trainer.prepdir import FORMAT_VERSION, MANIFEST, QUARANTINE, PrepWriter, sha256_file, write_manifest
 from trainer.rundir import staged_run_dir
 from trainer.sessions import DEFAULT_GAP_MINUTES, share_problems
@@ -55,6 +57,8 @@ class PrepareConfig:
         engine: local (out of core, one machine) or spark.
         shards: how many shard files (None: about SESSIONS_PER_SHARD sessions each).
         gap_minutes, validation, test, max_len, use_context: as `train`'s options.
+        target_stats: learn category (and item) target tables on the training split and add
+            their features (trainer.prepare.targets), where the log is dense enough.
         overwrite: replace an existing PREP_DIR.
         spark_master: the Spark master URL for ``--engine spark``.
         block_bytes: log text validated at a time.
@@ -69,6 +73,7 @@ class PrepareConfig:
     test: float = 0.15
     max_len: int = 50
     use_context: bool = True
+    target_stats: bool = True
     overwrite: bool = False
     spark_master: str = "local[2]"
     block_bytes: int = DEFAULT_BLOCK_BYTES
@@ -94,7 +99,8 @@ class PrepareConfig:
     def settings(self) -> dict:
         """The manifest's ``settings``: what `train` must not contradict."""
         return {"gap_minutes": self.gap_minutes, "validation": self.validation, "test": self.test,
-                "max_len": self.max_len, "use_context": self.use_context}
+                "max_len": self.max_len, "use_context": self.use_context,
+                "target_stats": self.target_stats}
 
 
 Stage = Callable[[str], None]
@@ -137,16 +143,29 @@ def prepare(config: PrepareConfig, on_stage: Stage | None = None) -> dict:
         plan = SplitPlan.of(n, config.validation, config.test)
         features = default_features(tally.has_price, tally.has_category,
                                     config.use_context and tally.has_user_ids)
-        encoder = FeatureEncoder(features, utc_offset_hours=reader.preset.utc_offset_hours,
-                                 max_len=config.max_len)
-        plan = fit_normalisation(ordered, plan, encoder)
+        tables, by_fold = None, None
+        if config.target_stats:
+            stage("target tables on the training split")
+            fields = ("category", "item") if tally.has_category else ("item",)
+            tables = learn_tables(batches(ordered), plan.sizes["train"], plan.sizes["validation"], fields)
+            features += tuple(f for f in TARGET_FEATURES if target_field(f) in tables.fields)
+
+        def encoder_of(chosen) -> FeatureEncoder:
+            return FeatureEncoder(features, utc_offset_hours=reader.preset.utc_offset_hours,
+                                  max_len=config.max_len, tables=chosen)
+
+        encoder = encoder_of(tables.shipped if tables else ())
+        if tables and tables.shipped:
+            by_fold = [encoder_of(tables.by_fold[f]) for f in range(FOLDS)]
+        stage("normalisation")
+        plan = fit_normalisation(ordered, plan, encoder, by_fold)
 
         stage("encoding into shards")
         from trainer.dataset import BASELINE_FEATURES
 
         writer = PrepWriter(tmp, len(features), BASELINE_FEATURES, shards=config.shards,
                             total_sessions=n if config.shards else None)
-        per_split = write_sessions(ordered, plan, encoder, writer)
+        per_split = write_sessions(ordered, plan, encoder, writer, by_fold=by_fold)
         shards, content_digest = writer.close()
         shutil.rmtree(work)
         manifest = {
@@ -165,6 +184,7 @@ def prepare(config: PrepareConfig, on_stage: Stage | None = None) -> dict:
                            "validation_from_ts": plan.validation_from_ts,
                            "test_from_ts": plan.test_from_ts},
             "feature_spec": encoder.spec().to_dict(),
+            "target_tables": tables.summary() if tables else None,
             "baseline_features": list(BASELINE_FEATURES),
             "shards": shards,
             "content_digest": content_digest,

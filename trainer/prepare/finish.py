@@ -7,10 +7,13 @@ engine. Three steps, none holding more than a batch of records in Python:
    cuts the in-memory sessions, out of core (`sort_records`: ranges of start times, each
    sorted in memory). The first ``n_train`` are training sessions, the next
    ``n_validation`` validation, the rest test.
-2. One pass over the training records sums their raw feature rows exactly
+2. One pass learns the target tables from the training records (trainer.prepare.targets);
+   from here on each record's rows are completed with its target features: a training
+   session's from the tables of the other folds, any other session's from the shipped ones.
+3. One pass over the training records sums their raw feature rows exactly
    (edge_runtime.moments), which gives the encoder's normalisation bit for bit as the in-memory
    path computes it, in any engine and any order.
-3. One pass normalises every prefix and hands the sessions, in that canonical order, to
+4. One pass normalises every prefix and hands the sessions, in that canonical order, to
    `trainer.prepdir.PrepWriter`, which writes the shards and the content digest.
 """
 
@@ -29,6 +32,8 @@ from edge_runtime.features import FeatureEncoder
 from edge_runtime.moments import ExactMoments
 from trainer.files import writes_to
 from trainer.prepare.local import scratch_file
+from trainer.prepare.records import record_rows
+from trainer.prepare.targets import folds_of
 from trainer.rundir import SPLIT_NAMES
 from trainer.sessions import split_sizes
 
@@ -151,22 +156,48 @@ def _batches(sorted_records: Path, columns: list[str] | None = None) -> Iterator
             yield batch.select(columns) if columns else batch
 
 
-def fit_normalisation(sorted_records: Path, plan: SplitPlan, encoder: FeatureEncoder) -> SplitPlan:
-    """Fit ``encoder`` on the training records' raw rows (exact sums); return the plan with
-    the start times that begin the validation and test splits."""
+def batches(sorted_records: Path) -> Iterator[pa.RecordBatch]:
+    """The sorted records in canonical order, batch by batch."""
+    return _batches(sorted_records)
+
+
+def _rows(batch: pa.RecordBatch, names: np.ndarray, encoder: FeatureEncoder,
+          by_fold: list[FeatureEncoder] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The raw rows of a batch of records (and each session's count): target features from
+    ``encoder``'s tables, except for training sessions, which read their fold's encoder
+    (``by_fold[f]``: the tables learned without fold f)."""
+    raw, lengths = record_rows(batch, encoder)
+    train = np.flatnonzero(names == "train")
+    if by_fold is None or not encoder.tables or not len(train):
+        return raw, lengths
+    starts = np.cumsum(lengths) - lengths
+    fold = folds_of(batch.column("key_digest").to_numpy(zero_copy_only=False)[train])
+    for f in np.unique(fold):
+        sessions = train[fold == f]
+        rows = np.concatenate([np.arange(starts[k], starts[k] + lengths[k]) for k in sessions])
+        raw[rows] = record_rows(batch.take(pa.array(sessions)), by_fold[f])[0]
+    return raw, lengths
+
+
+def fit_normalisation(sorted_records: Path, plan: SplitPlan, encoder: FeatureEncoder,
+                      by_fold: list[FeatureEncoder] | None = None) -> SplitPlan:
+    """Fit ``encoder`` on the training records' raw rows (exact sums; target features out of
+    fold, `_rows`); return the plan with the start times that begin the validation and test
+    splits."""
     n_features = len(encoder.features)
     moments = ExactMoments(n_features)
     n_train, n_val = plan.sizes["train"], plan.sizes["validation"]
     rank, cuts = 0, {}
-    for batch in _batches(sorted_records, ["start", "raw"]):
+    for batch in _batches(sorted_records):
         count = batch.num_rows
         starts = batch.column("start").to_numpy()
         for name, at in (("validation", n_train), ("test", n_train + n_val)):
             if rank <= at < rank + count:
                 cuts[name] = float(starts[at - rank])
         if rank < n_train:
-            train_part = batch.slice(0, min(count, n_train - rank)).column("raw")
-            moments.add(train_part.flatten().to_numpy(zero_copy_only=False).reshape(-1, n_features))
+            train_part = batch.slice(0, min(count, n_train - rank))
+            raw, _ = _rows(train_part, np.full(train_part.num_rows, "train"), encoder, by_fold)
+            moments.add(raw.reshape(-1, n_features))
         rank += count
     mean, std = moments.mean_std()
     encoder.set_normalisation(mean, std)
@@ -174,28 +205,28 @@ def fit_normalisation(sorted_records: Path, plan: SplitPlan, encoder: FeatureEnc
 
 
 def write_sessions(sorted_records: Path, plan: SplitPlan, encoder: FeatureEncoder, writer,
-                   on_batch: Callable[[int], None] | None = None) -> dict[str, dict[str, int]]:
+                   on_batch: Callable[[int], None] | None = None,
+                   by_fold: list[FeatureEncoder] | None = None) -> dict[str, dict[str, int]]:
     """Normalise every record and give it to ``writer`` (a trainer.prepdir.PrepWriter) in
     canonical order.
 
     Returns:
         Sessions and positives per split.
     """
-    n_features = len(encoder.features)
     per_split = {name: {"sessions": 0, "positives": 0} for name in SPLIT_NAMES}
     rank = 0
     for batch in _batches(sorted_records):
         count = batch.num_rows
         names = plan.names(rank, count)
         label = batch.column("label").to_numpy(zero_copy_only=False).astype(np.int8)
-        raw = batch.column("raw")
-        rows = encoder.normalise(raw.flatten().to_numpy(zero_copy_only=False).reshape(-1, n_features))
+        raw, lengths = _rows(batch, names, encoder, by_fold)
+        rows = encoder.normalise(raw)
         baseline = batch.column("baseline").flatten().to_numpy(zero_copy_only=False).reshape(count, -1)
         writer.add({"key_digest": batch.column("key_digest").to_numpy(zero_copy_only=False),
                     "split": names, "label": label,
                     "start": batch.column("start").to_numpy(),
                     "prefix_len": batch.column("prefix_len").to_numpy(),
-                    "features": rows, "lengths": raw.value_lengths().to_numpy() // n_features,
+                    "features": rows, "lengths": lengths,
                     "baseline": baseline})
         for name in SPLIT_NAMES:
             mine = names == name

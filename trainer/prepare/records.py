@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from edge_runtime.features import FeatureEncoder, default_features
-from trainer.dataset import aggregate_features, raw_sessions
+from edge_runtime.features import ALL_FEATURES, FeatureEncoder, default_features
+from trainer.dataset import aggregate_features, raw_sessions, window_digests
 from trainer.quarantine import BadRows
 from trainer.readers import EventLog, Ids
 from trainer.sessions import key_digests, sessionize
@@ -27,7 +27,13 @@ RECORD_SCHEMA = pa.schema([
     ("label", pa.int8()), ("prefix_len", pa.int64()),
     ("raw", pa.list_(pa.float64())),        # the prefix's raw feature rows, flattened
     ("baseline", pa.list_(pa.float64())),   # trainer.dataset.aggregate_features, in order
+    # The ids of the events in ``raw`` as their 8-byte digests (edge_runtime.features.id_digest,
+    # read as big-endian numbers; category 0: none): the target tables are learned from these
+    # in `finish` once the split is known. Scratch only: no shard or manifest holds them.
+    ("item_digest", pa.list_(pa.uint64())),
+    ("category_digest", pa.list_(pa.uint64())),
 ])
+FLOAT64 = pa.float64()
 COUNT_KEYS = ("events", "sessions", "sessions_with_purchase", "sessions_excluded_empty_prefix",
               "sessions_scorable")
 
@@ -59,6 +65,11 @@ class RecordSettings:
     shared_sessions: frozenset[str] = frozenset()
     max_dt_seconds: float = 86400.0
 
+    @property
+    def has_category(self) -> bool:
+        """Whether the features read categories (repeats, target statistics): the log has them."""
+        return "repeat_category" in self.features or "category_rate" in self.features
+
     @classmethod
     def for_log(cls, tally, gap_minutes: float, window: int | None, use_context: bool,
                 utc_offset_hours: float, shared: frozenset[str]) -> RecordSettings:
@@ -89,7 +100,7 @@ def event_log(events: pa.Table, settings: RecordSettings, source: str = "") -> E
         source=source, format="", user=ids("user"),
         session=ids("session") if settings.log_sessions else None,
         ts=events.column("ts").to_numpy(), event=events.column("event").to_numpy().astype(np.int8),
-        item=ids("item"), category=ids("category") if "repeat_category" in settings.features else None,
+        item=ids("item"), category=ids("category") if settings.has_category else None,
         price=events.column("price").to_numpy(), line=events.column("line").to_numpy(),
         rows_read=events.num_rows, bad=BadRows(source), utc_offset_hours=settings.utc_offset_hours,
         has_user_ids=settings.has_user_ids)
@@ -115,10 +126,15 @@ def session_records(events: pa.Table, settings: RecordSettings) -> tuple[pa.Tabl
     counts.update(events=len(log), **{k: summary[k] for k in COUNT_KEYS if k in summary},
                   min_ts=float(log.ts.min()), max_ts=float(log.ts.max()))
     index = np.flatnonzero(sessions.scorable)
-    # Only the raw features are computed here: the encoder's max_len and normalisation are unused.
-    encoder = FeatureEncoder(settings.features, utc_offset_hours=settings.utc_offset_hours,
+    # Only the raw features are computed here: the encoder's max_len and normalisation are
+    # unused, and the target features are added from the digests once the tables exist.
+    encoder = FeatureEncoder([f for f in settings.features if f in ALL_FEATURES],
+                             utc_offset_hours=settings.utc_offset_hours,
                              max_dt_seconds=settings.max_dt_seconds)
     raw = raw_sessions(sessions, index, encoder, window=settings.window)
+    items, categories = window_digests(sessions, index, window=settings.window)
+    if categories is None:
+        categories = [np.zeros(len(r), np.uint64) for r in raw]
     baseline, _ = aggregate_features(sessions, index)
     keys = sessions.key[index].astype(str)
     table = pa.table([
@@ -127,13 +143,37 @@ def session_records(events: pa.Table, settings: RecordSettings) -> tuple[pa.Tabl
         pa.array(sessions.prefix_len[index], pa.int64()),
         _lists([r.reshape(-1) for r in raw]),
         _lists(list(baseline) if len(index) else []),
+        _lists(items, pa.uint64()), _lists(categories, pa.uint64()),
     ], schema=RECORD_SCHEMA)
     return table, counts
 
 
-def _lists(rows: list[np.ndarray]) -> pa.ListArray:
-    """Rows of float64 values as one Arrow list array (no copy per row through Python)."""
+def _lists(rows: list[np.ndarray], kind: pa.DataType = FLOAT64) -> pa.ListArray:
+    """Rows of values as one Arrow list array (no copy per row through Python); digests
+    (big-endian DIGEST_DTYPE) become their numbers."""
     lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
-    values = np.concatenate(rows) if rows else np.zeros(0)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float64()))
+    values = np.concatenate(rows) if rows else np.zeros(0, kind.to_pandas_dtype())
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(kind.to_pandas_dtype()), kind))
+
+
+def _flat(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False)
+
+
+def record_rows(records: pa.Table | pa.RecordBatch, encoder: FeatureEncoder) -> tuple[np.ndarray, np.ndarray]:
+    """The raw feature rows of session records, stacked (N, F), with ``encoder``'s target
+    features looked up from the records' digests, and each session's number of rows."""
+    n_base = sum(f in ALL_FEATURES for f in encoder.features)
+    raw = records.column("raw")
+    if isinstance(raw, pa.ChunkedArray):
+        raw = raw.combine_chunks() if raw.num_chunks else pa.array([], pa.list_(pa.float64()))
+    lengths = raw.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64) // n_base
+    base = raw.flatten().to_numpy(zero_copy_only=False).reshape(-1, n_base)
+    if not encoder.tables:
+        return base, lengths
+    return (encoder.add_targets(base, _flat(records.column("item_digest")),
+                                _flat(records.column("category_digest"))), lengths)
+

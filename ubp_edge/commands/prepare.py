@@ -42,6 +42,11 @@ def prepare(
     test: Annotated[float, typer.Option(help="Test share of sessions (the latest).")] = 0.15,
     context: Annotated[bool, typer.Option(
         help="User-history features when the log has user ids.")] = True,
+    target_stats: Annotated[bool, typer.Option(
+        "--target-stats/--no-target-stats",
+        help="Learn each category's (and, where the log is dense enough, item's) purchase rate "
+             "and popularity on the training split, out of fold, as features shipped in the "
+             "artifact (keyed hashes, no id in clear).")] = True,
     strict: StrictOpt = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing PREP_DIR.")] = False,
 ) -> None:
@@ -57,8 +62,8 @@ def prepare(
         source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict, gap_minutes)
         config = PrepareConfig(source=source, out=str(out_dir), engine=engine, shards=shards,
                                gap_minutes=gap_minutes, validation=validation, test=test,
-                               max_len=max_len, use_context=context, overwrite=overwrite,
-                               spark_master=spark_master)
+                               max_len=max_len, use_context=context, target_stats=target_stats,
+                               overwrite=overwrite, spark_master=spark_master)
         check_outputs({"--data": log_inputs(source)}, replaced={"--out": out_dir})
         check_target(out_dir, overwrite, marker=MANIFEST)
         with err.status("preparing") as status:

@@ -56,11 +56,28 @@ def train(
         help=f"Test share of sessions (the latest); {FROM_PREP.format(0.15)}.")] = None,
     class_weight: Annotated[str, typer.Option(
         help="none or balanced (output bias corrected after).")] = "balanced",
+    prefixes: Annotated[str, typer.Option(
+        help="What a training session gives each epoch: random (one prefix cut at a random "
+             "length, so the model learns to answer after the first clicks) or whole (its "
+             "whole prefix before the purchase).")] = "random",
+    dropout: Annotated[float, typer.Option(
+        help="The LSTM's input dropout while training (the article's model: none).")] = 0.0,
     patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 3,
+    tune: Annotated[int, typer.Option(
+        help="Search N settings (units, dropout, learning rate, class weighting, prefixes; the "
+             "first the ones given) on the validation split and keep the best; tuning.json "
+             "lists every trial. 0: no search.")] = 0,
+    ensemble: Annotated[int, typer.Option(
+        help="Train K models (other seeds, the chosen settings) and merge them into one LSTM "
+             "of K x units units, one graph in one file: the mean of their logits.")] = 1,
     context: Annotated[bool | None, typer.Option(
         "--context/--no-context",
         help="Use user-history features when the log has user ids; default on, or the prepared "
              "folder's.")] = None,
+    target_stats: Annotated[bool | None, typer.Option(
+        "--target-stats/--no-target-stats",
+        help="Category (and dense item) purchase rates and popularity learned on the training "
+             "split as features; default on, or the prepared folder's.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     strict: StrictOpt = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
@@ -89,8 +106,10 @@ def train(
         config = TrainConfig(data=str(data), out=str(out_dir), format=format, units=units,
                              epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                              max_len=max_len, gap_minutes=gap_minutes, validation=validation,
-                             test=test, class_weight=class_weight, patience=patience,
-                             use_context=context, seed=seed, strict=strict, overwrite=overwrite,
+                             test=test, class_weight=class_weight, prefixes=prefixes, dropout=dropout,
+                             patience=patience, tune=tune, ensemble=ensemble,
+                             use_context=context, target_stats=target_stats, seed=seed,
+                             strict=strict, overwrite=overwrite,
                              resume=resume)
         # TrainConfig carries the log's path, format, gap and strictness into config.json;
         # the source checks the --format csv mapping and resolves the preset.
