@@ -20,7 +20,8 @@ from trainer.scoring import score_log
 from trainer.scoring_at_scale import OUTPUT_SCHEMA, output_format, score_at_scale
 from trainer.sessions import key_digests
 
-# The reference artifact: 15 features, categories and user history among them (models/README.md).
+# The reference artifact: 17 features, categories, their target tables and user history among
+# them (models/README.md).
 MODEL = ROOT / "models" / "taobao-lstm128-float32.tflite"
 DYNAMIC = ROOT / "models" / "taobao-lstm128-dynamic.tflite"
 

@@ -648,7 +648,8 @@ def test_reference_artifact_gains_metadata_and_scores_the_same(tmp_path, capsys)
     assert meta["name"] == "ubp-edge purchase intent (dynamic, fused)"
     assert "UserBehavior_sample.csv (taobao format" in meta["description"]
     rng = np.random.default_rng(2)
-    sessions = [rng.standard_normal((n, 15)).astype(np.float32) for n in (1, 3, 17, 60)]
+    width = Scorer.from_bytes(original).info.spec.n_features
+    sessions = [rng.standard_normal((n, width)).astype(np.float32) for n in (1, 3, 17, 60)]
     expected = Scorer.from_bytes(original).score_encoded(sessions)
     np.testing.assert_array_equal(Scorer.from_bytes(out).score_encoded(sessions), expected)
     # The maintainer's check prints what it reads back.
