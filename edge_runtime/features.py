@@ -93,7 +93,9 @@ class FeatureSpec:
             events. Scoring reads the whole session, however long, as live scoring does.
         max_dt_seconds: gaps longer than this count as this long.
         tables: the TargetTable of each field whose TARGET_FEATURES are selected.
-        version: the spec format version; artifacts of another version are refused.
+        version: the spec format version, set from the content (TABLES_SPEC_VERSION with
+            tables, else SPEC_VERSION); a spec of a version not in READABLE_SPEC_VERSIONS is
+            refused.
     """
 
     features: tuple[str, ...]
@@ -109,6 +111,8 @@ class FeatureSpec:
         unknown = [f for f in self.features if f not in FEATURE_LAYOUT]
         if unknown:
             raise ConfigError(f"unknown features {unknown}; allowed {list(FEATURE_LAYOUT)}")
+        # The format follows the content: tables need version 2, a spec without them stays 1.
+        object.__setattr__(self, "version", TABLES_SPEC_VERSION if self.tables else SPEC_VERSION)
         table_fields = [t.field for t in self.tables]
         needed = sorted({target_field(f) for f in self.features} - {None})
         if len(set(table_fields)) != len(table_fields) or sorted(table_fields) != needed:
@@ -135,7 +139,7 @@ class FeatureSpec:
         return any(f in CONTEXT_FEATURES for f in self.features)
 
     def to_dict(self) -> dict:
-        d = {"version": TABLES_SPEC_VERSION if self.tables else SPEC_VERSION, "features": list(self.features),
+        d = {"version": self.version, "features": list(self.features),
              "mean": list(self.mean), "scale": list(self.scale),
              "utc_offset_hours": self.utc_offset_hours, "max_len": self.max_len,
              "max_dt_seconds": self.max_dt_seconds}
@@ -368,6 +372,11 @@ class FeatureEncoder:
         """Whether encoding needs the ids' digests beyond the repeat features: the spec has
         target tables (`raw_batch`'s ``item_digest`` / ``category_digest``)."""
         return bool(self.tables)
+
+    @property
+    def table_fields(self) -> tuple[str, ...]:
+        """The id fields the spec has target tables for ("category", "item")."""
+        return tuple(t.field for t in self.tables)
 
     # ------------------------------------------------------------------ spec
     @classmethod

@@ -413,9 +413,11 @@ class Scorer:
         category_codes: dict[str | None, int] = {None: -1}  # None: no category
         item = np.array([item_codes.setdefault(i, len(item_codes)) for i in items], np.int64)
         category = np.array([category_codes.setdefault(c, len(category_codes)) for c in categories], np.int64)
-        digests = {}
-        if self.encoder.needs_digests:  # the target tables look ids up by digest, each id once
+        digests = {}  # the target tables look ids up by digest: each distinct id hashed once
+        fields = self.encoder.table_fields
+        if "item" in fields:
             digests["item_digest"] = id_digests(list(item_codes))[item]
+        if "category" in fields:
             known = id_digests([c for c in category_codes if c is not None])  # codes 1, 2, ...
             # No category (code -1) reads the zero digest, which the encoder leaves unlooked-up.
             digests["category_digest"] = np.r_[known, np.zeros(1, known.dtype)][

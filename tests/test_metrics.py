@@ -14,10 +14,12 @@ from trainer.metrics import (
     PREFIX_BUCKETS,
     TOP_PERCENTS,
     by_prefix_length,
+    calibration_deciles,
     calibration_table,
     choose_threshold,
     classification_metrics,
     cumulative_gains,
+    decile_ece,
     expected_calibration_error,
     gains_at_percents,
     lift_and_capture,
@@ -304,3 +306,31 @@ def test_calibration_table_hand_computed_and_sums_to_ece():
 def test_calibration_table_refuses_zero_bins():
     with pytest.raises(ValueError, match="bins must be >= 1, got 0"):
         calibration_table([1], [0.5], bins=0)
+
+
+def test_calibration_deciles_hold_a_tenth_of_the_sessions_each_and_sum_to_their_ece():
+    rng = np.random.default_rng(5)
+    p = rng.beta(1, 12, size=1003)  # rare outcome: most probabilities below 0.1
+    y = (rng.random(1003) < p * 1.3).astype(int)
+    rows = calibration_deciles(y, p)
+    assert [r["n_sessions"] for r in rows] == [101, 101, 101] + [100] * 7
+    assert all(set(r) == set(CALIBRATION_KEYS) for r in rows)
+    order = np.argsort(p, kind="stable")
+    first = order[:101]
+    assert rows[0]["lo"] == p.min() and rows[0]["hi"] == p[first].max()
+    assert rows[0]["mean_predicted"] == pytest.approx(p[first].mean())
+    assert rows[0]["observed_rate"] == pytest.approx(y[first].mean())
+    assert all(a["hi"] <= b["lo"] for a, b in zip(rows, rows[1:]))
+    ece = sum(r["n_sessions"] * abs(r["gap"]) for r in rows) / 1003
+    assert decile_ece(y, p) == pytest.approx(ece)
+    # Equal-width bins put most of these sessions in one bin; deciles do not.
+    assert calibration_table(y, p)[0]["n_sessions"] > 500
+
+
+def test_calibration_deciles_of_few_sessions_and_of_none():
+    rows = calibration_deciles([1, 0, 0], [0.9, 0.1, 0.2])
+    assert [r["n_sessions"] for r in rows] == [1, 1, 1] + [0] * 7
+    assert rows[0]["observed_rate"] == 0.0 and rows[2]["observed_rate"] == 1.0
+    assert rows[3]["gap"] is None
+    assert decile_ece([], []) is None
+

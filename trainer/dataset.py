@@ -55,15 +55,20 @@ def _digests(ids: Ids, rows: np.ndarray, none: str | None = None) -> np.ndarray:
 
 
 def window_digests(sessions: Sessions, idx: np.ndarray, *,
-                   window: int | None) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+                   window: int | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The item and the category digests (DIGEST_DTYPE; category 0 where an event has none;
-    None for a log without categories) of the events `raw_sessions` encodes, per session:
-    what `prepare` learns the target tables from and looks them up by."""
+    None for a log without categories) of the events `raw_sessions` encodes, stacked, and
+    each session's count of them: what `prepare` learns the target tables from and looks
+    them up by. Flat arrays, not a list per session: a log has millions of sessions."""
     log = sessions.log
     rows, offsets = prefix_rows(sessions, idx)
-    category = None if log.category is None else _windowed(_digests(log.category, rows, none=""),
-                                                           offsets, window)
-    return _windowed(_digests(log.item, rows), offsets, window), category
+    lengths = np.diff(offsets)
+    kept = lengths if window is None else np.minimum(lengths, window)
+    # Keep each session's last ``kept`` rows: those within ``kept`` of its end.
+    from_end = np.repeat(offsets[1:], lengths) - np.arange(len(rows))
+    keep = from_end <= np.repeat(kept, lengths)
+    category = None if log.category is None else _digests(log.category, rows[keep], none="")
+    return _digests(log.item, rows[keep]), category, kept
 
 
 def _batch_fields(sessions: Sessions, idx: np.ndarray, digests: bool = False) -> dict:

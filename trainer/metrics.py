@@ -56,7 +56,8 @@ METRIC_KEYS: tuple[str, ...] = ("roc_auc", "pr_auc", "log_loss", "brier", "mae",
 # The top slices a marketing team targets, in percent of sessions by score.
 TOP_PERCENTS: tuple[int, ...] = (1, 5, 10, 20)
 # What marketing_metrics returns, in JSON order.
-MARKETING_KEYS: tuple[str, ...] = ("n_sessions_at", "lift_at", "capture_at", "gains", "calibration_bins")
+MARKETING_KEYS: tuple[str, ...] = ("n_sessions_at", "lift_at", "capture_at", "gains", "calibration_bins",
+                                   "ece_deciles", "calibration_deciles")
 # The keys of one calibration_table row, in JSON order.
 CALIBRATION_KEYS: tuple[str, ...] = ("lo", "hi", "n_sessions", "mean_predicted", "observed_rate", "gap")
 
@@ -212,6 +213,41 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict
     return rows
 
 
+def calibration_deciles(y: np.ndarray, p: np.ndarray, groups: int = 10) -> list[dict]:
+    """Calibration by deciles of the score: the sessions ordered by probability (ties in
+    session order) and cut into ``groups`` groups of equal size (sizes differ by at most
+    one), lowest first; keys CALIBRATION_KEYS, ``lo`` and ``hi`` the group's lowest and highest
+    probability. Where equal-width bins put most sessions of a rare outcome in the first bin,
+    every decile holds a tenth of them.
+
+    Raises:
+        ValueError: ``groups`` < 1 or ``y`` and ``p`` of different lengths.
+    """
+    if groups < 1:
+        raise ValueError(f"groups {groups}: expected at least 1")
+    y, p = _labels_and_scores(y, p)
+    rows = []
+    for part in np.array_split(np.argsort(p, kind="stable"), groups):
+        n = len(part)
+        if n == 0:
+            rows.append(dict(zip(CALIBRATION_KEYS, (None, None, 0, None, None, None), strict=True)))
+            continue
+        mean_p, rate = float(p[part].mean()), float(y[part].mean())
+        rows.append(dict(zip(CALIBRATION_KEYS, (float(p[part].min()), float(p[part].max()), n, mean_p, rate,
+                                                rate - mean_p), strict=True)))
+    return rows
+
+
+def decile_ece(y: np.ndarray, p: np.ndarray, groups: int = 10) -> float | None:
+    """Expected calibration error over `calibration_deciles`: sum of n/N * |gap|; None
+    without sessions."""
+    rows = calibration_deciles(y, p, groups)
+    total = sum(r["n_sessions"] for r in rows)
+    if not total:
+        return None
+    return float(sum(r["n_sessions"] * abs(r["gap"]) for r in rows if r["n_sessions"]) / total)
+
+
 def top_count(n: int, percent: int) -> int:
     """How many sessions "the top ``percent``%" of ``n`` is: ceil(percent * n / 100).
 
@@ -319,10 +355,13 @@ def marketing_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
 
     ``n_sessions_at``, ``lift_at``, ``capture_at``: `lift_and_capture` at TOP_PERCENTS;
     ``gains``: `gains_at_percents` at every 1% (101 points, None without a purchase);
-    ``calibration_bins``: `calibration_table` with ``bins`` equal-width bins.
+    ``calibration_bins``: `calibration_table` with ``bins`` equal-width bins;
+    ``ece_deciles`` and ``calibration_deciles``: the same by deciles of the score
+    (`decile_ece`, `calibration_deciles`).
 
     Raises:
         ValueError: ``y`` and ``p`` of different lengths.
     """
     return {**lift_and_capture(y, p), "gains": gains_at_percents(y, p),
-            "calibration_bins": calibration_table(y, p, bins)}
+            "calibration_bins": calibration_table(y, p, bins),
+            "ece_deciles": decile_ece(y, p, bins), "calibration_deciles": calibration_deciles(y, p, bins)}

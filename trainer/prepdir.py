@@ -108,6 +108,8 @@ class Prefixes(StrEnum):
 
     WHOLE = "whole"
     RANDOM = "random"
+
+
 SHARD_PATTERN = re.compile(r"shards/[A-Za-z0-9_.-]+\.parquet")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 _RERUN = "run prepare again"
@@ -994,11 +996,12 @@ class PrepDir:
                 among this split's shards (a worker's share in multi-worker training).
             cycle_length: shards read at a time when shuffling.
             prefixes: `Prefixes`: RANDOM cuts each session at a random length, drawn anew
-                each epoch, and batches sessions in shuffled order, not by length: batches
-                of one length bucket were measured to cost ROC-AUC with cut prefixes (README,
-                "What each lever gives"). The stored rows are causal, so the first c rows of a
-                session are the encoding of its first c events (of the last max_len events,
-                for a session cut to max_len).
+                each epoch, and batches sessions in shuffled order, not by length (in issue
+                14's trial, batches of mixed length scored 0.656 test ROC-AUC on Taobao
+                against 0.644 for length buckets, whole prefixes, means of 3 seeds; and the
+                count of batches stays known). The stored rows are causal, so the first c
+                rows of a session are the encoding of its first c events (of the last
+                max_len events, for a session cut to max_len).
 
         Returns:
             tf.data.Dataset of (x (B, T, F) float32, y (B,) float32[, w (B,) float32]), of
@@ -1087,7 +1090,6 @@ class PrepDir:
                 index = order[members]
                 yield _padded(rows.values, rows.lengths, starts, index), rows.label[index].astype(np.float32)
             carry = [rows.take(order[carry])] if len(carry) else []
-
 
     def _cut(self, files: Sequence[int], split: str, batch_size: int, rng, window: int,
              bounds: np.ndarray, cycle_length: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -147,7 +147,7 @@ def row_groups(path: Path, columns: list[str] | None = None) -> Iterator[pa.Tabl
         yield file.read_row_group(i, columns=columns)
 
 
-def _batches(sorted_records: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+def batches(sorted_records: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """The sorted records (an Arrow IPC file of BATCH_ROWS batches) batch by batch."""
     with pa.OSFile(str(sorted_records)) as f:
         reader = pa.ipc.open_file(f)
@@ -156,27 +156,17 @@ def _batches(sorted_records: Path, columns: list[str] | None = None) -> Iterator
             yield batch.select(columns) if columns else batch
 
 
-def batches(sorted_records: Path) -> Iterator[pa.RecordBatch]:
-    """The sorted records in canonical order, batch by batch."""
-    return _batches(sorted_records)
-
-
 def _rows(batch: pa.RecordBatch, names: np.ndarray, encoder: FeatureEncoder,
           by_fold: list[FeatureEncoder] | None) -> tuple[np.ndarray, np.ndarray]:
     """The raw rows of a batch of records (and each session's count): target features from
     ``encoder``'s tables, except for training sessions, which read their fold's encoder
     (``by_fold[f]``: the tables learned without fold f)."""
-    raw, lengths = record_rows(batch, encoder)
-    train = np.flatnonzero(names == "train")
-    if by_fold is None or not encoder.tables or not len(train):
-        return raw, lengths
-    starts = np.cumsum(lengths) - lengths
-    fold = folds_of(batch.column("key_digest").to_numpy(zero_copy_only=False)[train])
-    for f in np.unique(fold):
-        sessions = train[fold == f]
-        rows = np.concatenate([np.arange(starts[k], starts[k] + lengths[k]) for k in sessions])
-        raw[rows] = record_rows(batch.take(pa.array(sessions)), by_fold[f])[0]
-    return raw, lengths
+    if by_fold is None or not encoder.tables:
+        return record_rows(batch, encoder)
+    fold = np.full(batch.num_rows, -1, np.int64)
+    train = names == "train"
+    fold[train] = folds_of(batch.column("key_digest").to_numpy(zero_copy_only=False)[train])
+    return record_rows(batch, encoder, by_fold, fold)
 
 
 def fit_normalisation(sorted_records: Path, plan: SplitPlan, encoder: FeatureEncoder,
@@ -188,7 +178,7 @@ def fit_normalisation(sorted_records: Path, plan: SplitPlan, encoder: FeatureEnc
     moments = ExactMoments(n_features)
     n_train, n_val = plan.sizes["train"], plan.sizes["validation"]
     rank, cuts = 0, {}
-    for batch in _batches(sorted_records):
+    for batch in batches(sorted_records):
         count = batch.num_rows
         starts = batch.column("start").to_numpy()
         for name, at in (("validation", n_train), ("test", n_train + n_val)):
@@ -215,7 +205,7 @@ def write_sessions(sorted_records: Path, plan: SplitPlan, encoder: FeatureEncode
     """
     per_split = {name: {"sessions": 0, "positives": 0} for name in SPLIT_NAMES}
     rank = 0
-    for batch in _batches(sorted_records):
+    for batch in batches(sorted_records):
         count = batch.num_rows
         names = plan.names(rank, count)
         label = batch.column("label").to_numpy(zero_copy_only=False).astype(np.int8)

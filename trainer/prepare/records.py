@@ -33,7 +33,6 @@ RECORD_SCHEMA = pa.schema([
     ("item_digest", pa.list_(pa.uint64())),
     ("category_digest", pa.list_(pa.uint64())),
 ])
-FLOAT64 = pa.float64()
 COUNT_KEYS = ("events", "sessions", "sessions_with_purchase", "sessions_excluded_empty_prefix",
               "sessions_scorable")
 
@@ -132,9 +131,9 @@ def session_records(events: pa.Table, settings: RecordSettings) -> tuple[pa.Tabl
                              utc_offset_hours=settings.utc_offset_hours,
                              max_dt_seconds=settings.max_dt_seconds)
     raw = raw_sessions(sessions, index, encoder, window=settings.window)
-    items, categories = window_digests(sessions, index, window=settings.window)
+    items, categories, kept = window_digests(sessions, index, window=settings.window)
     if categories is None:
-        categories = [np.zeros(len(r), np.uint64) for r in raw]
+        categories = np.zeros(len(items), np.uint64)
     baseline, _ = aggregate_features(sessions, index)
     keys = sessions.key[index].astype(str)
     table = pa.table([
@@ -143,18 +142,24 @@ def session_records(events: pa.Table, settings: RecordSettings) -> tuple[pa.Tabl
         pa.array(sessions.prefix_len[index], pa.int64()),
         _lists([r.reshape(-1) for r in raw]),
         _lists(list(baseline) if len(index) else []),
-        _lists(items, pa.uint64()), _lists(categories, pa.uint64()),
+        _flat_lists(items, kept), _flat_lists(categories, kept),
     ], schema=RECORD_SCHEMA)
     return table, counts
 
 
-def _lists(rows: list[np.ndarray], kind: pa.DataType = FLOAT64) -> pa.ListArray:
-    """Rows of values as one Arrow list array (no copy per row through Python); digests
-    (big-endian DIGEST_DTYPE) become their numbers."""
+def _lists(rows: list[np.ndarray]) -> pa.ListArray:
+    """Rows of float64 values as one Arrow list array (no copy per row through Python)."""
     lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
-    values = np.concatenate(rows) if rows else np.zeros(0, kind.to_pandas_dtype())
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(kind.to_pandas_dtype()), kind))
+    values = np.concatenate(rows) if rows else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.float64()))
+
+
+def _flat_lists(digests: np.ndarray, lengths: np.ndarray) -> pa.ListArray:
+    """Digests stacked session after session (``lengths`` each) as one Arrow list array of
+    uint64: a big-endian DIGEST_DTYPE digest becomes its number."""
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(digests.astype(np.uint64), pa.uint64()))
 
 
 def _flat(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -163,9 +168,18 @@ def _flat(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False)
 
 
-def record_rows(records: pa.Table | pa.RecordBatch, encoder: FeatureEncoder) -> tuple[np.ndarray, np.ndarray]:
-    """The raw feature rows of session records, stacked (N, F), with ``encoder``'s target
-    features looked up from the records' digests, and each session's number of rows."""
+def record_rows(records: pa.Table | pa.RecordBatch, encoder: FeatureEncoder,
+                by_fold: list[FeatureEncoder] | None = None,
+                fold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The raw feature rows of session records, stacked (N, F), with the target features
+    looked up from the records' digests, and each session's number of rows.
+
+    Args:
+        records: RECORD_SCHEMA rows.
+        encoder: its tables serve every session, except:
+        by_fold, fold: session k with ``fold[k] >= 0`` reads ``by_fold[fold[k]]``'s tables
+            (`prepare`'s training sessions: the tables learned without their fold).
+    """
     n_base = sum(f in ALL_FEATURES for f in encoder.features)
     raw = records.column("raw")
     if isinstance(raw, pa.ChunkedArray):
@@ -174,6 +188,14 @@ def record_rows(records: pa.Table | pa.RecordBatch, encoder: FeatureEncoder) -> 
     base = raw.flatten().to_numpy(zero_copy_only=False).reshape(-1, n_base)
     if not encoder.tables:
         return base, lengths
-    return (encoder.add_targets(base, _flat(records.column("item_digest")),
-                                _flat(records.column("category_digest"))), lengths)
+    item, category = _flat(records.column("item_digest")), _flat(records.column("category_digest"))
+    if by_fold is None or fold is None:
+        return encoder.add_targets(base, item, category), lengths
+    row_fold = np.repeat(fold, lengths)
+    out = np.empty((len(base), len(encoder.features)), np.float64)
+    for f in np.unique(row_fold):
+        rows = np.flatnonzero(row_fold == f)
+        chosen = encoder if f < 0 else by_fold[f]
+        out[rows] = chosen.add_targets(base[rows], item[rows], category[rows])
+    return out, lengths
 

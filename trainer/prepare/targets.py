@@ -36,8 +36,13 @@ _KEY_DOMAIN = b"ubp-edge target tables 1"
 
 
 def folds_of(key_digests: np.ndarray) -> np.ndarray:
-    """The fold (0..FOLDS-1) of each session, from its key digest (16 hex digits)."""
-    return np.array([int(k[:8], 16) % FOLDS for k in key_digests], np.int64)
+    """The fold (0..FOLDS-1) of each session: its key digest's first 8 hex digits, as a
+    number, modulo FOLDS (computed on the characters' code points, without a loop)."""
+    if not len(key_digests):
+        return np.zeros(0, np.int64)
+    chars = np.asarray(key_digests).astype("U16").view(np.uint32).reshape(-1, 16)[:, :8].astype(np.int64)
+    digits = np.where(chars >= ord("a"), chars - (ord("a") - 10), chars - ord("0"))
+    return (digits @ (16 ** np.arange(7, -1, -1, dtype=np.int64))) % FOLDS
 
 
 @dataclass
@@ -132,15 +137,13 @@ def learn_tables(batches: Iterator[pa.RecordBatch], n_train: int, n_validation: 
                 keep = digest != 0
                 session, digest = session[keep], digest[keep]
                 # Each session counts an id once, however often it touched it.
-                pairs = np.unique(np.stack([session.astype(np.uint64), digest]), axis=1)
-                s, d = pairs[0].astype(np.int64), pairs[1]
-                key = np.stack([d, fold[s].astype(np.uint64)])
-                distinct, inverse = np.unique(key, axis=1, return_inverse=True)
-                inverse = inverse.reshape(-1)
-                width = distinct.shape[1]
-                counts[field].parts.append((distinct[0], distinct[1].astype(np.int64),
-                                            np.bincount(inverse, minlength=width).astype(float),
-                                            np.bincount(inverse, weights=label[s], minlength=width)))
+                s, d = _distinct_pairs(session, digest)
+                f, d2 = _distinct_pairs(fold[s], d, counted=True)
+                order, starts = f
+                counts[field].parts.append((d2, fold[s][order][starts],
+                                            np.diff(np.r_[starts, len(order)]).astype(float),
+                                            np.add.reduceat(label[s][order].astype(float), starts)
+                                            if len(order) else np.zeros(0)))
         if validation:
             part = batch.slice(train, validation)
             for field in fields:
@@ -150,6 +153,19 @@ def learn_tables(batches: Iterator[pa.RecordBatch], n_train: int, n_validation: 
                 counts[field].validation.append((distinct, per))
         rank += count
     return _tables(counts, n_train, positives)
+
+
+def _distinct_pairs(first: np.ndarray, second: np.ndarray, counted: bool = False):
+    """The distinct (first, second) pairs, sorted by (second, first): their two columns; with
+    ``counted``, ((the sort order, where each distinct pair starts in it), second's column)."""
+    order = np.lexsort((first, second))
+    a, b = first[order], second[order]
+    new = np.ones(len(order), bool)
+    new[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    starts = np.flatnonzero(new)
+    if counted:
+        return (order, starts), b[starts]
+    return a[starts], b[starts]
 
 
 def _tables(counts: dict[str, _FieldCounts], n_train: int, positives: int) -> TargetTables:

@@ -187,7 +187,9 @@ def lift_table(report: dict) -> Table:
         A small Rich table: one row per top slice (its sessions, lift, capture).
     """
     ece = report.get("ece")
-    table = Table(title="top sessions by score" + ("" if ece is None else f", ECE {ece:.4f}"),
+    deciles = report.get("ece_deciles")
+    table = Table(title="top sessions by score" + ("" if ece is None else f", ECE {ece:.4f}")
+                  + ("" if deciles is None else f" (by decile {deciles:.4f})"),
                   caption="top k%: ceil(k*N/100) sessions; ties in session order")
     for name in ("top", "sessions", "lift", "capture"):
         table.add_column(name, justify="left" if name == "top" else "right")
