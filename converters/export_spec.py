@@ -279,8 +279,10 @@ def feature_contract(spec: FeatureSpec) -> dict:
                       f"(2000-01-01..2100-01-01); milliseconds are refused",
                 "event": "the event's type: a name of event_codes, or its integer code; in the "
                          "expressions, code is the integer",
-                "item": "the item id: text, or a number read as its text (Python's str: 1 -> "
-                        "\"1\", 1.5 -> \"1.5\"); not empty or blank",
+                "item": "the item id: text without the whitespace at either end, or a number "
+                        "read as its text (Python's str: 1 -> \"1\", 1.5 -> \"1.5\"; a float "
+                        "with no fraction below 1e15 as its integer: 12.0 -> \"12\"); not empty "
+                        "or blank",
                 "category": "the category id, as item; optional: absent, null, empty or blank "
                             "mean no category (null in the expressions)",
                 "price": f"optional: a number >= {MIN_PRICE:g}; absent, null or NaN mean no price "

@@ -109,9 +109,11 @@ def canonical_event(event: Mapping) -> Event:
         code = kind if type(kind) is int and 0 <= kind < len(EVENT_TYPES) else -1
     if code < 0:
         code = _event_code(kind)
-    if type(item) is not str or not item or item.isspace():
+    # A str id without whitespace at either end is its own text (the first check of each).
+    if type(item) is not str or not item or item[0].isspace() or item[-1].isspace():
         item = _id(item, "item")
-    if category is not None and (type(category) is not str or not category or category.isspace()):
+    if category is not None and (type(category) is not str or not category or category[0].isspace()
+                                 or category[-1].isspace()):
         category = _id(category, "category")
     if price is None:
         price = math.nan
@@ -159,20 +161,33 @@ def _event_code(kind: object) -> int:
     return code
 
 
+# Integral floats below this read as integers in ids, as Arrow writes them as text (from
+# 1e15 up it writes 1e+15).
+INTEGRAL_FLOAT_IDS = 1e15
+
+
 def _id(value: object, field: str) -> str | None:
-    """An item or category id as text; None for a blank category; ConfigError otherwise."""
+    """An item or category id as text; None for a blank category; ConfigError otherwise.
+
+    The text the log readers give the same value (trainer.readers: Arrow's cast to text, then
+    whitespace trimmed): surrounding whitespace goes, and an integral float below
+    INTEGRAL_FLOAT_IDS reads as its integer (12.0 -> "12"), so a live event names the id a
+    log names, which the target tables need (ids learned from logs, looked up live)."""
     if isinstance(value, str):
-        text = value
+        text = value.strip()
     elif value is None:
         raise ConfigError(f"{field} is null")
     elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        if isinstance(value, (float, np.floating)) and abs(value) < INTEGRAL_FLOAT_IDS \
+                and float(value).is_integer():
+            value = int(value)
         try:
             text = str(value)
         except ValueError:  # an int beyond Python's digit limit for int -> str
             raise ConfigError(f"{field} {shown(value)} is too long a number for an id") from None
     else:
         raise ConfigError(f"{field} {shown(value)} is not an id (text or a number)")
-    if text and not text.isspace():
+    if text:
         return text
     if field == "category":
         return None

@@ -64,6 +64,18 @@ FEATURE_LAYOUT: tuple[str, ...] = ALL_FEATURES + TARGET_FEATURES
 NO_TARGETS = (0.0,) * len(TARGET_FEATURES)
 
 
+def check_targets_last(features: Sequence[str]) -> None:
+    """ConfigError unless the target features come after every other feature: records made
+    before the tables exist hold the others, and the tables' columns are appended to them
+    (`FeatureEncoder.add_targets`)."""
+    seen_target = False
+    for f in features:
+        if f in TARGET_FEATURES:
+            seen_target = True
+        elif seen_target:
+            raise ConfigError(f"target features must come after every other feature, got {list(features)}")
+
+
 def target_field(feature: str) -> str | None:
     """The id field whose table a target feature reads ("category", "item"), else None."""
     return feature.split("_", 1)[0] if feature in TARGET_FEATURES else None
@@ -113,6 +125,7 @@ class FeatureSpec:
             raise ConfigError(f"unknown features {unknown}; allowed {list(FEATURE_LAYOUT)}")
         # The format follows the content: tables need version 2, a spec without them stays 1.
         object.__setattr__(self, "version", TABLES_SPEC_VERSION if self.tables else SPEC_VERSION)
+        check_targets_last(self.features)
         table_fields = [t.field for t in self.tables]
         needed = sorted({target_field(f) for f in self.features} - {None})
         if len(set(table_fields)) != len(table_fields) or sorted(table_fields) != needed:
@@ -156,7 +169,8 @@ class FeatureSpec:
         """Rebuild a spec; ArtifactError when it is of another version or malformed."""
         if not isinstance(d, Mapping):
             raise ArtifactError(f"feature spec is {type(d).__name__}, expected an object")
-        if d.get("version") not in READABLE_SPEC_VERSIONS:
+        version = d.get("version")
+        if type(version) is not int or version not in READABLE_SPEC_VERSIONS:
             raise ArtifactError(f"feature spec version {d.get('version')!r} is not supported; "
                                 f"this ubp-edge reads versions {list(READABLE_SPEC_VERSIONS)}")
         tables = d.get("target_tables", []) if d["version"] == TABLES_SPEC_VERSION else []
@@ -344,6 +358,7 @@ class FeatureEncoder:
         unknown = [f for f in self.features if f not in FEATURE_LAYOUT]
         if unknown:
             raise ConfigError(f"unknown features {unknown}; allowed {list(FEATURE_LAYOUT)}")
+        check_targets_last(self.features)
         missing = sorted({target_field(f) for f in self.features} - {None} - {t.field for t in self.tables})
         if missing:
             raise ConfigError(f"features {list(self.features)} need the target tables of {missing}")

@@ -175,7 +175,8 @@ class TargetTable:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, field: str, key: bytes, digests: np.ndarray, sessions: np.ndarray,
-              purchases: np.ndarray, base_rate: float) -> TargetTable:
+              purchases: np.ndarray, base_rate: float,
+              rate_counts: tuple[np.ndarray, np.ndarray] | None = None) -> TargetTable:
         """A table from per-id training counts.
 
         Args:
@@ -185,6 +186,10 @@ class TargetTable:
             sessions, purchases: training sessions that touched each id, and how many of them
                 purchased.
             base_rate: the training split's purchase rate, in (0, 1).
+            rate_counts: (sessions, purchases) the rate is computed from instead (`prepare`'s
+                out-of-fold tables: the rate without a fold's labels; the entries and the
+                popularity, which hold no label, stay those of every training session, so a
+                training example reads the popularity a device reads).
 
         Ids with fewer than MIN_SUPPORT sessions get no entry.
         """
@@ -196,8 +201,10 @@ class TargetTable:
         probe = cls(field, key, np.zeros(0, np.uint32), np.zeros(0, np.float16), np.zeros(0, np.float16),
                     fallback)
         hashes = probe.keyed(np.asarray(digests)[keep])
-        n, k = sessions[keep], np.asarray(purchases, np.float64)[keep]
-        rate = logit(np.clip((k + SMOOTHING * base_rate) / (n + SMOOTHING), RATE_FLOOR,
+        n = sessions[keep]
+        seen, bought = (sessions, purchases) if rate_counts is None else rate_counts
+        m, k = np.asarray(seen, np.float64)[keep], np.asarray(bought, np.float64)[keep]
+        rate = logit(np.clip((k + SMOOTHING * base_rate) / (m + SMOOTHING), RATE_FLOOR,
                              1.0 - RATE_FLOOR)).astype(np.float16)
         popularity = np.log1p(n).astype(np.float16)
         # Two ids sharing a hash keep the entry of the one with more sessions.
@@ -228,7 +235,7 @@ class TargetTable:
                         rate=_array(d["rate"], "<f2", n).astype(np.float16),
                         popularity=_array(d["popularity"], "<f2", n).astype(np.float16),
                         fallback_rate=float(d["fallback_rate"]))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, UnicodeError) as e:
             raise ArtifactError(f"target table is malformed: {type(e).__name__} {e}") from None
         return table
 
@@ -238,6 +245,8 @@ def _b64(values: np.ndarray) -> str:
 
 
 def _array(text: str, dtype: str, n: int) -> np.ndarray:
+    if not isinstance(text, str):
+        raise ValueError(f"{type(text).__name__} where base64 text was expected")
     raw = base64.b64decode(text.encode("ascii"), validate=True)
     if len(raw) != n * np.dtype(dtype).itemsize:
         raise ValueError(f"{len(raw)} bytes for {n} entries of {dtype}")

@@ -72,6 +72,12 @@ def lookup(field, id):  # target_tables.lookup, in words there, with hashlib her
     return table["entries"].get(str(int.from_bytes(keyed.digest(), "big")), table["fallback"])
 
 
+def text(id):  # spec["events"]["fields"]["item"], in code
+    if isinstance(id, float) and id.is_integer() and abs(id) < 1e15:
+        id = int(id)
+    return str(id).strip()
+
+
 vocabulary = {"log1p": np.log1p, "log": np.log, "exp": np.exp, "sin": np.sin, "cos": np.cos,
               "isfinite": np.isfinite, "min": min, "max": max, "len": len, "set": set, "pi": np.pi,
               "lookup": lookup, **spec["constants"]}
@@ -91,7 +97,7 @@ for line in open(sys.argv[2]):
             category = None
         here = {**vocabulary, **context, **state, "ts": float(e["ts"]),
                 "code": spec["events"]["event_codes"].get(e["event"], e["event"]),
-                "item": str(e["item"]), "category": None if category is None else str(category),
+                "item": text(e["item"]), "category": None if category is None else text(category),
                 "price": e.get("price")}
         raw = np.array([eval(f["raw"], no_builtins, here) for f in spec["features"]], np.float64)
         rows.append(((raw - mean) / scale).astype(np.float32))

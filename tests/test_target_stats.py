@@ -202,3 +202,51 @@ def test_without_target_stats_the_spec_has_no_tables(tmp_path, synthetic_log):
     prep = PrepDir.open(tmp_path / "p")
     assert not prep.spec.tables and not set(prep.spec.features) & set(TARGET_FEATURES)
     assert prep.manifest["settings"]["target_stats"] is False
+
+
+@pytest.mark.parametrize("value", [None, 5, [1], {"a": 1}])
+def test_a_table_whose_arrays_are_not_text_is_refused(value):
+    d = table().to_dict()
+    d["hashes"] = value
+    with pytest.raises(ArtifactError, match="malformed"):
+        TargetTable.from_dict(d)
+
+
+@pytest.mark.parametrize("version", [True, 1.0, 2.0, "2"])
+def test_a_spec_version_must_be_a_whole_number(version):
+    d = FeatureSpec(("is_view",), (0.0,), (1.0,)).to_dict()
+    d["version"] = version
+    with pytest.raises(ArtifactError, match="version"):
+        FeatureSpec.from_dict(d)
+
+
+def test_target_features_must_come_last():
+    t = table()
+    features = ("category_rate", "is_view", "category_log_sessions")
+    with pytest.raises(ConfigError, match="after every other feature"):
+        FeatureSpec(features, (0.0,) * 3, (1.0,) * 3, tables=(t,))
+    with pytest.raises(ConfigError, match="after every other feature"):
+        FeatureEncoder(features, tables=(t,))
+
+
+def test_a_fold_table_keeps_every_entry_and_popularity_and_only_the_rate_changes():
+    ids = id_digests(["a", "b", "c"])
+    full = TargetTable.build("category", KEY, ids, np.array([10, 3, 2]), np.array([5, 0, 1]), 0.1)
+    fold = TargetTable.build("category", KEY, ids, np.array([10, 3, 2]), np.array([5, 0, 1]), 0.1,
+                             rate_counts=(np.array([8, 1, 0]), np.array([2, 0, 0])))
+    np.testing.assert_array_equal(fold.hashes, full.hashes)
+    np.testing.assert_array_equal(fold.popularity, full.popularity)
+    assert not np.array_equal(fold.rate, full.rate)
+    # An id the other folds never saw reads the base rate, not the fallback's popularity 0.
+    assert fold.values_of(id_digest("c")) == (pytest.approx(logit(0.1), abs=2e-3),
+                                              full.values_of(id_digest("c"))[1])
+
+
+@pytest.mark.parametrize("given, read", [(12.0, "12"), (" 12 ", "12"), (12, "12"), (1.5, "1.5"),
+                                         ("\tshoes", "shoes"), (-3.0, "-3")])
+def test_live_ids_are_read_as_the_log_readers_read_them(given, read):
+    from edge_runtime.events import canonical_event
+
+    event = canonical_event({"ts": 1.7e9, "event": "view", "item": given, "category": given})
+    assert event.item == read and event.category == read
+

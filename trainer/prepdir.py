@@ -1031,8 +1031,9 @@ class PrepDir:
             rng = np.random.default_rng((seed, next(epochs))) if random else None
             order = list(rng.permutation(files)) if shuffle else list(files)
             stream = self._cut if prefixes is Prefixes.RANDOM else self._bucketed
+            window = max(shuffle_buffer, batch_size)  # a window must hold a whole batch
             try:
-                for x, y in stream(order, split, batch_size, rng, shuffle_buffer, bounds,
+                for x, y in stream(order, split, batch_size, rng, window, bounds,
                                    cycle_length if shuffle else 1):
                     if class_weights is None:
                         yield x, y

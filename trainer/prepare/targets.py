@@ -8,8 +8,9 @@ numbers honest:
   learned without them, as a device would look them up (a test proves that changing a test
   label leaves the tables unchanged).
 - Out of fold inside training: the training sessions fall into FOLDS folds by their key
-  digest, and a training session's events read the table learned on the other folds, so no
-  training example ever sees its own label through a rate.
+  digest, and a training session's events read rates learned on the other folds, so no
+  training example ever sees its own label through a rate. The entries and the popularity
+  hold no label: they are those of all training sessions, as a device reads them.
 - A field is used only where the log is dense enough: the share of validation events whose
   id has an entry must reach MIN_COVERAGE (measured, not assumed: on the Taobao sample,
   categories cover most validation events and items almost none).
@@ -184,7 +185,8 @@ def _tables(counts: dict[str, _FieldCounts], n_train: int, positives: int) -> Ta
         shipped.append(table)
         for f in range(FOLDS):
             rest = np.delete(sessions, f, axis=1).sum(1), np.delete(purchases, f, axis=1).sum(1)
-            by_fold[f].append(TargetTable.build(field, key, digests, rest[0], rest[1], base))
+            by_fold[f].append(TargetTable.build(field, key, digests, sessions.sum(1), purchases.sum(1),
+                                                base, rate_counts=rest))
     return TargetTables(tuple(shipped), tuple(tuple(t) for t in by_fold), coverage, entries)
 
 
