@@ -187,9 +187,9 @@ class TargetTable:
                 purchased.
             base_rate: the training split's purchase rate, in (0, 1).
             rate_counts: (sessions, purchases) the rate is computed from instead (`prepare`'s
-                out-of-fold tables: the rate without a fold's labels; the entries and the
-                popularity, which hold no label, stay those of every training session, so a
-                training example reads the popularity a device reads).
+                out-of-fold tables: the rate without a fold's labels, while ``sessions``,
+                which decide the entries and the popularity and hold no label, count every
+                other training session).
 
         Ids with fewer than MIN_SUPPORT sessions get no entry.
         """

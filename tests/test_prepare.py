@@ -36,7 +36,8 @@ from trainer.sessions import key_digests, sessionize, time_split
 def reference_tables(sessions, split, fields, key, max_len):
     """The target tables learned the slow, obvious way: for every training session, the set
     of ids among its encoded events; counts per id and fold; TargetTable.build (a fold's
-    table: the rate without that fold, the entries and popularity of all). Returns
+    table: the rate without that fold, the entries and popularity of all the other
+    sessions). Returns
     (shipped tables, tables by fold) for ``fields``, with the preparation's ``key``."""
     log = sessions.log
     digests = key_digests(sessions.key[split.train])
@@ -55,9 +56,10 @@ def reference_tables(sessions, split, fields, key, max_len):
         shipped.append(TargetTable.build(field, key, id_digests(names), per[:, :, 0].sum(1),
                                          per[:, :, 1].sum(1), base))
         for f in range(FOLDS):
-            # The rate without fold f's labels; entries and popularity of every session.
+            # The rate without fold f's labels; entries and popularity of the other sessions
+            # (a training session looks up only ids it touched: total - 1).
             rest = np.delete(per, f, axis=1).sum(1)
-            by_fold[f].append(TargetTable.build(field, key, id_digests(names), per[:, :, 0].sum(1),
+            by_fold[f].append(TargetTable.build(field, key, id_digests(names), per[:, :, 0].sum(1) - 1,
                                                 per[:, :, 1].sum(1), base,
                                                 rate_counts=(rest[:, 0], rest[:, 1])))
     return tuple(shipped), by_fold

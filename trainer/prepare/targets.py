@@ -10,7 +10,9 @@ numbers honest:
 - Out of fold inside training: the training sessions fall into FOLDS folds by their key
   digest, and a training session's events read rates learned on the other folds, so no
   training example ever sees its own label through a rate. The entries and the popularity
-  hold no label: they are those of all training sessions, as a device reads them.
+  hold no label: a training session reads those of all the other training sessions (it
+  looks up only ids it touched, each counted once for it), as a device's session, never
+  in the counts, reads those of all training sessions.
 - A field is used only where the log is dense enough: the share of validation events whose
   id has an entry must reach MIN_COVERAGE (measured, not assumed: on the Taobao sample,
   categories cover most validation events and items almost none).
@@ -183,9 +185,13 @@ def _tables(counts: dict[str, _FieldCounts], n_train: int, positives: int) -> Ta
         if coverage[field] < MIN_COVERAGE:
             continue
         shipped.append(table)
+        # A training session looks up only ids it touched itself, which count it once: the
+        # entries and popularity it reads leave it out (total - 1), as a device's session is
+        # never in the counts it reads.
+        others = sessions.sum(1) - 1
         for f in range(FOLDS):
             rest = np.delete(sessions, f, axis=1).sum(1), np.delete(purchases, f, axis=1).sum(1)
-            by_fold[f].append(TargetTable.build(field, key, digests, sessions.sum(1), purchases.sum(1),
+            by_fold[f].append(TargetTable.build(field, key, digests, others, purchases.sum(1),
                                                 base, rate_counts=rest))
     return TargetTables(tuple(shipped), tuple(tuple(t) for t in by_fold), coverage, entries)
 
