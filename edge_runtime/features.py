@@ -383,14 +383,9 @@ class FeatureEncoder:
         return self._track_categories
 
     @property
-    def needs_digests(self) -> bool:
-        """Whether encoding needs the ids' digests beyond the repeat features: the spec has
-        target tables (`raw_batch`'s ``item_digest`` / ``category_digest``)."""
-        return bool(self.tables)
-
-    @property
     def table_fields(self) -> tuple[str, ...]:
-        """The id fields the spec has target tables for ("category", "item")."""
+        """The id fields the spec has target tables for ("category", "item"): whose digests
+        `raw_batch` needs (``item_digest`` / ``category_digest``)."""
         return tuple(t.field for t in self.tables)
 
     # ------------------------------------------------------------------ spec

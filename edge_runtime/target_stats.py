@@ -111,22 +111,27 @@ class TargetTable:
     def __hash__(self) -> int:
         return hash(self._content())
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the table's arrays (hash, rate, popularity)."""
-        return self.hashes.nbytes + self.rate.nbytes + self.popularity.nbytes
-
     def keyed(self, digests: np.ndarray) -> np.ndarray:
         """The keyed hashes (uint32) of 8-byte id digests (DIGEST_DTYPE or uint64 numbers
-        holding the digest's bytes big-endian)."""
+        holding the digest's bytes big-endian), each distinct digest hashed once."""
         digests = np.asarray(digests).astype(DIGEST_DTYPE, copy=False)
         distinct, inverse = np.unique(digests, return_inverse=True)
-        out = np.empty(len(distinct), np.uint32)
-        for k, d in enumerate(distinct.tobytes()[i:i + 8] for i in range(0, 8 * len(distinct), 8)):
-            hasher = self._hasher.copy()
-            hasher.update(d)
-            out[k] = int.from_bytes(hasher.digest(), "big")
+        out = np.fromiter(map(self._keyed_one, distinct.tolist()), np.uint32, len(distinct))
         return out[inverse.reshape(-1)]
+
+    def contains(self, digests: np.ndarray) -> np.ndarray:
+        """Whether each id digest has an entry (boolean array)."""
+        if not len(self.hashes) or not len(digests):
+            return np.zeros(len(digests), bool)
+        keyed = self.keyed(digests)
+        at = np.minimum(np.searchsorted(self.hashes, keyed), len(self.hashes) - 1)
+        return self.hashes[at] == keyed
+
+    def _keyed_one(self, number: int) -> int:
+        """The keyed hash of the id whose digest is ``number`` (its 8 bytes big-endian)."""
+        hasher = self._hasher.copy()
+        hasher.update(number.to_bytes(8, "big"))
+        return int.from_bytes(hasher.digest(), "big")
 
     def columns(self, digests: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
         """(n, 2) float64: rate and popularity of each id digest; the fallback for ids
@@ -160,9 +165,7 @@ class TargetTable:
         found = self._cache.get(number)
         if found is not None:
             return found
-        hasher = self._hasher.copy()
-        hasher.update(number.to_bytes(8, "big"))
-        keyed = int.from_bytes(hasher.digest(), "big")
+        keyed = self._keyed_one(number)
         at = int(np.searchsorted(self.hashes, keyed))
         if at < len(self.hashes) and int(self.hashes[at]) == keyed:
             found = (float(self.rate[at]), float(self.popularity[at]))

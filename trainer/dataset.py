@@ -71,9 +71,9 @@ def window_digests(sessions: Sessions, idx: np.ndarray, *,
     return _digests(log.item, rows[keep]), category, kept
 
 
-def _batch_fields(sessions: Sessions, idx: np.ndarray, digests: bool = False) -> dict:
-    """Concatenated canonical fields of the prefixes of sessions ``idx``, with their offsets;
-    with ``digests`` the ids' digests too (an encoder with target tables needs them)."""
+def _batch_fields(sessions: Sessions, idx: np.ndarray, digests: tuple[str, ...] = ()) -> dict:
+    """Concatenated canonical fields of the prefixes of sessions ``idx``, with their offsets,
+    and the digests of the id fields named in ``digests`` (those with target tables)."""
     log = sessions.log
     rows, offsets = prefix_rows(sessions, idx)
     category = None
@@ -87,9 +87,10 @@ def _batch_fields(sessions: Sessions, idx: np.ndarray, digests: bool = False) ->
               "event": log.event[rows], "item": log.item.codes[rows], "category": category,
               "price": None if log.price is None else log.price[rows],
               "context": sessions.context[np.asarray(idx, np.int64)]}
-    if digests:
+    if "item" in digests:
         fields["item_digest"] = _digests(log.item, rows)
-        fields["category_digest"] = None if log.category is None else _digests(log.category, rows, none="")
+    if "category" in digests and log.category is not None:
+        fields["category_digest"] = _digests(log.category, rows, none="")
     return fields
 
 
@@ -117,7 +118,7 @@ def raw_sessions(sessions: Sessions, idx: np.ndarray, encoder: FeatureEncoder, *
     Returns:
         One float64 array (events, features) per session of ``idx``.
     """
-    fields = _batch_fields(sessions, idx, encoder.needs_digests)
+    fields = _batch_fields(sessions, idx, encoder.table_fields)
     return _windowed(encoder.raw_batch(**fields), fields["offsets"], window)
 
 
@@ -131,7 +132,7 @@ def encode_sessions(sessions: Sessions, idx: np.ndarray, encoder: FeatureEncoder
     Returns:
         One float32 array (events, features) per session of ``idx``.
     """
-    fields = _batch_fields(sessions, idx, encoder.needs_digests)
+    fields = _batch_fields(sessions, idx, encoder.table_fields)
     return _windowed(encoder.encode_batch(**fields), fields["offsets"], window)
 
 

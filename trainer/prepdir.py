@@ -1065,15 +1065,16 @@ class PrepDir:
                 else:
                     yield chunk
 
-    def _bucketed(self, files: Sequence[int], split: str, batch_size: int, rng, window: int,
-                  bounds: np.ndarray, cycle_length: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(x, y) batches of sessions of similar length; see `dataset`."""
-        carry: list[SplitRows] = []
-        held = 0
+    def _windows(self, files: Sequence[int], split: str, window: int, cycle_length: int,
+                 carry: list[SplitRows]) -> Iterator[tuple[SplitRows, bool]]:
+        """Windows of at least ``window`` sessions (the last one may be smaller), each with
+        whether it is the last: first the sessions the caller put in ``carry`` after the
+        previous window, then chunks of the shards (`_interleaved`)."""
         chunks = self._interleaved(files, split, cycle_length)
         done = False
         while not done:
-            parts, held = carry, sum(len(c) for c in carry)
+            parts, held = list(carry), sum(len(c) for c in carry)
+            carry.clear()
             while held < window:
                 chunk = next(chunks, None)
                 if chunk is None:
@@ -1083,36 +1084,29 @@ class PrepDir:
                 held += len(chunk)
             if not held:
                 return
-            rows = SplitRows.concat(parts, self.n_features, 0)
+            yield SplitRows.concat(parts, self.n_features, 0), done
+
+    def _bucketed(self, files: Sequence[int], split: str, batch_size: int, rng, window: int,
+                  bounds: np.ndarray, cycle_length: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(x, y) batches of sessions of similar length; see `dataset`."""
+        carry: list[SplitRows] = []
+        for rows, done in self._windows(files, split, window, cycle_length, carry):
             order = rng.permutation(len(rows)) if rng is not None else np.arange(len(rows))
-            emitted, carry = _bucket_batches(rows.lengths[order], bounds, batch_size, final=done)
+            emitted, kept = _bucket_batches(rows.lengths[order], bounds, batch_size, final=done)
             starts = np.cumsum(rows.lengths) - rows.lengths
             for members in emitted:
                 index = order[members]
                 yield _padded(rows.values, rows.lengths, starts, index), rows.label[index].astype(np.float32)
-            carry = [rows.take(order[carry])] if len(carry) else []
+            if len(kept):
+                carry.append(rows.take(order[kept]))
 
     def _cut(self, files: Sequence[int], split: str, batch_size: int, rng, window: int,
              bounds: np.ndarray, cycle_length: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(x, y) batches of one random prefix per session, in shuffled order; see `dataset`.
         Sessions short of a whole batch at the end of a window wait for the next, so an epoch
         holds ceil(sessions / batch_size) batches, the last one partial."""
-        carry: SplitRows | None = None
-        chunks = self._interleaved(files, split, cycle_length)
-        done = False
-        while not done:
-            parts = [carry] if carry is not None else []
-            held = len(carry) if carry is not None else 0
-            while held < window:
-                chunk = next(chunks, None)
-                if chunk is None:
-                    done = True
-                    break
-                parts.append(chunk)
-                held += len(chunk)
-            if not held:
-                return
-            rows = SplitRows.concat(parts, self.n_features, 0)
+        carry: list[SplitRows] = []
+        for rows, done in self._windows(files, split, window, cycle_length, carry):
             order = rng.permutation(len(rows))
             whole = len(rows) if done else len(rows) - len(rows) % batch_size
             # 1 + floor(u * L): a length in 1..L, each equally likely.
@@ -1121,7 +1115,8 @@ class PrepDir:
             for at in range(0, whole, batch_size):
                 index = order[at:at + batch_size]
                 yield _padded(rows.values, cut, starts, index), rows.label[index].astype(np.float32)
-            carry = rows.take(order[whole:]) if whole < len(rows) else None
+            if whole < len(rows):
+                carry.append(rows.take(order[whole:]))
 
 
 def _bucket_batches(lengths: np.ndarray, bounds: np.ndarray, batch_size: int,

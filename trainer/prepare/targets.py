@@ -180,7 +180,7 @@ def _tables(counts: dict[str, _FieldCounts], n_train: int, positives: int) -> Ta
         table = TargetTable.build(field, key, digests, sessions.sum(1), purchases.sum(1), base)
         entries[field] = len(table)
         seen, events = counts[field].validation_events()
-        covered = _in_table(table, seen)
+        covered = table.contains(seen)
         coverage[field] = float(events[covered].sum() / events.sum()) if events.sum() else 0.0
         if coverage[field] < MIN_COVERAGE:
             continue
@@ -194,14 +194,6 @@ def _tables(counts: dict[str, _FieldCounts], n_train: int, positives: int) -> Ta
             by_fold[f].append(TargetTable.build(field, key, digests, others, purchases.sum(1),
                                                 base, rate_counts=rest))
     return TargetTables(tuple(shipped), tuple(tuple(t) for t in by_fold), coverage, entries)
-
-
-def _in_table(table: TargetTable, digests: np.ndarray) -> np.ndarray:
-    if not len(table) or not len(digests):
-        return np.zeros(len(digests), bool)
-    keyed = table.keyed(digests)
-    at = np.minimum(np.searchsorted(table.hashes, keyed), len(table) - 1)
-    return table.hashes[at] == keyed
 
 
 def _key(totals: dict) -> bytes:
