@@ -29,6 +29,8 @@ demo: install
 	$(UBP) train --data demo/sessions.csv --out demo/run
 	$(UBP) convert demo/run
 	$(UBP) score --model demo/run/model-float32.tflite --data demo/holdout.csv --out demo/holdout-scores.jsonl
+	$(UBP) segment --model demo/run/model-float32.tflite --data demo/holdout.csv --out demo/holdout-tiers.csv
+	$(UBP) explain --model demo/run/model-float32.tflite --data demo/holdout.csv --sessions 1 --report demo/explain
 	$(UBP) evaluate demo/run/model-float32.tflite --data demo/holdout.csv
 
 # Lint first (ruff, configured in pyproject.toml): a style error fails the build like a test.

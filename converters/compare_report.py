@@ -1,19 +1,19 @@
 """The `compare --report DIR` output: a Markdown page and six PNG plots.
 
-matplotlib is imported inside the plot functions and drawn on its Agg canvas through the
-object-oriented `Figure` API (no pyplot, no global backend switch), so importing this
-module for `summary_rows` costs nothing and plotting works without a display.
+The figures are drawn with trainer.figures (matplotlib imported only when a plot is drawn,
+on an off-screen canvas), so importing this module for `summary_rows` costs nothing and
+plotting works without a display.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 
 from converters.compare import ECE_BINS, REFERENCE, ArtifactRow, Comparison
+from trainer.figures import figure, markdown_table, png_bytes
 from trainer.files import check_folder_writable, write_bytes_atomic
 from trainer.metrics import METRICS, PREFIX_BUCKETS, TOP_PERCENTS, cumulative_gains
 
@@ -26,7 +26,6 @@ PLOTS = ("roc.png", "pr.png", "reliability.png", "gains.png", "auc_by_prefix.png
 REPORT_MD = "compare.md"
 COLUMNS = ("precision", "graph", "status", "size", "ratio", AUC, "ΔAUC", PR_AUC, ECE,
            "flip rate", "max|Δp|", "p50 µs")
-_DPI = 110
 
 
 # ----------------------------------------------------------------------------- table cells
@@ -99,16 +98,6 @@ def calibration_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def _markdown_table(headers, rows, right_from: int = 0) -> str:
-    def esc(cell: str) -> str:
-        return str(cell).replace("|", "\\|")
-
-    align = ["---" if i < right_from else "---:" for i in range(len(headers))]
-    lines = ["| " + " | ".join(esc(h) for h in headers) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def markdown(result: dict, command: str, plots: tuple[str, ...] = PLOTS) -> str:
     """The compare.md text: data, how to reproduce, the table, buckets, failures, plots."""
     ok = [a for a in result["artifacts"] if a["status"] == "ok"]
@@ -133,7 +122,7 @@ def markdown(result: dict, command: str, plots: tuple[str, ...] = PLOTS) -> str:
         "",
         "## Summary",
         "",
-        _markdown_table(COLUMNS, summary_rows(result), right_from=3),
+        markdown_table(COLUMNS, summary_rows(result), right_from=3),
         "",
         *([footnote(result), ""] if footnote(result) else []),
         "p50 µs: median wall time of one session (encoded, batch 1, one thread) through the "
@@ -141,7 +130,7 @@ def markdown(result: dict, command: str, plots: tuple[str, ...] = PLOTS) -> str:
         "",
         "## All metrics",
         "",
-        _markdown_table(
+        markdown_table(
             ["artifact", *[h for k in DETAIL_METRICS for h in (METRICS[k].label, "Δ")],
              "mean|Δp|", "Spearman"],
             [[_artifact_label(a),
@@ -151,7 +140,7 @@ def markdown(result: dict, command: str, plots: tuple[str, ...] = PLOTS) -> str:
         "",
         "## Lift and capture of the top sessions",
         "",
-        _markdown_table(*lift_rows(result), right_from=1),
+        markdown_table(*lift_rows(result), right_from=1),
         "",
         "Each cell: lift (purchase rate in the slice / overall rate), then capture (share of all "
         "sessions with a purchase that are in the slice). The top k% is the ceil(k * N / 100) "
@@ -159,7 +148,7 @@ def markdown(result: dict, command: str, plots: tuple[str, ...] = PLOTS) -> str:
         "",
         f"## Calibration by bin ({ECE_BINS} equal-width bins, the bins {ECE} sums)",
         "",
-        _markdown_table(*calibration_rows(result), right_from=1),
+        markdown_table(*calibration_rows(result), right_from=1),
         "",
         "Each cell: mean predicted probability / observed share with a purchase (sessions); "
         "empty bins are left out.",
@@ -180,7 +169,7 @@ def markdown(result: dict, command: str, plots: tuple[str, ...] = PLOTS) -> str:
                 cell += f" ({m['delta_roc_auc']:+.4f})"
             cells.append(cell)
         rows.append([_artifact_label(a), *cells])
-    parts += [_markdown_table(headers, rows, right_from=1), ""]
+    parts += [markdown_table(headers, rows, right_from=1), ""]
     failed = [a for a in result["artifacts"] if a["status"] != "ok"]
     if failed:
         parts += ["## Artifacts that did not compare", ""]
@@ -221,22 +210,6 @@ def _style(rows: list[ArtifactRow]) -> dict[str, dict]:
     return styles
 
 
-def _figure(width: float, height: float, rows: int = 1, cols: int = 1, **kw):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False, **kw)
-    return fig, axes
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
-    return buf.getvalue()
-
-
 def _subtitle(c: Comparison) -> str:
     return f"{c.split} sessions: n={len(c.label):,}, {int(c.label.sum()):,} with a purchase"
 
@@ -257,7 +230,7 @@ def plot_roc(c: Comparison) -> bytes:
     from sklearn.metrics import roc_curve
 
     styles = _style(c.rows)
-    fig, ax = _figure(_width(c), 5.6)
+    fig, ax = figure(_width(c), 5.6)
     ax = ax[0, 0]
     ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, label="chance")
     for r in c.ok_rows:
@@ -270,14 +243,14 @@ def plot_roc(c: Comparison) -> bytes:
            title=f"ROC: {REFERENCE} vs each artifact\n{_subtitle(c)}")
     ax.grid(alpha=0.3)
     _legend(ax, len(c.ok_rows), "lower right")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_pr(c: Comparison) -> bytes:
     from sklearn.metrics import precision_recall_curve
 
     styles = _style(c.rows)
-    fig, ax = _figure(_width(c), 5.6)
+    fig, ax = figure(_width(c), 5.6)
     ax = ax[0, 0]
     prevalence = float(c.label.mean()) if len(c.label) else 0.0
     ax.axhline(prevalence, color="0.6", linestyle=":", linewidth=1,
@@ -292,7 +265,7 @@ def plot_pr(c: Comparison) -> bytes:
            title=f"Precision-recall: {REFERENCE} vs each artifact\n{_subtitle(c)}")
     ax.grid(alpha=0.3)
     _legend(ax, len(c.ok_rows), "upper right")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _bins(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS):
@@ -306,7 +279,7 @@ def _bins(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS):
 
 def plot_reliability(c: Comparison) -> bytes:
     styles = _style(c.rows)
-    fig, axes = _figure(_width(c), 7.0, rows=2, cols=1, sharex=True,
+    fig, axes = figure(_width(c), 7.0, rows=2, cols=1, sharex=True,
                         gridspec_kw={"height_ratios": [3, 1]})
     top, bottom = axes[0, 0], axes[1, 0]
     top.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, label="perfectly calibrated")
@@ -329,7 +302,7 @@ def plot_reliability(c: Comparison) -> bytes:
     bottom.set_ylim(bottom=0.7)
     bottom.set(xlabel="predicted probability (bin)", ylabel=f"sessions\n({REFERENCE})")
     bottom.grid(alpha=0.3, axis="y")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _zoom_top(c: Comparison, right: float) -> float:
@@ -348,7 +321,7 @@ def plot_gains(c: Comparison) -> bytes:
     """Cumulative gains of every artifact, with the random and perfect lines: the whole curve,
     and beside it the top 20% of sessions where campaigns are cut."""
     styles = _style(c.rows)
-    fig, axes = _figure(_width(c) + 4.6, 5.6, rows=1, cols=2)
+    fig, axes = figure(_width(c) + 4.6, 5.6, rows=1, cols=2)
     share = float(c.label.mean()) if len(c.label) else 0.0
     zoom = max(TOP_PERCENTS) / 100
     for ax, right in ((axes[0, 0], 1.0), (axes[0, 1], zoom)):
@@ -381,12 +354,12 @@ def plot_gains(c: Comparison) -> bytes:
         axes[0, 0].text(0.5, 0.5, "no session with a purchase", transform=axes[0, 0].transAxes,
                         ha="center", va="center", color="0.4")
     _legend(axes[0, 1], len(c.ok_rows), "lower right")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_auc_by_prefix(c: Comparison) -> bytes:
     styles = _style(c.rows)
-    fig, axes = _figure(8.6, 6.6, rows=2, cols=1, sharex=True,
+    fig, axes = figure(8.6, 6.6, rows=2, cols=1, sharex=True,
                         gridspec_kw={"height_ratios": [3, 2]})
     top, bottom = axes[0, 0], axes[1, 0]
     buckets = [name for name, _, _ in PREFIX_BUCKETS]
@@ -415,7 +388,7 @@ def plot_auc_by_prefix(c: Comparison) -> bytes:
     if not others:
         bottom.text(0.5, 0.5, f"only {REFERENCE} scored", transform=bottom.transAxes,
                     ha="center", va="center", color="0.4")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_scatter(c: Comparison) -> bytes:
@@ -424,7 +397,7 @@ def plot_scatter(c: Comparison) -> bytes:
     others = [r for r in c.ok_rows if r is not ref] or [ref]
     cols = min(len(others), 3)
     groups = -(-len(others) // cols)
-    fig, axes = _figure(4.2 * cols, 7.0 * groups, rows=2 * groups, cols=cols,
+    fig, axes = figure(4.2 * cols, 7.0 * groups, rows=2 * groups, cols=cols,
                         gridspec_kw={"height_ratios": [3, 2] * groups})
     p_ref = ref.probability.astype(np.float64)
     for k in range(groups * cols):
@@ -459,7 +432,7 @@ def plot_scatter(c: Comparison) -> bytes:
         bottom.title.set_fontsize(9)
         bottom.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         bottom.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 PLOTTERS = {"roc.png": plot_roc, "pr.png": plot_pr, "reliability.png": plot_reliability,

@@ -58,6 +58,7 @@ from edge_runtime.features import CONTEXT_FEATURES, CONTEXT_FIELDS, MAX_REMEMBER
 from edge_runtime.scorer import Scorer
 from edge_runtime.target_stats import TABLE_FIELDS
 from edge_runtime.tflite_reader import read_metadata
+from edge_runtime.tiers import DEFAULT_HYSTERESIS
 from edge_runtime.whole_graph import CHUNK_KEY, chunk_plan
 from trainer.files import atomic_open, write_json_atomic
 from trainer.logsource import EventLogSource
@@ -752,6 +753,15 @@ def export_spec(artifact: str | Path, out_dir: str | Path, data: EventLogSource 
                      "rule": "a session is called a purchase when its probability (after the "
                              "calibration, if any) is at or above the threshold"},
         "calibration": calibration_contract(info.calibration),
+        "intent": {
+            "empty_session_probability": info.empty_session_probability,
+            "tiers": info.tiers,
+            "rule": "a session's score before its first event is empty_session_probability; its "
+                    "tier is the number of cut-offs at or below its score (0: the first name); a "
+                    "live trigger for a tier fires when the score first reaches the tier's low "
+                    "cut-off, and re-arms once the score falls below it by the hysteresis "
+                    f"fraction of it (ubp-edge serve --hysteresis, default {DEFAULT_HYSTERESIS:g})",
+        },
         "model": model_contract(model, info, backend),
         "sessions": {
             "gap_minutes": gap,

@@ -59,6 +59,7 @@ from edge_runtime.native_logs import (
     set_verbose,
 )
 from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
+from edge_runtime.tiers import DEFAULT_TIER_NAMES, IntentTiers, check_names
 from edge_runtime.timing import time_calls
 from trainer.files import check_outputs, write_bytes_atomic
 from trainer.metrics import expected_calibration_error, roc_auc_or_none
@@ -81,6 +82,9 @@ class ConvertConfig:
         recalibrate: fit Platt scaling on validation sessions for quantised precisions, kept
             only where it lowers the validation log-loss.
         overwrite: replace existing artifacts; otherwise an existing one fails its row.
+        tier_names: the intent tiers each artifact carries (edge_runtime.tiers), lowest first.
+        tier_shares: the share of validation sessions in each tier; empty: equal expected
+            buyers in each (IntentTiers.fit_expected_buyers).
     """
 
     precisions: tuple[str, ...] = ()
@@ -88,6 +92,8 @@ class ConvertConfig:
     calibration_sessions: int = DEFAULT_CALIBRATION_SESSIONS
     recalibrate: bool = True
     overwrite: bool = False
+    tier_names: tuple[str, ...] = DEFAULT_TIER_NAMES
+    tier_shares: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -101,6 +107,19 @@ class ConvertConfig:
         if isinstance(self.calibration_sessions, bool) or not isinstance(self.calibration_sessions, int) \
                 or self.calibration_sessions < 1:
             raise ConfigError(f"--calibration-sessions must be >= 1, got {self.calibration_sessions}")
+        check_names(self.tier_names)
+        if self.tier_shares and (len(self.tier_shares) != len(self.tier_names)
+                                 or not all(s > 0 for s in self.tier_shares)
+                                 or abs(sum(self.tier_shares) - 1) > 1e-6):
+            raise ConfigError(f"--tier-shares must be {len(self.tier_names)} positive numbers "
+                              f"summing to 1, one per tier of --tiers, got {list(self.tier_shares)}")
+
+    def fit_tiers(self, p_validation: np.ndarray) -> IntentTiers:
+        """The intent tiers of an artifact from its calibrated validation scores."""
+        fitted_on = f"{len(p_validation):,} validation sessions"
+        if self.tier_shares:
+            return IntentTiers.fit_shares(p_validation, self.tier_shares, self.tier_names, fitted_on)
+        return IntentTiers.fit_expected_buyers(p_validation, self.tier_names, fitted_on)
 
     @property
     def precision_names(self) -> tuple[str, ...]:
@@ -191,14 +210,25 @@ class ConversionRun(RunDirectory):
             model = arrays_to_model(self.weights, masking=False)
         return np.array([float(model(x[None], training=False)[0, 0]) for x in self.validation])
 
+    def empty_session_probability(self, calibration: PlattCalibration | None) -> float:
+        """The model's score before any event: with the LSTM state at zero, the output layer's
+        bias alone, ``sigmoid(dense_bias)`` in float32, through the recalibration if any."""
+        bias = np.asarray(self.weights["dense_bias"], np.float32).reshape(-1)[0]
+        p = np.float32(1.0) / (np.float32(1.0) + np.exp(-bias, dtype=np.float32))
+        if calibration is not None:
+            p = calibration.apply(np.array([p], np.float32))[0]
+        return float(p)
+
     def info(self, precision: str, graph: str, calibration_sessions: int | None,
-             calibration: PlattCalibration | None = None) -> ArtifactInfo:
+             calibration: PlattCalibration | None = None, tiers: IntentTiers | None = None
+             ) -> ArtifactInfo:
         """The self-description of one artifact of this run.
 
         Args:
             precision, graph: the artifact's.
             calibration_sessions: sessions the calibrator saw (None: not calibrated).
             calibration: the recalibration; its map also moves the run's threshold.
+            tiers: the intent tiers chosen on this artifact's validation scores, if known.
         """
         import tensorflow as tf
 
@@ -206,6 +236,8 @@ class ConversionRun(RunDirectory):
         return ArtifactInfo(
             spec=self.spec, precision=precision, graph=graph,
             calibration=None if calibration is None else calibration.to_dict(),
+            empty_session_probability=self.empty_session_probability(calibration),
+            tiers=None if tiers is None else tiers.to_dict(),
             threshold=threshold if calibration is None else calibration.apply_threshold(threshold),
             provenance={
                 "run_dir": self.dir.name,
@@ -344,17 +376,19 @@ def _convert_one(run: ConversionRun, graph: str, function, name: str, config: Co
         result.native_log = native_log_of(e)
         return result
     result.step_precision = precision.live_precision
-    model_bytes = _measure_and_recalibrate(run, model_bytes, result, n_cal,
+    model_bytes = _measure_and_recalibrate(run, model_bytes, result, n_cal, config,
                                            recalibrate=precision.quantized and config.recalibrate)
     result.status, result.model_bytes, result.size_bytes = "ok", model_bytes, len(model_bytes)
     return result
 
 
 def _measure_and_recalibrate(run: ConversionRun, model_bytes: bytes, result: ConversionResult,
-                             n_cal: int | None, recalibrate: bool) -> bytes:
+                             n_cal: int | None, config: ConvertConfig, recalibrate: bool) -> bytes:
     """Fill the row's validation ROC-AUC and test ECE; with ``recalibrate``, fit a Platt map
     toward the float32 model's validation probabilities and, where it helps, store it (and
-    the threshold moved through it) in the artifact. Returns the artifact's bytes."""
+    the threshold moved through it) in the artifact; then choose the intent tiers on the
+    validation scores as the artifact gives them (`ConvertConfig.fit_tiers`) and store them.
+    Returns the artifact's bytes."""
     scorer = _load(model_bytes, "converted model")
     p_val = scorer.score_encoded(run.validation, calibrated=False)
     result.validation_roc_auc = roc_auc_or_none(run.labels("validation"), p_val)
@@ -363,12 +397,16 @@ def _measure_and_recalibrate(run: ConversionRun, model_bytes: bytes, result: Con
                                                                                 calibrated=False))
     result.ece_after = result.ece_before
     platt = PlattCalibration.fit(p_val, run.validation_reference()) if recalibrate else None
-    if platt is None:
-        return model_bytes
     # The threshold moves through the same monotone map (ConversionRun.info): decisions do
     # not change, only the probabilities are brought back in line with the float32 model's.
-    info = run.info(result.precision, result.graph, n_cal, calibration=platt)
+    try:
+        tiers = config.fit_tiers(p_val if platt is None else platt.apply(p_val))
+    except ConfigError as e:  # a toy run: the artifact scores as well without tiers
+        tiers, result.reason = None, f"no intent tiers stored: {e}"
+    info = run.info(result.precision, result.graph, n_cal, calibration=platt, tiers=tiers)
     model_bytes = _labelled(model_bytes, {METADATA_NAME: info.to_bytes()})
+    if platt is None:
+        return model_bytes
     scorer = _load(model_bytes, "recalibrated model")
     result.recalibrated = True
     result.ece_after = expected_calibration_error(y_test, scorer.score_encoded(run.test))
@@ -662,6 +700,7 @@ class AutoChoice:
 
 def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: bool = False,
                  calibration_sessions: int = DEFAULT_CALIBRATION_SESSIONS,
+                 tier_names: tuple[str, ...] = DEFAULT_TIER_NAMES, tier_shares: tuple[float, ...] = (),
                  latency=measured_p50_us) -> AutoChoice:
     """Pick the fastest artifact on this machine whose validation ROC-AUC stays within
     ``max_auc_drop`` of float32's, among both graphs at int8, dynamic, float16 and float32.
@@ -676,7 +715,7 @@ def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: boo
         run_dir: a directory written by `trainer.train.train`.
         max_auc_drop: the validation ROC-AUC a candidate may lose against float32 (>= 0).
         overwrite: replace existing artifacts.
-        calibration_sessions: as ConvertConfig.
+        calibration_sessions, tier_names, tier_shares: as ConvertConfig.
         latency: (artifact bytes, encoded sessions) -> p50 microseconds; `measured_p50_us`
             (tests pass a table, so that no test depends on a wall clock).
 
@@ -696,6 +735,7 @@ def auto_convert(run_dir: str | os.PathLike, max_auc_drop: float, overwrite: boo
     if not max_auc_drop >= 0:
         raise ConfigError(f"--max-auc-drop must be >= 0, got {max_auc_drop}")
     config = ConvertConfig(precisions=AUTO_ORDER, graphs=GRAPHS, calibration_sessions=calibration_sessions,
+                           tier_names=tier_names, tier_shares=tier_shares,
                            overwrite=overwrite)
     run = ConversionRun(run_dir)
     _check_targets(run, {(g, name): artifact_path(run.dir, name, g) for g in GRAPHS for name in AUTO_ORDER})

@@ -9,7 +9,9 @@ event), `features` (FeatureSpec, FeatureEncoder), `tflite_reader` (metadata and 
 a `.tflite`), `artifact` (ArtifactInfo, the digest, the metadata's numbers), `calibration`
 (PlattCalibration), `backends` (interpreters), `verify` and `verify_child` (an artifact's first
 load tried in a child process, the verdict cached by digest), `native_logs` (what native
-libraries print), `scorer` (Scorer), `live` (LiveSession, SessionStore), `serve`, `doctor`,
+libraries print), `scorer` (Scorer), `live` (LiveSession, SessionStore), `explain` (a
+session's live trajectory, feature groups by occlusion), `tiers` (intent tiers and live
+triggers), `serve`, `doctor`,
 `timing`, `probes` (cold start and live memory in a fresh process), `errors`.
 """
 

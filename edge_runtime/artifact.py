@@ -30,6 +30,7 @@ from edge_runtime.errors import ArtifactError, first_line
 from edge_runtime.features import FeatureSpec
 from edge_runtime.lean_stdlib import sha256
 from edge_runtime.tflite_reader import metadata_spans, read_metadata
+from edge_runtime.tiers import IntentTiers
 
 METADATA_NAME = "ubp_edge"
 # The model's signatures: the fused whole-session graph (events [1, L, F] -> probability)
@@ -139,6 +140,8 @@ NUMBER_RULES: dict[tuple[str, ...], NumberRule] = {
     ("calibration", "a"): NumberRule(0.0, math.inf, low_open=True,
                                      meaning="the Platt slope; the map must be increasing"),
     ("calibration", "b"): NumberRule(-math.inf, math.inf, meaning="the Platt intercept"),
+    ("empty_session_probability",): NumberRule(0.0, 1.0, meaning="a probability"),
+    ("tiers", "cuts", "*"): NumberRule(0.0, 1.0, meaning="a tier's cut-off probability"),
 }
 
 
@@ -228,6 +231,11 @@ class ArtifactInfo:
             output is used as is.
         version: the artifact format's version (READABLE_VERSIONS; ARTIFACT_VERSION for a
             new artifact).
+        empty_session_probability: the score before any event (the output layer's alone, the
+            LSTM state being zero), through ``calibration``: where a session's trajectory
+            starts (edge_runtime.explain); None in artifacts converted before it was stored.
+        tiers: the intent tiers (edge_runtime.tiers.IntentTiers.to_dict) `convert` chose on
+            validation sessions; None in artifacts converted before they were stored.
     """
 
     spec: FeatureSpec
@@ -237,13 +245,25 @@ class ArtifactInfo:
     provenance: dict = field(default_factory=dict)
     calibration: dict | None = None
     version: int = ARTIFACT_VERSION
+    empty_session_probability: float | None = None
+    tiers: dict | None = None
 
     def to_dict(self) -> dict:
-        """The JSON object stored under METADATA_NAME (format and version included)."""
-        return {"format": ARTIFACT_FORMAT, "version": self.version,
-                "feature_spec": self.spec.to_dict(), "threshold": self.threshold,
-                "precision": self.precision, "graph": self.graph, "provenance": self.provenance,
-                "calibration": self.calibration}
+        """The JSON object stored under METADATA_NAME (format and version included); the
+        optional entries only when set, so older readers see what they know."""
+        d = {"format": ARTIFACT_FORMAT, "version": self.version,
+             "feature_spec": self.spec.to_dict(), "threshold": self.threshold,
+             "precision": self.precision, "graph": self.graph, "provenance": self.provenance,
+             "calibration": self.calibration}
+        if self.empty_session_probability is not None:
+            d["empty_session_probability"] = self.empty_session_probability
+        if self.tiers is not None:
+            d["tiers"] = self.tiers
+        return d
+
+    def intent_tiers(self) -> IntentTiers | None:
+        """The stored intent tiers, None when the artifact has none."""
+        return None if self.tiers is None else IntentTiers.from_dict(self.tiers)
 
     def to_bytes(self) -> bytes:
         """`to_dict` as UTF-8 JSON with sorted keys: the metadata entry's payload."""
@@ -277,6 +297,13 @@ class ArtifactInfo:
             calibration = d.get("calibration")
             if calibration is not None:
                 calibration = PlattCalibration.from_dict(calibration).to_dict()
+            empty = d.get("empty_session_probability")
+            empty = None if empty is None else float(empty)
+            tiers = d.get("tiers")
+            if tiers is not None:
+                if not isinstance(tiers, Mapping):
+                    raise ArtifactError(f"intent tiers are {type(tiers).__name__}, expected an object")
+                tiers = IntentTiers.from_dict(tiers).to_dict()
         except ArtifactError as e:
             raise ArtifactError(f"{source}: {e}") from None
         except (KeyError, TypeError, ValueError) as e:
@@ -285,7 +312,8 @@ class ArtifactInfo:
             raise ArtifactError(f"{source}: threshold {threshold} outside [0, 1]")
         if graph not in ("fused", "unrolled"):
             raise ArtifactError(f"{source}: graph {graph!r} not in ['fused', 'unrolled']")
-        return cls(spec, threshold, precision, graph, provenance, calibration, int(version))
+        return cls(spec, threshold, precision, graph, provenance, calibration, int(version),
+                   empty, tiers)
 
 
 class NonJsonNumber(float):

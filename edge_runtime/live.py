@@ -17,7 +17,8 @@ Seams: `StepModel` (the step graph on its own interpreter and lock; Scorer.step_
 it), `LiveSession.push` (checks the event with edge_runtime.events.canonical_event) and
 `push_event`, which go through the Scorer's public, locked and calibrated
 `Scorer.score_step`, and `SessionStore`, which runs the encoder's `step_features` on its
-columns and the StepModel under its lock.
+columns and the StepModel under its lock, and, given an edge_runtime.tiers.TriggerRule, says
+which tiers each event's session has just climbed into (`SessionStore.push_with_triggers`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import threading
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +44,9 @@ from edge_runtime.features import (
     id_digest,
 )
 from edge_runtime.native_logs import quiet_native
+
+if TYPE_CHECKING:
+    from edge_runtime.tiers import TriggerRule
 
 # The longest session key a SessionStore holds: keys are kept (and echoed by `serve`), so
 # their length is part of the store's memory bound.
@@ -310,11 +315,21 @@ class SessionStore:
     LiveSession gives (the encoder's `step_features` and the same step graph); `end` hands
     a session back as a LiveSession.
 
+    Triggers. With a TriggerRule, each session also holds a bit mask of the triggers it has
+    fired and not yet re-armed (a column like its counters; 8 bytes), and
+    `push_with_triggers` returns the tiers each event's session climbs into. A session that
+    starts (anew after an idle gap, or on a row another one left) starts with every trigger
+    armed; one that its own push finds idle by the clock carries on with its mask, as it
+    carries on with its LSTM state. ``triggers_fired`` counts the triggers fired.
+
     Args:
         scorer: the loaded artifact (edge_runtime.Scorer).
         max_sessions: the most sessions held; starting one more evicts the least recently used.
         idle_timeout: seconds without an event after which a session is dropped; None keeps
             sessions until they are evicted.
+        triggers: the rule that decides when a session fires a tier's trigger
+            (edge_runtime.tiers.TriggerRule); None: no triggers, ``push_with_triggers``
+            returns none.
 
     Raises:
         ConfigError: max_sessions < 1 or idle_timeout <= 0 (`check_limits`, which a
@@ -326,7 +341,8 @@ class SessionStore:
         >>> p, gone = store.push("kiosk-7:42", {"ts": 1.7e9, "event": "view", "item": "sku1"})
     """
 
-    def __init__(self, scorer, max_sessions: int = 10_000, idle_timeout: float | None = 1800.0) -> None:
+    def __init__(self, scorer, max_sessions: int = 10_000, idle_timeout: float | None = 1800.0,
+                 triggers: TriggerRule | None = None) -> None:
         check_limits(max_sessions, idle_timeout)
         # Load and check the step graph now: a damaged or missing one is refused when the
         # store is made (before `serve` reads a line), not on the first event.
@@ -335,6 +351,9 @@ class SessionStore:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.stats = StoreStats()
+        self.triggers = triggers
+        # Not a StoreStats field: those count what any store does, with or without triggers.
+        self.triggers_fired = 0
         self._encoder = encoder = scorer.encoder
         self._lock = threading.Lock()
         self._rows: dict[str, int] = {}  # key -> row
@@ -354,6 +373,8 @@ class SessionStore:
         self._carts = array("q")
         self._seen = array("d")
         self._probability = array("d")
+        # The triggers each session has fired and not re-armed (TriggerRule.update's mask).
+        self._fired = array("q")
         self._contexts: list[tuple[np.ndarray, tuple[float, ...]] | None] = []
         self._block = min(ROWS_PER_BLOCK, max_sessions)
         self._hc: list[np.ndarray] = []  # blocks of (rows, 2, units): h, then c
@@ -384,6 +405,26 @@ class SessionStore:
              ) -> tuple[float, list[tuple[str, str, int]]]:
         """Score ``event`` in session ``key`` (started on its first event).
 
+        `push_with_triggers` without the triggers that fired (the store still keeps each
+        session's triggers, so the two can be mixed).
+
+        Args:
+            key, event, context: as `push_with_triggers`.
+
+        Returns:
+            (probability, sessions removed by this call), as `push_with_triggers`.
+
+        Raises:
+            ConfigError, ArtifactError: as `push_with_triggers`.
+        """
+        p, removed, _ = self.push_with_triggers(key, event, context)
+        return p, removed
+
+    def push_with_triggers(self, key: str, event: Mapping, context: Mapping | None = None
+                           ) -> tuple[float, list[tuple[str, str, int]], list[str]]:
+        """Score ``event`` in session ``key`` (started on its first event) and say which
+        tiers' triggers it fires.
+
         Args:
             key: the session key, at most MAX_KEY_CHARS characters.
             event: a canonical event dict (edge_runtime.events.canonical_event); its ``ts``
@@ -391,9 +432,11 @@ class SessionStore:
             context: user history for a session's first event (ignored afterwards).
 
         Returns:
-            (probability, sessions removed by this call as (key, "lru" | "idle", events)):
-            the session's own restart first, then the sessions the clock expired (oldest
-            first), then the one evicted to make room.
+            (probability, sessions removed by this call as (key, "lru" | "idle", events),
+            fired): the removals are the session's own restart first, then the sessions the
+            clock expired (oldest first), then the one evicted to make room; ``fired`` names
+            the tiers whose trigger this event fires, lowest first (empty without a
+            TriggerRule).
 
         Raises:
             ConfigError: the key is too long or the event is malformed; nothing changes
@@ -421,12 +464,13 @@ class SessionStore:
                 except ConfigError:  # a malformed context
                     self.stats.rejected += 1
                     raise
-                n, first_ts, carts, hc = 0, ts, 0, self._zero_hc
+                n, first_ts, carts, hc, mask = 0, ts, 0, self._zero_hc, 0
                 context_logs = start.context_logs
                 last_ts = ts  # unused by the encoder for a first event
             else:
-                n, first_ts, last_ts, carts = (self._n[row], self._first_ts[row],
-                                               self._last_ts[row], self._carts[row])
+                n, first_ts, last_ts, carts, mask = (self._n[row], self._first_ts[row],
+                                                     self._last_ts[row], self._carts[row],
+                                                     self._fired[row])
                 held = self._contexts[row]
                 context_logs = NO_CONTEXT_LOGS if held is None else held[1]
                 hc = self._hc[row // self._block][row % self._block]
@@ -446,6 +490,8 @@ class SessionStore:
             with step.lock:
                 p, h, c = step(x, hc[0:1], hc[1:2])
             p = self.scorer.calibrated_one(p)
+            # A pure step: nothing is written until the store changes below.
+            mask, fired = (mask, []) if self.triggers is None else self.triggers.update(mask, p)
 
             # The event is scored: from here on the store changes.
             removed = []
@@ -484,12 +530,14 @@ class SessionStore:
             self._carts[row] = carts
             self._seen[row] = ts if ts < self._clock else self._clock
             self._probability[row] = p
+            self._fired[row] = mask
             if items is not None and not repeat_item:
                 items.remember(row, item_digest)
             if categories is not None and category_digest is not None and not repeat_category:
                 categories.remember(row, category_digest)
             self.stats.pushed += 1
-            return p, removed
+            self.triggers_fired += len(fired)
+            return p, removed, fired
 
     def _new_row(self, key: str, start: EncoderState) -> int:
         """A row for a new session of ``key`` with context ``start`` (`FeatureEncoder.start`):
@@ -504,7 +552,7 @@ class SessionStore:
         if row % self._block == 0:
             self._hc.append(np.zeros((self._block, 2, self._step.units), np.float32))
         for column in (self._n, self._first_ts, self._last_ts, self._carts, self._seen,
-                       self._probability, self._older, self._newer):
+                       self._probability, self._fired, self._older, self._newer):
             column.append(0)
         self._keys.append(key)
         self._contexts.append(context)

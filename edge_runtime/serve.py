@@ -6,6 +6,10 @@ context is read on a session's first event). Lines end in ``\\n``, ``\\r\\n`` or
 are UTF-8. Output, one line per input line, in order:
 
 - a score:    ``{"session": KEY, "events": N, "probability": P, "decision": 0|1}``
+- a trigger:  ``{"trigger": TIER, "session": KEY, "events": N, "probability": P, "tier": NOW}``
+  right after the score line, one per tier whose trigger the event fires (lowest first),
+  when the store has a TriggerRule (edge_runtime.tiers): TIER is the tier climbed into, NOW
+  the tier P is in (TIER or a higher one), P the score line's number
 - an error:   ``{"line": N, "error": "what is wrong"}``; the stream goes on. Every line
   gets one: a blank line, a line that is not UTF-8 or not JSON (a number of thousands of
   digits, arrays nested past Python's recursion limit), a line longer than MAX_LINE_BYTES
@@ -29,6 +33,7 @@ from typing import BinaryIO
 from edge_runtime.errors import ConfigError
 from edge_runtime.events import shown
 from edge_runtime.live import SessionStore
+from edge_runtime.tiers import TriggerRule
 
 # The longest input line read: longer ones get an error line and are dropped as they are
 # read, so one line cannot take the device's memory. A real event line is well under 10 KB.
@@ -97,11 +102,13 @@ def serve_store(store: SessionStore, lines: Iterable[str | bytes | LongLine],
                 emit: Callable[[str], None]) -> None:
     """Score a stream of event lines into ``store``; its ``stats`` count what happened.
 
-    Every line gets its answer line (a score or an error, after the removals it caused);
-    only ``emit`` failing (stdout closed) or the input ending stops the loop.
+    Every line gets its answer line (a score or an error, after the removals it caused,
+    before the triggers it fired); only ``emit`` failing (stdout closed) or the input ending
+    stops the loop.
 
     Args:
-        store: the SessionStore (its Scorer's threshold makes the decision).
+        store: the SessionStore (its Scorer's threshold makes the decision; its TriggerRule,
+            if any, the triggers).
         lines: text or UTF-8 lines (e.g. `read_lines`), with or without their line end.
         emit: called with each output line (no trailing newline).
 
@@ -110,6 +117,7 @@ def serve_store(store: SessionStore, lines: Iterable[str | bytes | LongLine],
             raises.
     """
     threshold = store.scorer.threshold
+    tiers = None if store.triggers is None else store.triggers.tiers
     for number, line in enumerate(lines, start=1):
         try:
             key, record, context = _parse(line)
@@ -118,25 +126,33 @@ def serve_store(store: SessionStore, lines: Iterable[str | bytes | LongLine],
             emit(json.dumps({"line": number, "error": str(e)}))
             continue
         try:
-            p, removed = store.push(key, record, context)  # counts what it rejects
+            p, removed, fired = store.push_with_triggers(key, record, context)  # counts what it rejects
         except ConfigError as e:
             emit(json.dumps({"line": number, "error": str(e)}))
             continue
         for gone, why, events in removed:
             emit(json.dumps({"session": gone, "removed": why, "events": events}))
-        emit(json.dumps({"session": key, "events": store.events_of(key),
-                         "probability": round(p, 6), "decision": int(p >= threshold)}))
+        events, shown_p = store.events_of(key), round(p, 6)
+        emit(json.dumps({"session": key, "events": events, "probability": shown_p,
+                         "decision": int(p >= threshold)}))
+        if fired:
+            now = tiers.tier_of(p)
+            for tier in fired:
+                emit(json.dumps({"trigger": tier, "session": key, "events": events,
+                                 "probability": shown_p, "tier": now}))
 
 
 def serve_lines(scorer, lines: Iterable[str | bytes | LongLine], emit: Callable[[str], None],
-                max_sessions: int = 10_000, idle_timeout: float | None = 1800.0) -> SessionStore:
+                max_sessions: int = 10_000, idle_timeout: float | None = 1800.0,
+                triggers: TriggerRule | None = None) -> SessionStore:
     """Score a stream of event lines; return the store (its ``stats`` count what happened).
 
     Args:
         scorer: a loaded edge_runtime.Scorer.
         lines: text lines (e.g. a list), or `read_lines` of a binary stream.
         emit: called with each output line (no trailing newline).
-        max_sessions, idle_timeout: as edge_runtime.SessionStore.
+        max_sessions, idle_timeout, triggers: as edge_runtime.SessionStore (with a
+            TriggerRule, trigger lines follow the score lines, as `serve_store` says).
 
     Returns:
         The SessionStore, with the sessions still open.
@@ -145,7 +161,8 @@ def serve_lines(scorer, lines: Iterable[str | bytes | LongLine], emit: Callable[
         ConfigError: ``max_sessions`` or ``idle_timeout`` out of range.
         ArtifactError: as `serve_store`.
     """
-    store = SessionStore(scorer, max_sessions=max_sessions, idle_timeout=idle_timeout)
+    store = SessionStore(scorer, max_sessions=max_sessions, idle_timeout=idle_timeout,
+                         triggers=triggers)
     serve_store(store, lines, emit)
     return store
 

@@ -16,7 +16,18 @@ from typing import Annotated
 
 import typer
 
-from ubp_edge.commands import benchmark, compare, convert, data, export, prepare, score, serve, train
+from ubp_edge.commands import (
+    benchmark,
+    compare,
+    convert,
+    data,
+    export,
+    insights,
+    prepare,
+    score,
+    serve,
+    train,
+)
 from ubp_edge.console import library_output
 
 app = typer.Typer(help="Purchase-intent scoring of browsing sessions, trained with an LSTM and "
@@ -41,6 +52,8 @@ app.command("train")(train.train)
 app.command("convert", epilog=convert.EPILOG)(convert.convert)
 app.command("score")(score.score)
 app.command("evaluate")(score.evaluate)
+app.command("explain")(insights.explain)
+app.command("segment")(insights.segment)
 app.command("serve")(serve.serve)
 app.command("doctor")(serve.doctor)
 app.command("compare")(compare.compare)

@@ -13,6 +13,7 @@ imports (pyarrow, sklearn, TensorFlow) happen inside the command functions, so
     train      train
     convert    convert
     score      score, evaluate
+    insights   explain, segment
     serve      serve, doctor
     compare    compare
     benchmark  benchmark

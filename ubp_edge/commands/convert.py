@@ -12,6 +12,7 @@ from rich.text import Text
 
 from converters.compare import REFERENCE, REFERENCE_GRAPH
 from converters.precisions import GRAPHS, PRECISIONS
+from edge_runtime.tiers import DEFAULT_TIER_NAMES, parse_names
 from ubp_edge.console import out, print_error, print_json, require, user_errors
 from ubp_edge.options import JsonOpt, one_of
 
@@ -37,6 +38,12 @@ def convert(
     max_auc_drop: Annotated[float | None, typer.Option(
         help="With --auto: the ROC-AUC budget against float32.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing artifacts.")] = False,
+    tiers: Annotated[str, typer.Option(
+        help="The intent tiers each artifact carries, lowest first (`ubp-edge segment`).")
+    ] = ",".join(DEFAULT_TIER_NAMES),
+    tier_shares: Annotated[str | None, typer.Option(
+        help="Share of validation sessions in each tier, e.g. 0.6,0.3,0.1; default: cut-offs "
+             "that give each tier an equal share of the expected buyers.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write validated TFLite artifacts (spec, threshold and provenance inside) into the run directory."""
@@ -50,7 +57,8 @@ def convert(
         if auto:
             if max_auc_drop is None:
                 raise ConfigError("--auto needs --max-auc-drop, e.g. --max-auc-drop 0.005")
-            choice = auto_convert(run_dir, max_auc_drop, overwrite, calibration_sessions)
+            choice = auto_convert(run_dir, max_auc_drop, overwrite, calibration_sessions,
+                                  parse_names(tiers), parse_shares(tier_shares))
             results, why, p50 = choice.rows, choice.why, choice.p50_us
         else:
             if max_auc_drop is not None:
@@ -59,7 +67,8 @@ def convert(
                 precisions=tuple(p.strip() for p in (precision or "").split(",") if p.strip()),
                 graphs=tuple(g.strip() for g in graph.split(",") if g.strip()),
                 calibration_sessions=calibration_sessions, recalibrate=recalibrate,
-                overwrite=overwrite)
+                overwrite=overwrite, tier_names=parse_names(tiers),
+                tier_shares=parse_shares(tier_shares))
             results = convert_run(run_dir, config=config)
         rows = [{k: v for k, v in r.to_dict().items() if k != "ops"} for r in results]
         if auto:  # the latency --auto measured on this machine, per candidate
@@ -112,3 +121,19 @@ def _notes(results) -> str:
     if any(r.recalibrated for r in results):
         notes.append("a>b: ECE before > after Platt recalibration toward the float32 output")
     return "\n".join(notes)
+
+
+def parse_shares(text: str | None) -> tuple[float, ...]:
+    """``--tier-shares 0.6,0.3,0.1`` as floats (empty without the option); ConfigError naming
+    a value that is not a number (ConvertConfig checks the rest)."""
+    from edge_runtime.errors import ConfigError
+
+    if text is None:
+        return ()
+    shares = []
+    for part in text.split(","):
+        try:
+            shares.append(float(part))
+        except ValueError:
+            raise ConfigError(f"--tier-shares: {part.strip()!r} is not a number") from None
+    return tuple(shares)

@@ -13,11 +13,20 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from edge_runtime.errors import UbpEdgeError
+from edge_runtime.errors import ConfigError, UbpEdgeError
+from edge_runtime.tiers import (
+    DEFAULT_HYSTERESIS,
+    DEFAULT_TIER_NAMES,
+    TriggerRule,
+    chosen_tiers,
+    parse_cuts,
+    parse_names,
+)
 from ubp_edge.console import INTERRUPTED_EXIT, err, out, print_json, user_errors
 from ubp_edge.options import BackendOpt, JsonOpt, ModelOpt
 
 if TYPE_CHECKING:
+    from edge_runtime.scorer import Scorer
     from edge_runtime.serve import LongLine
 
 DOCTOR_COLUMNS = ("backend", "version", "TFLite", "meets", "loads", "scores", "live", "p")
@@ -30,12 +39,24 @@ def serve(
     idle_timeout: Annotated[float, typer.Option(
         help="Seconds of event time without a click before a session is dropped.")] = 1800.0,
     backend: BackendOpt = "auto",
+    triggers: Annotated[str | None, typer.Option(
+        help="Tiers to trigger on, e.g. likely or considering,likely: a line when a session first "
+             "climbs into one (the artifact's intent tiers, or --cuts).")] = None,
+    hysteresis: Annotated[float, typer.Option(
+        help="With --triggers: a fired trigger re-arms once the score falls this fraction below "
+             "the tier's cut-off.")] = DEFAULT_HYSTERESIS,
+    cuts: Annotated[str | None, typer.Option(
+        help="With --triggers: the tiers' cut-offs instead of the artifact's, e.g. 0.05,0.15.")] = None,
+    tier_names: Annotated[str | None, typer.Option(
+        help=f"With --triggers: the tiers' names, lowest first (default: the artifact's, else "
+             f"{','.join(DEFAULT_TIER_NAMES)}).")] = None,
 ) -> None:
     """Score a stream: JSON lines of events on stdin, one JSON line per event on stdout.
 
     Input lines: {"session": KEY, "ts": ..., "event": "view|cart|fav|purchase", "item": ...,
     ["category", "price", "context"]}. Output: the updated probability per event, an error line
-    for a malformed one (the stream goes on), and a line when a session is evicted or times out.
+    for a malformed one (the stream goes on), and a line when a session is evicted or times out;
+    with --triggers, a line after the score when a session climbs into a watched tier.
     The stream ends when stdin does, or stdout is closed (exit 0), or on Ctrl-C (exit 130); a
     summary goes to stderr each time.
     """
@@ -46,10 +67,13 @@ def serve(
 
         # Checked before the model loads, under the names the user typed.
         check_limits(max_sessions, idle_timeout, names=("--max-sessions", "--idle-timeout"))
+        given = parse_tier_options(triggers, cuts, tier_names, hysteresis)
         store, code = None, 0
         try:
             scorer = Scorer.load(model, backend=backend)
-            store = SessionStore(scorer, max_sessions=max_sessions, idle_timeout=idle_timeout)
+            rule = None if given is None else trigger_rule(scorer, *given, hysteresis)
+            store = SessionStore(scorer, max_sessions=max_sessions, idle_timeout=idle_timeout,
+                                 triggers=rule)
             serve_store(store, _stdin_lines(), _emit)
         except KeyboardInterrupt:
             code = INTERRUPTED_EXIT  # Ctrl-C: the summary, then the shell's code for SIGINT
@@ -61,9 +85,61 @@ def serve(
                 err.print(f"served {stats.pushed:,} events in {stats.started:,} sessions; "
                           f"{stats.rejected:,} lines rejected, {stats.evicted_lru:,} sessions "
                           f"evicted (LRU), {stats.expired_idle:,} timed out; {len(store):,} still "
-                          f"open", soft_wrap=True)
+                          f"open{_fired(store)}", soft_wrap=True)
         if code:
             raise typer.Exit(code)
+
+
+def parse_tier_options(triggers: str | None, cuts: str | None, tier_names: str | None,
+                       hysteresis: float = DEFAULT_HYSTERESIS
+                       ) -> tuple[list[str], tuple[float, ...] | None, tuple[str, ...] | None] | None:
+    """`serve`'s --triggers, --cuts, --tier-names and --hysteresis, checked before the
+    model loads (which tiers there are is known only then: `trigger_rule`).
+
+    Returns:
+        None without --triggers, else (the tier names to trigger on, the cut-offs or None,
+        the tier names or None).
+
+    Raises:
+        ConfigError: --cuts or --tier-names without --triggers, or malformed; a hysteresis
+            outside [0, 1).
+    """
+    if triggers is None:
+        if cuts is not None or tier_names is not None:
+            raise ConfigError("--cuts and --tier-names go with --triggers, e.g. --triggers likely")
+        return None
+    watched = [n.strip() for n in triggers.split(",") if n.strip()]
+    if not watched:
+        raise ConfigError(f"--triggers names no tier: {triggers!r}; e.g. --triggers likely")
+    if not 0.0 <= hysteresis < 1.0:  # also NaN
+        raise ConfigError(f"--hysteresis must be a fraction in [0, 1), got {hysteresis!r}")
+    return (watched, None if cuts is None else parse_cuts(cuts),
+            None if tier_names is None else parse_names(tier_names))
+
+
+def trigger_rule(scorer: Scorer, watched: list[str], cuts: tuple[float, ...] | None,
+                 names: tuple[str, ...] | None, hysteresis: float) -> TriggerRule:
+    """The TriggerRule of `serve --triggers` for the loaded artifact.
+
+    Args:
+        scorer: the loaded artifact; its stored intent tiers unless ``cuts`` are given.
+        watched: the tiers to trigger on, by name.
+        cuts: --cuts, overriding the artifact's cut-offs.
+        names: --tier-names: with ``cuts``, their tiers' names; without, new names for the
+            artifact's tiers. Else the artifact's names (DEFAULT_TIER_NAMES when it has none).
+        hysteresis: --hysteresis.
+
+    Raises:
+        ConfigError: the artifact has no intent tiers and no --cuts are given; names and
+            cut-offs that do not match in number; an unknown or the lowest tier.
+    """
+    tiers, _ = chosen_tiers(scorer.info.intent_tiers(), cuts, names, scorer.source, "--tier-names")
+    return TriggerRule.for_names(tiers, watched, hysteresis)
+
+
+def _fired(store) -> str:
+    """The summary's count of triggers fired, when the store has triggers."""
+    return "" if store.triggers is None else f"; {store.triggers_fired:,} triggers fired"
 
 
 def _emit(line: str) -> None:

@@ -1,0 +1,219 @@
+"""`ubp-edge segment`: a log's sessions in intent tiers, each with its size, purchase rate and
+lift, and the assignments a campaign tool imports.
+
+The tiers are the artifact's (edge_runtime.tiers.IntentTiers, chosen by `convert` on
+validation sessions) or cut-offs given on the command line. A session's tier is that of its
+score after the events before its first purchase, the score a device gives it; its
+purchase is the label `evaluate` reads. Lift is a tier's purchase rate over the rate of all
+the sessions evaluated.
+
+Seams: `segment_log` (a log, a Scorer and tiers -> Segmentation), `tier_table` (scores,
+labels, tiers -> the table's rows), `Segmentation.to_dict` (the `--json` object),
+`write_assignments` / `write_user_assignments` (CSV, Parquet or JSON lines, by suffix,
+written atomically).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import ConfigError
+from edge_runtime.scorer import Scorer
+from edge_runtime.tiers import IntentTiers, chosen_tiers
+from trainer.files import atomic_open
+from trainer.logsource import EventLogSource
+from trainer.scoring import ScoredLog, score_log
+
+# Assignment file suffix -> what is written.
+ASSIGNMENT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+SESSION_FIELDS = ("session", "user", "start", "events_scored", "probability", "tier")
+USER_FIELDS = ("user", "sessions", "highest_probability", "tier", "latest_session",
+               "latest_probability", "latest_tier")
+
+
+def assignment_format(path: str | os.PathLike, option: str = "--out") -> str:
+    """``csv``, ``parquet`` or ``jsonl``: what an assignments file of this name holds.
+
+    Raises:
+        ConfigError: any other suffix.
+    """
+    kind = ASSIGNMENT_FORMATS.get(Path(path).suffix.lower())
+    if kind is None:
+        raise ConfigError(f"{option} {path}: use a .csv, .parquet or .jsonl file name")
+    return kind
+
+
+def tier_table(probability: np.ndarray, label: np.ndarray, tiers: IntentTiers) -> list[dict]:
+    """One row per tier, lowest intent first.
+
+    Args:
+        probability: the sessions' scores.
+        label: 1 where the session went on to a purchase.
+        tiers: the cut-offs and names.
+
+    Returns:
+        Rows with ``name``, ``low`` and ``high`` (the tier's score range, ``[low, high)``),
+        ``sessions``, ``share`` (of all sessions), ``purchases``, ``purchase_rate`` (None
+        for an empty tier), ``lift`` (the rate over all sessions' rate; None without a
+        purchase in the log or for an empty tier) and ``capture`` (the share of all
+        purchases; None without any).
+    """
+    index = tiers.tier_index(probability)
+    label = np.asarray(label, np.int64)
+    total, bought = len(label), int(label.sum())
+    base = bought / total if total else None
+    rows = []
+    for i, name in enumerate(tiers.names):
+        low, high = tiers.bounds(i)
+        members = index == i
+        n, k = int(members.sum()), int(label[members].sum())
+        rate = k / n if n else None
+        rows.append({"name": name, "low": low, "high": high, "sessions": n,
+                     "share": n / total if total else None, "purchases": k, "purchase_rate": rate,
+                     "lift": rate / base if rate is not None and base else None,
+                     "capture": k / bought if bought else None})
+    return rows
+
+
+@dataclass
+class Segmentation:
+    """A log's scored sessions in tiers.
+
+    Attributes:
+        scored: the scored log (trainer.scoring.ScoredLog).
+        tiers: the tiers used.
+        cuts_from: ``artifact`` or ``--cuts``.
+        rows: `tier_table`'s rows.
+        model, split: what was scored, for the output.
+    """
+
+    scored: ScoredLog
+    tiers: IntentTiers
+    cuts_from: str
+    rows: list[dict]
+    model: str = ""
+    split: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tier_of_session(self) -> np.ndarray:
+        """Tier index of each scored session (of ``scored.index``)."""
+        return self.tiers.tier_index(self.scored.probability)
+
+    def to_dict(self) -> dict:
+        """The `segment --json` object: ``tiers`` lowest intent first, with the counts."""
+        label = self.scored.label
+        return {"model": self.model, "data": str(self.scored.log.source), "split": self.split,
+                "cuts_from": self.cuts_from, "method": self.tiers.method,
+                "fitted_on": self.tiers.fitted_on, "cuts": list(self.tiers.cuts),
+                "sessions": int(len(label)), "purchases": int(label.sum()),
+                "base_rate": float(label.mean()) if len(label) else None,
+                "tiers": self.rows, "bad_rows": self.scored.log.bad.summary(),
+                "warnings": self.warnings}
+
+
+def segment_log(scorer: Scorer, source: EventLogSource, cuts: tuple[float, ...] | None = None,
+                names: tuple[str, ...] | None = None, only_keys: set[str] | None = None,
+                model_name: str = "", split: str | None = None) -> Segmentation:
+    """Score a log's sessions and put each in its tier.
+
+    Args:
+        scorer: the loaded artifact.
+        source: the log and how to read it.
+        cuts, names: cut-offs to use instead of the artifact's, and tier names
+            (edge_runtime.tiers.chosen_tiers: names alone rename the artifact's tiers).
+        only_keys: key digests of one split (`trainer.scoring.split_keys`).
+        model_name, split: named in the output.
+
+    Returns:
+        Segmentation.
+
+    Raises:
+        ConfigError: no ``cuts`` and the artifact carries none; names that do not fit the
+            tiers; ``only_keys`` names no session of the log.
+        DataError: the log cannot be read.
+    """
+    tiers, stored = chosen_tiers(scorer.info.intent_tiers(), cuts, names,
+                                 model_name or scorer.source)
+    cuts_from = "artifact" if stored else "--cuts"
+    scored = score_log(scorer, source, only_keys)
+    return Segmentation(scored, tiers, cuts_from, tier_table(scored.probability, scored.label, tiers),
+                        model_name, split, list(scored.warnings))
+
+
+def session_rows(seg: Segmentation) -> list[dict]:
+    """One row per scored session, in log order (SESSION_FIELDS): its key, its user (None
+    where the log has no user ids), its start (Unix seconds), events scored, score, tier."""
+    s, log = seg.scored.sessions, seg.scored.log
+    tier = seg.tier_of_session
+    rows = []
+    for n, i in enumerate(seg.scored.index):
+        rows.append({"session": str(s.key[i]),
+                     "user": str(log.user.names[s.user_code[i]]) if log.has_user_ids else None,
+                     "start": float(s.start[i]), "events_scored": int(s.prefix_len[i]),
+                     "probability": round(float(seg.scored.probability[n]), 6),
+                     "tier": seg.tiers.names[int(tier[n])]})
+    return rows
+
+
+def user_rows(seg: Segmentation) -> list[dict]:
+    """One row per user (USER_FIELDS), in order of first appearance: the user's sessions, the
+    highest score and its tier, and the latest session (by start) with its score and tier.
+
+    Raises:
+        ConfigError: the log has no user ids.
+    """
+    if not seg.scored.log.has_user_ids:
+        raise ConfigError(f"{seg.scored.log.source}: the log has no user ids; per-user tiers need them")
+    by_user: dict[str, dict] = {}
+    for row in session_rows(seg):
+        held = by_user.get(row["user"])
+        if held is None:
+            by_user[row["user"]] = held = {
+                "user": row["user"], "sessions": 0, "highest_probability": -1.0, "tier": None,
+                "latest_session": None, "latest_probability": None, "latest_tier": None, "_start": -1.0}
+        held["sessions"] += 1
+        if row["probability"] > held["highest_probability"]:
+            held["highest_probability"], held["tier"] = row["probability"], row["tier"]
+        if row["start"] >= held["_start"]:
+            held["_start"] = row["start"]
+            held["latest_session"], held["latest_probability"] = row["session"], row["probability"]
+            held["latest_tier"] = row["tier"]
+    return [{k: v for k, v in r.items() if k != "_start"} for r in by_user.values()]
+
+
+def write_assignments(rows: list[dict], fields: tuple[str, ...], out: str | os.PathLike,
+                      option: str = "--out") -> Path:
+    """Write rows atomically as CSV (a header; empty cells for None), Parquet or JSON lines,
+    by ``out``'s suffix.
+
+    Raises:
+        ConfigError: another suffix.
+        OutputError: ``out`` cannot be written; nothing is left behind.
+    """
+    out = Path(out)
+    kind = assignment_format(out, option)
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({f: [r[f] for r in rows] for f in fields})
+        with atomic_open(out, "wb") as f:
+            pq.write_table(table, f)
+    elif kind == "csv":
+        with atomic_open(out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: ("" if r[k] is None else r[k]) for k in fields})
+    else:
+        with atomic_open(out, "w") as f:
+            for r in rows:
+                f.write(json.dumps({k: r[k] for k in fields}) + "\n")
+    return out

@@ -1,0 +1,237 @@
+"""`ubp-edge explain` (why sessions score what they score) and `ubp-edge segment` (intent
+tiers of a log's sessions, with their lift, and the assignments for a campaign tool).
+
+Neither loads TensorFlow: the log goes through `trainer.scoring`, the artifact through
+`edge_runtime` (trajectories on its step graph, occlusion on its whole-session graph, tiers
+from its metadata); `trainer.insights` names the results in the log's terms.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from trainer.rundir import SPLIT_NAMES
+from ubp_edge.console import (
+    bad_rows_line,
+    err,
+    out,
+    print_json,
+    print_wide,
+    require,
+    user_errors,
+    warn,
+)
+from ubp_edge.options import (
+    BackendOpt,
+    DelimiterOpt,
+    EventsOpt,
+    FormatOpt,
+    JsonOpt,
+    MapOpt,
+    ModelGapOpt,
+    ModelOpt,
+    StrictOpt,
+    TimeUnitOpt,
+    log_inputs,
+    log_source,
+)
+
+SplitOpt = Annotated[str | None, typer.Option(
+    help=f"Only this split ({', '.join(SPLIT_NAMES)}) of --run-dir's split.json.")]
+RunDirOpt = Annotated[Path | None, typer.Option(help="The run directory whose split --split names.")]
+
+
+def _split_keys(split: str | None, run_dir: Path | None) -> tuple[set[str] | None, Path | None]:
+    """The key digests of ``--split`` (None without it) and the split.json read."""
+    from edge_runtime.errors import ConfigError
+    from trainer.rundir import SPLIT
+    from trainer.scoring import split_keys
+
+    if (split is None) != (run_dir is None):
+        raise ConfigError("--split and --run-dir go together, e.g. --split test --run-dir runs/taobao")
+    manifest = run_dir / SPLIT if run_dir is not None else None
+    return (split_keys(manifest, split) if split else None), manifest
+
+
+def explain(
+    model: ModelOpt,
+    data: Annotated[Path, typer.Option("--data", help="The event log whose sessions to explain.")],
+    session: Annotated[list[str] | None, typer.Option(
+        "--session", help="A session key to explain (repeat for more); default: the "
+                          "highest-scoring sessions.")] = None,
+    sessions: Annotated[int, typer.Option(
+        "--sessions", help="Without --session: how many of the highest-scoring sessions.")] = 3,
+    top: Annotated[int, typer.Option(help="Events listed per session: those that moved the score most.")] = 5,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write DIR/explain.md, a trajectory plot per session and the feature-group "
+                         "importance chart (PNG).")] = None,
+    format: FormatOpt = None, column_map: MapOpt = None, event_map: EventsOpt = None,
+    time_unit: TimeUnitOpt = "auto", delimiter: DelimiterOpt = ",",
+    gap_minutes: ModelGapOpt = None, strict: StrictOpt = False,
+    split: SplitOpt = None, run_dir: RunDirOpt = None,
+    backend: BackendOpt = "auto", as_json: JsonOpt = False,
+) -> None:
+    """Why sessions score what they score: the score after every event, the events that moved
+    it most, and the feature groups that move scores most over the log (by occlusion)."""
+    with user_errors():
+        from trainer.files import check_outputs
+
+        require("ubp-edge explain", "pyarrow", *(["matplotlib"] if report else []))
+        from edge_runtime.scorer import Scorer
+        from trainer.insights.explain import explain_log
+
+        source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict,
+                            gap_minutes)
+        keys, manifest = _split_keys(split, run_dir)
+        check_outputs({"--data": log_inputs(source), "--model": model, "--run-dir": manifest},
+                      folders={"--report": report})
+        scorer = Scorer.load(model, backend=backend)
+        result = explain_log(scorer, source, keys=session or None, n_sessions=sessions, top=top,
+                             only_keys=keys, model_name=str(model))
+        written = None
+        if report is not None:
+            from trainer.insights.report import write_explain_report
+
+            written = write_explain_report(result, report)
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            for w in result.warnings:
+                warn(w)
+            for explained in result.sessions:
+                print_wide(session_table(explained.to_dict(), top), 100)
+            print_wide(importance_table(result.to_dict()), 80)
+            out.print(bad_rows_line(result.bad_rows, None))
+        if written is not None:
+            err.print(f"report: {written}", soft_wrap=True)
+
+
+def session_table(d: dict, top: int) -> Table:
+    """One explained session (its `--json` entry): the events that moved its score most."""
+    from trainer.insights.explain import duration_text
+
+    title = (f"session {d['key']}" + (f" (user {d['user']})" if d.get("user") else "")
+             + f": {len(d['trajectory'])} events, score {d['baseline']:.4f} -> {d['final']:.4f}"
+             + (", went on to buy" if d["purchased"] else ""))
+    table = Table(title=Text(title), caption=f"the {min(top, len(d['top']))} events that moved the "
+                                             f"score most; changes sum to final - empty-session score")
+    for name, justify in (("#", "right"), ("event", "left"), ("item", "left"), ("category", "left"),
+                          ("after", "right"), ("change", "right"), ("score", "right")):
+        table.add_column(name, justify=justify)
+    for e in d["top"]:
+        table.add_row(str(e["position"]), e["event"], Text(e["item"]), Text(e["category"] or ""),
+                      duration_text(e["seconds_since_previous"]) or "first", f"{e['delta']:+.4f}",
+                      f"{e['probability']:.4f}")
+    return table
+
+
+def importance_table(d: dict) -> Table:
+    """Feature groups by how much occluding them moves the final score (`explain --json`'s
+    ``importance``)."""
+    table = Table(title=f"feature groups by occlusion over {d['importance_sessions']:,} sessions",
+                  caption="|change| of the final score when the group reads its training mean")
+    for name in ("group", "mean |change|", "std", "p90", "mean change"):
+        table.add_column(name, justify="left" if name == "group" else "right")
+    for g in d["importance"]:
+        table.add_row(g["group"], f"{g['mean_abs_change']:.4f}", f"{g['std_abs_change']:.4f}",
+                      f"{g['p90_abs_change']:.4f}", f"{g['mean_change']:+.4f}")
+    return table
+
+
+def segment(
+    model: ModelOpt,
+    data: Annotated[Path, typer.Option("--data", help="The event log whose sessions to segment.")],
+    tiers: Annotated[str | None, typer.Option(
+        help="Tier names, lowest intent first; default: the artifact's.")] = None,
+    cuts: Annotated[str | None, typer.Option(
+        help="Score cut-offs between the tiers, e.g. 0.05,0.15; default: the artifact's "
+             "(chosen on validation sessions at convert time).")] = None,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", help="Per-session tiers (.csv, .parquet or .jsonl).")] = None,
+    users_out: Annotated[Path | None, typer.Option(
+        "--users-out", help="Per-user tiers (.csv, .parquet or .jsonl): the highest and the "
+                            "latest session's; needs a log with user ids.")] = None,
+    format: FormatOpt = None, column_map: MapOpt = None, event_map: EventsOpt = None,
+    time_unit: TimeUnitOpt = "auto", delimiter: DelimiterOpt = ",",
+    gap_minutes: ModelGapOpt = None, strict: StrictOpt = False,
+    split: SplitOpt = None, run_dir: RunDirOpt = None,
+    backend: BackendOpt = "auto", as_json: JsonOpt = False,
+) -> None:
+    """Intent tiers of a log's sessions: each tier's size, purchase rate and lift, and the
+    per-session (and per-user) assignments for a campaign tool."""
+    with user_errors():
+        from trainer.files import check_outputs
+
+        require("ubp-edge segment", "pyarrow")
+        from edge_runtime.scorer import Scorer
+        from edge_runtime.tiers import parse_cuts, parse_names
+        from trainer.insights.segments import (
+            SESSION_FIELDS,
+            USER_FIELDS,
+            assignment_format,
+            segment_log,
+            session_rows,
+            user_rows,
+            write_assignments,
+        )
+
+        names = parse_names(tiers) if tiers is not None else None
+        given = parse_cuts(cuts) if cuts is not None else None
+        for path, option in ((out_file, "--out"), (users_out, "--users-out")):
+            if path is not None:
+                assignment_format(path, option)  # a wrong suffix is refused before the log is read
+        source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict,
+                            gap_minutes)
+        keys, manifest = _split_keys(split, run_dir)
+        check_outputs({"--data": log_inputs(source), "--model": model, "--run-dir": manifest},
+                      {"--out": out_file, "--users-out": users_out})
+        scorer = Scorer.load(model, backend=backend)
+        result = segment_log(scorer, source, given, names, only_keys=keys, model_name=str(model),
+                             split=split)
+        # Per-user rows first: a log without user ids fails before --out is written.
+        users = user_rows(result) if users_out is not None else None
+        written = {}
+        if out_file is not None:
+            written["--out"] = write_assignments(session_rows(result), SESSION_FIELDS, out_file)
+        if users is not None:
+            written["--users-out"] = write_assignments(users, USER_FIELDS, users_out, "--users-out")
+        report = result.to_dict()
+        report["written"] = {k: str(v) for k, v in written.items()}
+        if as_json:
+            print_json(report)
+            return
+        for w in result.warnings:
+            warn(w)
+        print_wide(tier_table(report), 100)
+        for option, path in written.items():
+            err.print(f"{option}: {path}", soft_wrap=True)
+        out.print(bad_rows_line(report["bad_rows"], None))
+
+
+def tier_table(d: dict) -> Table:
+    """The `segment --json` object's tiers as a Rich table, lowest intent first."""
+    base = d["base_rate"]
+    title = (f"{Path(d['model']).name} on {d['data']}" + (f" ({d['split']} split)" if d["split"] else "")
+             + f"\n{d['sessions']:,} sessions, {d['purchases']:,} with a purchase"
+             + (f" ({100 * base:.1f}%)" if base is not None else ""))
+    caption = ("cut-offs from the artifact: " + (f"{d['method']} on {d['fitted_on']}"
+                                                 if d["fitted_on"] else d["method"])
+               if d["cuts_from"] == "artifact" else "cut-offs from --cuts")
+    table = Table(title=title, caption=caption)
+    for name in ("tier", "scores", "sessions", "share", "purchases", "rate", "lift", "capture"):
+        table.add_column(name, justify="left" if name in ("tier", "scores") else "right")
+    for r in d["tiers"]:
+        table.add_row(r["name"], f"[{r['low']:.4f}, {r['high']:.4f}" + (")" if r["high"] < 1 else "]"),
+                      f"{r['sessions']:,}", _percent(r["share"]), f"{r['purchases']:,}",
+                      _percent(r["purchase_rate"]), "n/a" if r["lift"] is None else f"{r['lift']:.2f}x",
+                      _percent(r["capture"]))
+    return table
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
