@@ -39,19 +39,11 @@ def prefix_events(log: EventLog, limit: int | None = None,
         gap_minutes: the inactivity gap that ends a session (logs without session ids).
 
     Returns:
-        One list of ``{"ts", "event", "item", "category", "price"}`` dicts per session;
-        ``category`` and ``price`` are None where the log has none.
+        One list of canonical event dicts per session (`EventLog.event_dicts`).
     """
     sessions = sessionize(log, gap_minutes)
-    items = log.item.values()
-    cats = None if log.category is None else log.category.values()
-    out = []
-    for s in np.flatnonzero(sessions.scorable)[:limit]:
-        out.append([{"ts": float(log.ts[e]), "event": int(log.event[e]), "item": str(items[e]),
-                     "category": None if cats is None else str(cats[e]),
-                     "price": None if log.price is None or np.isnan(log.price[e]) else float(log.price[e])}
-                    for e in sessions.prefix_events(int(s))])
-    return out
+    return [log.event_dicts(sessions.prefix_events(int(s)))
+            for s in np.flatnonzero(sessions.scorable)[:limit]]
 
 
 def replayed_sessions(source: EventLogSource, limit: int = REPLAY_LIMIT) -> list[list[dict]]:

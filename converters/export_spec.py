@@ -48,7 +48,6 @@ from edge_runtime.errors import ConfigError, DataError
 from edge_runtime.events import (
     CART,
     EVENT_CODE,
-    EVENT_TYPES,
     MAX_TS,
     MIN_PRICE,
     MIN_TS,
@@ -580,16 +579,7 @@ def golden_sessions(sessions: Sessions, index: np.ndarray, count: int, uses_cont
     picked = index[mixed_lengths(sessions.prefix_len[index], count)]
     out = []
     for s in picked.tolist():
-        rows = sessions.prefix_events(s)
-        items = log.item.values(rows)
-        categories = None if log.category is None else log.category.values(rows)
-        prices = None if log.price is None else log.price[rows]
-        events = []
-        for k, row in enumerate(rows.tolist()):
-            category = None if categories is None or categories[k] == "" else str(categories[k])
-            price = None if prices is None or np.isnan(prices[k]) else float(prices[k])
-            events.append({"ts": float(log.ts[row]), "event": EVENT_TYPES[int(log.event[row])],
-                           "item": str(items[k]), "category": category, "price": price})
+        events = log.event_dicts(sessions.prefix_events(s))
         context = (dict(zip(CONTEXT_FIELDS, map(float, sessions.context[s]), strict=True))
                    if uses_context else None)
         out.append(GoldenSession(str(sessions.key[s]), events, context))
@@ -760,7 +750,10 @@ def export_spec(artifact: str | Path, out_dir: str | Path, data: EventLogSource 
                     "tier is the number of cut-offs at or below its score (0: the first name); a "
                     "live trigger for a tier fires when the score first reaches the tier's low "
                     "cut-off, and re-arms once the score falls below it by the hysteresis "
-                    f"fraction of it (ubp-edge serve --hysteresis, default {DEFAULT_HYSTERESIS:g})",
+                    f"fraction of it (ubp-edge serve --hysteresis, default {DEFAULT_HYSTERESIS:g}); "
+                    "the cut-offs were chosen on whole-session scores, and live scores of a "
+                    "full-integer artifact (its step graph runs at dynamic range) can differ from "
+                    "them by a few thousandths",
         },
         "model": model_contract(model, info, backend),
         "sessions": {

@@ -59,7 +59,7 @@ from edge_runtime.native_logs import (
     set_verbose,
 )
 from edge_runtime.scorer import FUSED_LSTM_OP, Scorer
-from edge_runtime.tiers import DEFAULT_TIER_NAMES, IntentTiers, check_names
+from edge_runtime.tiers import DEFAULT_TIER_NAMES, IntentTiers, check_names, check_shares
 from edge_runtime.timing import time_calls
 from trainer.files import check_outputs, write_bytes_atomic
 from trainer.metrics import expected_calibration_error, roc_auc_or_none
@@ -108,11 +108,11 @@ class ConvertConfig:
                 or self.calibration_sessions < 1:
             raise ConfigError(f"--calibration-sessions must be >= 1, got {self.calibration_sessions}")
         check_names(self.tier_names)
-        if self.tier_shares and (len(self.tier_shares) != len(self.tier_names)
-                                 or not all(s > 0 for s in self.tier_shares)
-                                 or abs(sum(self.tier_shares) - 1) > 1e-6):
-            raise ConfigError(f"--tier-shares must be {len(self.tier_names)} positive numbers "
-                              f"summing to 1, one per tier of --tiers, got {list(self.tier_shares)}")
+        if self.tier_shares:
+            try:
+                check_shares(self.tier_shares, self.tier_names)
+            except ConfigError as e:
+                raise ConfigError(f"--tier-shares: {e}") from None
 
     def fit_tiers(self, p_validation: np.ndarray) -> IntentTiers:
         """The intent tiers of an artifact from its calibrated validation scores."""

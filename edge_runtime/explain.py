@@ -32,6 +32,11 @@ from edge_runtime.errors import ArtifactError
 from edge_runtime.events import EVENT_TYPES
 from edge_runtime.features import CONTEXT_FEATURES, FeatureSpec
 
+# Occlusion rescores every session once per feature group (about 10 passes): `explain`
+# averages over a seeded random sample of at most this many sessions, which bounds its time
+# and memory on a large log (the mean's standard error is then about std / 141).
+IMPORTANCE_SESSIONS = 20_000
+
 # Readable groups of the model's features, in the order a report lists them before sorting.
 FEATURE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("event type", tuple(f"is_{name}" for name in EVENT_TYPES)),

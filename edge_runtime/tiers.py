@@ -34,6 +34,8 @@ GIVEN = "given"  # cut-offs typed by a user (`segment --cuts`)
 METHODS = (EXPECTED_BUYERS, SHARES, GIVEN)
 # A tier name is echoed in every trigger line and assignment row: short, printable text.
 MAX_NAME_CHARS = 40
+# A live session keeps one bit per tier for its triggers (SessionStore's 64-bit column).
+MAX_TIERS = 32
 # The default hysteresis of a trigger: once fired, it re-arms only after the score has
 # fallen below the tier's low cut-off by this fraction of it (a cut at 0.20 re-arms below
 # 0.18), so a score hovering at the cut-off fires once.
@@ -53,9 +55,10 @@ def parse_names(text: str) -> tuple[str, ...]:
 
 
 def check_names(names: Sequence[str]) -> None:
-    """ConfigError unless ``names`` are at least two distinct, printable, short names."""
-    if len(names) < 2:
-        raise ConfigError(f"intent tiers need at least two names, got {list(names)}")
+    """ConfigError unless ``names`` are 2 to MAX_TIERS distinct, printable, short names."""
+    if not 2 <= len(names) <= MAX_TIERS:
+        raise ConfigError(f"intent tiers need 2 to {MAX_TIERS} names, got {len(names)}: "
+                          f"{list(names)[:5]}{'...' if len(names) > 5 else ''}")
     for name in names:
         if not isinstance(name, str) or not name or not name.isprintable() \
                 or len(name) > MAX_NAME_CHARS or "," in name:
@@ -65,21 +68,45 @@ def check_names(names: Sequence[str]) -> None:
         raise ConfigError(f"tier names must be distinct, got {list(names)}")
 
 
+def parse_numbers(text: str, option: str, example: str) -> tuple[float, ...]:
+    """``0.05,0.15`` -> floats; ConfigError naming ``option`` and the value that is not a
+    number (``example`` shows what is expected)."""
+    numbers = []
+    for part in str(text).split(","):
+        try:
+            numbers.append(float(part))
+        except ValueError:
+            raise ConfigError(f"{option}: {part.strip()!r} is not a number (e.g. {example})") from None
+    return tuple(numbers)
+
+
 def parse_cuts(text: str) -> tuple[float, ...]:
-    """``0.05,0.15`` -> the cut-offs as floats, checked by `check_cuts`.
+    """``--cuts 0.05,0.15`` -> the cut-offs as floats, checked by `check_cuts`.
 
     Raises:
         ConfigError: a value that is not a number, or cut-offs `check_cuts` refuses.
     """
-    cuts = []
-    for part in str(text).split(","):
-        try:
-            cuts.append(float(part))
-        except ValueError:
-            raise ConfigError(f"--cuts: {part.strip()!r} is not a number (cut-offs are "
-                              f"probabilities, e.g. 0.05,0.15)") from None
-    check_cuts(cuts)
-    return tuple(cuts)
+    cuts = parse_numbers(text, "--cuts", "0.05,0.15")
+    try:
+        check_cuts(cuts)
+    except ConfigError as e:
+        raise ConfigError(f"--cuts: {e}") from None
+    return cuts
+
+
+def check_shares(shares: Sequence[float], names: Sequence[str]) -> None:
+    """ConfigError unless ``shares`` are one positive number per tier, summing to 1 (1e-6)."""
+    if len(shares) != len(names) or not all(s > 0 for s in shares) or abs(sum(shares) - 1) > 1e-6:
+        raise ConfigError(f"tier shares must be {len(names)} positive numbers summing to 1, one "
+                          f"per tier ({', '.join(names)}), got {list(shares)}")
+
+
+def check_hysteresis(hysteresis: float) -> float:
+    """``hysteresis`` as a float in [0, 1); ConfigError naming it otherwise (NaN too)."""
+    if isinstance(hysteresis, bool) or not isinstance(hysteresis, (int, float)) \
+            or not 0.0 <= float(hysteresis) < 1.0:
+        raise ConfigError(f"hysteresis must be a fraction in [0, 1), got {hysteresis!r}")
+    return float(hysteresis)
 
 
 def check_cuts(cuts: Sequence[float]) -> None:
@@ -173,8 +200,9 @@ class IntentTiers:
                             fitted_on: str = "") -> IntentTiers:
         """Cut-offs that give each tier an equal share of the expected buyers.
 
-        Sessions are sorted by score; cut-off ``k`` is the score of the first session at
-        which the running sum of probabilities reaches ``k / K`` of their total.
+        Sessions are sorted by score; cut-off ``k`` is the score of the session after the one
+        at which the running sum of probabilities reaches ``k / K`` of their total (ties
+        kept together, see `_cuts_at`).
 
         Args:
             p: calibrated probabilities of the sessions to fit on (validation).
@@ -211,9 +239,7 @@ class IntentTiers:
         names = tuple(names)
         check_names(names)
         shares = [float(s) for s in shares]
-        if len(shares) != len(names) or not all(s > 0 for s in shares) or abs(sum(shares) - 1) > 1e-6:
-            raise ConfigError(f"tier shares must be {len(names)} positive numbers summing to 1, "
-                              f"got {shares}")
+        check_shares(shares, names)
         p = np.sort(np.asarray(p, np.float64))
         if len(p) == 0:
             raise ConfigError("intent tiers need sessions to fit on")
@@ -222,22 +248,34 @@ class IntentTiers:
 
 
 def _cuts_at(sorted_p: np.ndarray, at: np.ndarray, names: tuple[str, ...]) -> tuple[float, ...]:
-    """The scores of the sessions at positions ``at`` of ``sorted_p`` as cut-offs: the first
-    session of each upper tier, at its exact score (a float32 score is exact as a float and
-    in JSON), so that session is in the tier above on every device.
+    """Cut-offs at the sessions at positions ``at`` of ``sorted_p``: each the exact score of
+    the first session of its upper tier (a float32 score is exact as a float and in JSON), so
+    that session is in the tier above on every device.
+
+    Tied scores go together: a cut-off that would fall inside a block of equal scores sits
+    at the block's score (the block goes to the tier above), and one that would leave a tier
+    without a session moves up to the next distinct score (seen on full-integer artifacts,
+    whose scores move in steps of 1/256).
 
     Raises:
-        ConfigError: the cut-offs do not increase, or leave a tier without a session of
-            ``sorted_p`` (too few distinct scores for the tiers).
+        ConfigError: fewer distinct scores than tiers.
     """
-    at = np.clip(at, 1, len(sorted_p) - 1)
-    cuts = tuple(float(sorted_p[i]) for i in at)
-    counts = np.bincount(np.searchsorted(np.asarray(cuts), sorted_p, side="right"),
-                         minlength=len(names))
-    if any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)) or not all(0 < c < 1 for c in cuts) \
-            or (counts == 0).any():
-        raise ConfigError(f"too few distinct scores ({len(np.unique(sorted_p))} among "
-                          f"{len(sorted_p)} sessions) for {len(names)} tiers: cut-offs {list(cuts)}")
+    distinct = np.unique(sorted_p)
+    if len(distinct) < len(names):
+        raise ConfigError(f"too few distinct scores ({len(distinct)} among {len(sorted_p)} "
+                          f"sessions) for {len(names)} tiers")
+    chosen, previous = [], 0
+    for k, position in enumerate(np.clip(at, 0, len(sorted_p) - 1)):
+        j = int(np.searchsorted(distinct, sorted_p[position]))
+        # Above the previous cut-off (and the lowest score), and leaving a distinct score for
+        # each tier still to come.
+        j = min(max(j, previous + 1), len(distinct) - (len(names) - 1 - k))
+        chosen.append(j)
+        previous = j
+    cuts = tuple(float(distinct[j]) for j in chosen)
+    if not all(0 < c < 1 for c in cuts):
+        raise ConfigError(f"the scores cannot be cut into {len(names)} tiers within (0, 1): "
+                          f"cut-offs {list(cuts)}")
     return cuts
 
 
@@ -266,8 +304,9 @@ def chosen_tiers(stored: IntentTiers | None, cuts: Sequence[float] | None,
     if cuts is None:
         if stored is None:
             raise ConfigError(f"{source}: the artifact carries no intent tiers (converted by an "
-                              f"older ubp-edge); re-run `ubp-edge convert` or pass --cuts, "
-                              f"e.g. --cuts 0.05,0.15")
+                              f"older ubp-edge, or its validation scores could not be cut into "
+                              f"tiers: `convert` says why); re-run `ubp-edge convert` or pass "
+                              f"--cuts, e.g. --cuts 0.05,0.15")
         return (stored if names is None else stored.renamed(names)), True
     count = len(cuts) + 1
     if names is None:
@@ -313,12 +352,10 @@ class TriggerRule:
             raise ConfigError("name at least one tier to trigger on")
         watched = sorted({tiers.index(n) for n in names})
         if watched[0] == 0:
-            raise ConfigError(f"tier {tiers.names[0]!r} is the lowest: every session starts in it, "
-                              f"so it cannot be crossed into; trigger on "
+            raise ConfigError(f"tier {tiers.names[0]!r} is the lowest: it has no cut-off to climb "
+                              f"past; trigger on "
                               f"{', '.join(tiers.names[1:])}")
-        if isinstance(hysteresis, bool) or not (0.0 <= float(hysteresis) < 1.0):
-            raise ConfigError(f"hysteresis must be a fraction in [0, 1), got {hysteresis!r}")
-        return cls(tiers, tuple(watched), float(hysteresis))
+        return cls(tiers, tuple(watched), check_hysteresis(hysteresis))
 
     def update(self, fired: int, p: float) -> tuple[int, list[str]]:
         """One new score of a session.

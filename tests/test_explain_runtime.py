@@ -253,6 +253,29 @@ def test_the_figures_are_those_of_occluding_by_hand(scorer, encoded, importance)
         assert row.std_abs_change >= 0.0
 
 
+def test_occluding_is_reading_the_training_mean_of_the_raw_features(scorer, encoded, importance):
+    """The occluded input built from RAW features: back from the normalised space with the
+    spec's mean and scale, the group's raw columns set to their training mean, normalised
+    again, scored through the runtime. Not a copy of the code's shortcut (zeros): a group
+    occluded at another value (its raw zero, say) or a spec read wrongly shows here."""
+    spec = scorer.info.spec
+    mean, scale = np.asarray(spec.mean, np.float64), np.asarray(spec.scale, np.float64)
+    assert np.any(mean != 0.0) and np.any(scale != 1.0)  # so raw and normalised differ
+    base = scorer.score_encoded(encoded).astype(np.float64)
+    by_name = {r.group: r for r in importance}
+    for name, features, columns in feature_groups(spec):
+        occluded = []
+        for x in encoded:
+            raw = x.astype(np.float64) * scale + mean
+            raw[:, columns] = mean[columns]
+            occluded.append(((raw - mean) / scale).astype(np.float32))
+        change = base - scorer.score_encoded(occluded).astype(np.float64)
+        row = by_name[name]
+        assert row.features == features
+        assert abs(row.mean_abs_change - np.abs(change).mean()) <= 1e-6, (name, row, change)
+        assert abs(row.mean_change - change.mean()) <= 1e-6, (name, row)
+
+
 def test_a_group_already_at_its_mean_does_not_move_the_score(scorer, encoded):
     columns = {name: cols for name, _, cols in feature_groups(scorer.info.spec)}
     blank = []

@@ -33,7 +33,7 @@ from converters.export_spec import (
     mixed_lengths,
 )
 from edge_runtime.calibration import PlattCalibration
-from edge_runtime.events import EVENT_CODE, MAX_TS, MIN_TS
+from edge_runtime.events import EVENT_CODE, EVENT_TYPES, MAX_TS, MIN_TS
 from edge_runtime.features import (
     CONTEXT_FIELDS,
     FEATURE_LAYOUT,
@@ -266,13 +266,16 @@ def test_golden_sessions_are_the_logs_scorable_prefixes(exported):
     from benchmarks.sessions import synthetic_sessions
 
     result, _ = exported
+    def by_name(events: list[dict]) -> str:  # event codes or names, compared as names
+        return json.dumps([{**e, "event": EVENT_TYPES[e["event"]] if isinstance(e["event"], int)
+                            else e["event"]} for e in events])
+
     sessions = synthetic_sessions()
-    prefixes = {json.dumps(s) for s in sessions}
+    prefixes = {by_name(s) for s in sessions}
     longest = max(len(s) for s in sessions)
     records = [json.loads(line) for line in result.golden_path.read_text().splitlines()]
     for r in records:
-        as_codes = [{**e, "event": EVENT_CODE[e["event"]]} for e in r["events"]]
-        assert json.dumps(as_codes) in prefixes
+        assert by_name(r["events"]) in prefixes
     assert max(r["length"] for r in records) == longest
 
 
@@ -314,6 +317,39 @@ def test_spec_describes_the_artifact(exported, tiny_artifact):
     units = Scorer.load(tiny_artifact).step_model().units
     assert spec["model"]["units"] == step["inputs"]["h"]["shape"][-1] == units
     assert spec["golden"]["synthetic"] is True and "synthetic" in spec["golden"]["source"]
+
+
+def test_spec_carries_the_artifacts_intent(exported, tiny_artifact):
+    """The "intent" block: the empty-session score and the tiers, as the artifact stores
+    them (ArtifactInfo), exact after the JSON round trip."""
+    from edge_runtime.artifact import read_artifact
+    from edge_runtime.tiers import IntentTiers
+
+    _, spec = exported
+    _, info = read_artifact(tiny_artifact)
+    intent = spec["intent"]
+    assert info.empty_session_probability is not None and info.tiers is not None
+    assert intent["empty_session_probability"] == info.empty_session_probability
+    assert intent["tiers"] == info.tiers
+    assert IntentTiers.from_dict(intent["tiers"]) == info.intent_tiers()
+    assert intent["rule"] and "hysteresis" in intent["rule"]
+
+
+def test_spec_of_an_artifact_without_tiers_says_null(tiny_artifact, tmp_path):
+    from benchmarks.sessions import synthetic_log
+    from converters.metadata_writer import add_metadata, seal
+    from edge_runtime.artifact import METADATA_NAME
+    from edge_runtime.tflite_reader import read_metadata
+
+    model = tiny_artifact.read_bytes()
+    meta = json.loads(read_metadata(model)[METADATA_NAME])
+    del meta["tiers"]
+    older = tmp_path / "older.tflite"
+    older.write_bytes(seal(add_metadata(model, {METADATA_NAME: json.dumps(meta).encode()})))
+    result = export_spec(older, tmp_path / "out", synthetic_log(), sessions=2)
+    intent = json.loads(result.spec_path.read_text())["intent"]
+    assert intent["tiers"] is None
+    assert intent["empty_session_probability"] == meta["empty_session_probability"]
 
 
 def test_calibrated_artifact_golden_probabilities_are_calibrated(tiny_artifact, tmp_path):

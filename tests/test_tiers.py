@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,10 +28,16 @@ from edge_runtime.tiers import (
     EXPECTED_BUYERS,
     GIVEN,
     MAX_NAME_CHARS,
+    MAX_TIERS,
     SHARES,
     IntentTiers,
+    TriggerRule,
+    check_hysteresis,
+    check_names,
+    check_shares,
     parse_cuts,
     parse_names,
+    parse_numbers,
 )
 
 NAMES = ("browsing", "considering", "likely")
@@ -142,7 +149,7 @@ def test_expected_buyers_need_a_positive_score(p):
 def test_fitting_checks_the_names():
     with pytest.raises(ConfigError, match="distinct"):
         IntentTiers.fit_expected_buyers(_beta_sample(100), ("a", "b", "a"))
-    with pytest.raises(ConfigError, match="at least two names"):
+    with pytest.raises(ConfigError, match="intent tiers need 2 to 32 names, got 1"):
         IntentTiers.fit_shares(_beta_sample(100), (1.0,), ("only",))
 
 
@@ -248,8 +255,8 @@ def test_parse_names_reads_distinct_names():
 @pytest.mark.parametrize("text, phrase", [
     ("cold,hot,cold", "tier names must be distinct"),
     ("cold, cold", "tier names must be distinct"),
-    ("only", "at least two names"),
-    ("", "at least two names"),
+    ("only", "intent tiers need 2 to 32 names, got 1: ['only']"),
+    ("", "intent tiers need 2 to 32 names, got 1: ['']"),
     ("cold,,hot", "tier name '' must be 1-40 printable characters"),
     ("cold, ,hot", "tier name ''"),
     ("x" * (MAX_NAME_CHARS + 1) + ",y", "must be 1-40 printable characters"),
@@ -420,3 +427,183 @@ def test_a_tier_left_empty_by_repeated_scores_is_refused():
         IntentTiers.fit_shares(np.repeat([0.1, 0.2], 50), (0.4, 0.3, 0.3), NAMES)
     two = IntentTiers.fit_shares(np.repeat([0.1, 0.2], 50), (0.5, 0.5), ("low", "high"))
     assert two.cuts == (0.2,)
+
+
+# --- ties: blocks of equal scores (full-integer artifacts score in steps of 1/256) ----------
+
+
+TIED = np.array([0.1] * 60 + [0.2] * 30 + [0.3] * 10)
+
+
+@pytest.mark.parametrize("fit", ["expected-buyers", "shares"])
+def test_blocks_of_tied_scores_are_cut_between_the_blocks(fit):
+    p = np.random.default_rng(2).permutation(TIED)
+    if fit == "shares":
+        tiers = IntentTiers.fit_shares(p, (0.5, 0.3, 0.2), NAMES)
+        assert tiers.method == SHARES
+    else:
+        tiers = IntentTiers.fit_expected_buyers(p, NAMES)
+        assert tiers.method == EXPECTED_BUYERS
+    # The cut-offs fall inside the 0.1 and the 0.2 blocks: each block goes to the tier above
+    # it, which leaves every tier a block of its own.
+    assert tiers.cuts == (0.2, 0.3), tiers.cuts
+    assert np.bincount(tiers.tier_index(p), minlength=3).tolist() == [60, 30, 10]
+    assert [tiers.tier_of(v) for v in (0.1, 0.2, 0.3)] == list(NAMES)
+
+
+def _grid_sample(n: int = 2000, seed: int = 4, block: float | None = None) -> np.ndarray:
+    """Scores on a grid of 1/256, as a full-integer artifact's output: many tied blocks;
+    with ``block``, half the sessions at that one score (a block holding more than a tier's
+    share, where cutting at a session's score would leave a tier empty)."""
+    p = np.round(_beta_sample(n, seed) * 256) / 256
+    if block is not None:
+        p[: n // 2] = block
+    return np.random.default_rng(seed).permutation(p)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("seed", [4, 9])
+@pytest.mark.parametrize("block", [None, 20 / 256, 30 / 256, 40 / 256])
+def test_scores_on_a_1_256_grid_fit_expected_buyers_without_splitting_ties(k, seed, block):
+    p = _grid_sample(seed=seed, block=block)
+    names = tuple(f"t{i}" for i in range(k))
+    distinct, counts = np.unique(p, return_counts=True)
+    assert len(distinct) <= 257 and len(distinct) < len(p) // 10  # blocks of ties
+    tiers = IntentTiers.fit_expected_buyers(p, names, fitted_on="grid")
+    assert len(tiers.cuts) == k - 1
+    assert all(0.0 < a < b < 1.0 for a, b in zip(tiers.cuts, tiers.cuts[1:], strict=False)), tiers.cuts
+    assert set(tiers.cuts) <= set(p.tolist()), (tiers.cuts, distinct)  # each a session's score
+    index = tiers.tier_index(p)
+    assert (np.bincount(index, minlength=k) > 0).all(), np.bincount(index, minlength=k)
+    for value in distinct:  # all the sessions of one score are in one tier
+        assert len(np.unique(index[p == value])) == 1, value
+    # Each cut-off sits at the block where the running expected buyers pass k/K of them: off
+    # the exact share by at most one block's expected buyers.
+    largest_block = float((distinct * counts).max())
+    for j, cut in enumerate(tiers.cuts, start=1):
+        below = float(p[p < cut].sum())
+        assert abs(below - j / k * p.sum()) <= largest_block + 1e-9, (j, cut, below, p.sum())
+
+
+def test_scores_on_a_1_256_grid_fit_shares_within_one_block():
+    p = _grid_sample()
+    shares = (0.6, 0.3, 0.1)
+    tiers = IntentTiers.fit_shares(p, shares, NAMES)
+    distinct, counts = np.unique(p, return_counts=True)
+    assert set(tiers.cuts) <= set(distinct.tolist())
+    got = np.bincount(tiers.tier_index(p), minlength=3)
+    assert (got > 0).all()
+    cumulative = np.cumsum(got)[:-1]
+    for c, target in zip(cumulative, np.cumsum(shares)[:-1] * len(p), strict=True):
+        assert abs(c - target) <= counts.max(), (got, shares)
+
+
+def test_fewer_distinct_scores_on_the_grid_than_tiers_is_still_a_config_error():
+    p = np.repeat([3 / 256, 40 / 256], 1000)  # 2,000 sessions, two distinct scores
+    for fit in (lambda: IntentTiers.fit_expected_buyers(p, NAMES),
+                lambda: IntentTiers.fit_shares(p, (0.5, 0.3, 0.2), NAMES)):
+        with pytest.raises(ConfigError) as caught:
+            fit()
+        assert str(caught.value) == "too few distinct scores (2 among 2000 sessions) for 3 tiers"
+    two = IntentTiers.fit_expected_buyers(p, ("low", "high"))  # as many scores as tiers: fits
+    assert two.cuts == (40 / 256,)
+
+
+# --- MAX_TIERS, and what the options' parsers say ---------------------------------------------
+
+
+def _many_names(n: int) -> tuple[str, ...]:
+    return tuple(f"t{i}" for i in range(n))
+
+
+def test_more_than_max_tiers_names_are_refused():
+    check_names(_many_names(MAX_TIERS))  # the most accepted
+    with pytest.raises(ConfigError) as caught:
+        check_names(_many_names(MAX_TIERS + 1))
+    message = str(caught.value)
+    assert message == (f"intent tiers need 2 to {MAX_TIERS} names, got {MAX_TIERS + 1}: "
+                       f"['t0', 't1', 't2', 't3', 't4']..."), message
+    with pytest.raises(ConfigError, match=f"need 2 to {MAX_TIERS} names"):
+        parse_names(",".join(_many_names(MAX_TIERS + 1)))
+    with pytest.raises(ConfigError, match=f"need 2 to {MAX_TIERS} names"):
+        IntentTiers(_many_names(MAX_TIERS + 1), tuple((i + 1) / 64 for i in range(MAX_TIERS)))
+
+
+def _max_tiers() -> IntentTiers:
+    return IntentTiers(_many_names(MAX_TIERS), tuple((i + 1) / 64 for i in range(MAX_TIERS - 1)))
+
+
+def test_a_trigger_on_the_highest_of_max_tiers_fires_and_its_mask_fits_64_bits():
+    tiers = _max_tiers()
+    top = tiers.names[-1]
+    rule = TriggerRule.for_names(tiers, [top])
+    assert rule.watched == (MAX_TIERS - 1,)
+    mask, fired = rule.update(0, 0.9)
+    assert fired == [top] and mask == 1 << (MAX_TIERS - 1)
+    assert rule.update(mask, 0.95) == (mask, [])  # fired once
+    assert rule.update(mask, 0.1) == (0, [])  # far below its cut: re-armed
+    # Every tier watched: a session jumping from nothing to the top fires them all, lowest first.
+    every = TriggerRule.for_names(tiers, list(tiers.names[1:]))
+    mask, fired = every.update(0, 0.9)
+    assert fired == list(tiers.names[1:])
+    assert mask == (1 << MAX_TIERS) - 2
+    assert array("q", [mask])[0] == mask  # the store's column: a signed 64-bit integer
+
+
+@pytest.mark.slow
+def test_a_store_keeps_the_mask_of_max_tiers(tiny_artifact):
+    from edge_runtime import SessionStore
+
+    scorer = Scorer.load(tiny_artifact)
+    event = {"ts": 1.7e9, "event": "view", "item": "1", "category": "c"}
+    p = SessionStore(scorer, idle_timeout=None).push("probe", event)[0]
+    assert p > 0.0
+    # Every cut-off below the first event's score: it climbs into every tier at once.
+    tiers = IntentTiers(_many_names(MAX_TIERS), tuple(np.linspace(p / 64, p / 2, MAX_TIERS - 1).tolist()))
+    store = SessionStore(scorer, idle_timeout=None,
+                         triggers=TriggerRule.for_names(tiers, list(tiers.names[1:])))
+    _, _, fired = store.push_with_triggers("a", event)
+    assert fired == list(tiers.names[1:])
+    again = {**event, "ts": event["ts"] + 10}
+    assert store.push_with_triggers("a", again)[2] == []  # the whole mask was kept
+    assert store.push_with_triggers("b", event)[2] == list(tiers.names[1:])
+    assert store.triggers_fired == 2 * (MAX_TIERS - 1)
+
+
+def test_parse_numbers_names_the_option_and_the_value():
+    assert parse_numbers("0.6, 0.3 ,0.1", "--tier-shares", "0.6,0.3,0.1") == (0.6, 0.3, 0.1)
+    assert parse_numbers("1e-3", "--x", "1") == (0.001,)
+    for text, bad in (("0.6,lots", "'lots'"), ("0.6,,0.4", "''"), ("", "''"), ("0.5, x y", "'x y'")):
+        with pytest.raises(ConfigError) as caught:
+            parse_numbers(text, "--tier-shares", "0.6,0.3,0.1")
+        assert str(caught.value) == f"--tier-shares: {bad} is not a number (e.g. 0.6,0.3,0.1)", text
+
+
+@pytest.mark.parametrize("shares", [
+    (0.5, 0.5), (0.5, 0.3, 0.3), (0.5, 0.6, -0.1), (0.0, 0.5, 0.5), (0.5, 0.5 + 2e-6, 0.0),
+    (0.2, 0.3, 0.5, 0.0),
+])
+def test_check_shares_says_what_it_needs(shares):
+    with pytest.raises(ConfigError) as caught:
+        check_shares(shares, NAMES)
+    assert str(caught.value) == (f"tier shares must be 3 positive numbers summing to 1, one per "
+                                 f"tier (browsing, considering, likely), got {list(shares)}")
+
+
+def test_check_shares_accepts_a_sum_within_a_millionth():
+    check_shares((0.5, 0.3, 0.2), NAMES)
+    check_shares((0.5, 0.3, 0.2 + 5e-7), NAMES)
+    check_shares((1 / 3, 1 / 3, 1 / 3), NAMES)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1, 1.5, float("nan"), float("inf"), True, "0.1", None])
+def test_check_hysteresis_refuses_what_is_no_fraction(value):
+    with pytest.raises(ConfigError) as caught:
+        check_hysteresis(value)
+    assert str(caught.value) == f"hysteresis must be a fraction in [0, 1), got {value!r}"
+
+
+def test_check_hysteresis_returns_a_float():
+    assert check_hysteresis(0) == 0.0 and isinstance(check_hysteresis(0), float)
+    assert check_hysteresis(0.25) == 0.25
+    assert check_hysteresis(np.float64(0.5)) == 0.5

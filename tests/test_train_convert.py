@@ -204,3 +204,63 @@ def test_a_flipped_weight_byte_is_refused(tmp_path, tiny_artifact):
         path.write_bytes(bytes(damaged))
         with pytest.raises(ArtifactError):
             Scorer.load(path)
+
+
+# --------------------------------------------------------------- convert --tiers --tier-shares
+
+
+def _convert_cli(*args: object):
+    from typer.testing import CliRunner
+
+    from ubp_edge.cli import app
+
+    return CliRunner().invoke(app, ["convert", *map(str, args)])
+
+
+def _one_error_line(result) -> str:
+    import re
+
+    stderr = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", result.stderr)
+    assert result.exit_code == 1, (result.exit_code, result.stdout, stderr, result.exception)
+    assert "Traceback" not in stderr + result.stdout
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), stderr
+    return lines[0]
+
+
+def test_convert_stores_tiers_cut_at_the_given_shares(tmp_path, tiny_run):
+    from converters.tflite import ConversionRun
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    result = _convert_cli(run, "--precision", "float32", "--overwrite", "--tiers", "cold,hot",
+                          "--tier-shares", "0.7,0.3", "--json")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    [row] = json.loads(result.stdout)["artifacts"]
+    assert row["status"] == "ok" and row["reason"] is None, row
+    scorer = Scorer.load(artifact_path(run, "float32"))
+    tiers = scorer.info.intent_tiers()
+    validation = ConversionRun(run).validation
+    assert tiers.names == ("cold", "hot") and tiers.method == "shares"
+    assert tiers.fitted_on == f"{len(validation):,} validation sessions"
+    p = scorer.score_encoded(validation).astype(np.float64)
+    below = int((p < tiers.cuts[0]).sum())
+    assert abs(below - 0.7 * len(p)) <= 1, (below, len(p), tiers.cuts)
+    # The same run with the default tiers: three names, equal expected buyers.
+    assert read_artifact(artifact_path(tiny_run, "float32"))[1].intent_tiers().names == \
+        ("browsing", "considering", "likely")
+
+
+@pytest.mark.parametrize("args, phrases", [
+    (["--tiers", "cold,hot", "--tier-shares", "0.5,0.6"],
+     ["--tier-shares: tier shares must be 2 positive numbers summing to 1", "(cold, hot)", "[0.5, 0.6]"]),
+    (["--tier-shares", "0.5,0.5"], ["--tier-shares: tier shares must be 3 positive numbers",
+                                    "(browsing, considering, likely)"]),
+    (["--tier-shares", "x"], ["--tier-shares: 'x' is not a number (e.g. 0.6,0.3,0.1)"]),
+    (["--tiers", "cold,hot", "--tier-shares", "0.7,lots"], ["--tier-shares: 'lots' is not a number"]),
+])
+def test_convert_refuses_bad_tier_shares_in_one_line(tmp_path, tiny_run, args, phrases):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    before = artifact_path(run, "float32").read_bytes()
+    line = _one_error_line(_convert_cli(run, "--precision", "float32", "--overwrite", *args))
+    assert all(phrase in line for phrase in phrases), line
+    assert artifact_path(run, "float32").read_bytes() == before  # refused before converting

@@ -293,6 +293,43 @@ def test_serve_lines_puts_each_trigger_right_after_its_score_line(tiny_artifact)
             assert tiers.index(r["tier"]) >= tiers.index(r["trigger"])
 
 
+@pytest.mark.slow
+def test_int8_triggers_follow_its_live_scores(quantized_run):
+    """A full-integer artifact's triggers on its own stored tiers: its live scores (the step
+    graph, at dynamic range) differ from its whole-session scores by a few thousandths, and
+    the triggers follow the live ones: each trigger's probability is the score a fresh
+    store gives that event, and the triggers are exactly those the rule draws from them."""
+    run, rows = quantized_run
+    assert rows[("fused", "int8")].status == "ok"
+    scorer = Scorer.load(run / "model-int8.tflite")
+    tiers = scorer.info.intent_tiers()
+    assert tiers is not None, rows[("fused", "int8")].reason
+    watched = tuple(range(1, len(tiers.names)))
+    rule = TriggerRule.for_names(tiers, list(tiers.names[1:]))
+    lines = stream(seed=11, n_sessions=40)
+    out: list[str] = []
+    store = serve_lines(scorer, lines, out.append, idle_timeout=None, triggers=rule)
+    records = [json.loads(x) for x in out]
+    assert not [r for r in records if "error" in r or "removed" in r], records[:5]
+    # The same lines replayed into a fresh store without triggers: the live scores.
+    replay = SessionStore(scorer, idle_timeout=None)
+    live: dict[str, list[float]] = defaultdict(list)
+    for line in lines:
+        event = json.loads(line)
+        key = event.pop("session")
+        live[key].append(replay.push(key, event)[0])
+    assert scores_of(records) == {k: [round(p, 6) for p in v] for k, v in live.items()}
+    triggers = [r for r in records if "trigger" in r]
+    assert triggers and store.triggers_fired == len(triggers)
+    for r in triggers:
+        p = live[r["session"]][r["events"] - 1]
+        assert r["probability"] == round(p, 6), (r, p)
+        assert r["tier"] == tiers.tier_of(p), (r, p)
+    expected = {key: expected_triggers(scores, tiers, watched, DEFAULT_HYSTERESIS)
+                for key, scores in live.items()}
+    assert triggers_of(records) == {key: fired for key, fired in expected.items() if fired}
+
+
 def with_tiers(model: Path, tiers: IntentTiers | None, out: Path) -> Path:
     """A copy of ``model`` storing ``tiers`` (none: as artifacts converted before tiers
     were stored), re-sealed, whatever tiers the shipped artifact holds today."""
@@ -377,7 +414,9 @@ def one_error_line(model: Path, args: list[str]) -> str:
      "error: no tier 'likely'; the tiers are cold, warm, hot"),
     (True, ["--triggers", "browsing"], "'browsing' is the lowest"),
     (False, ["--triggers", "likely"], "the artifact carries no intent tiers (converted by an older "
-                                      "ubp-edge); re-run `ubp-edge convert` or pass --cuts"),
+                                      "ubp-edge, or its validation scores could not be cut into "
+                                      "tiers: `convert` says why); re-run `ubp-edge convert` or "
+                                      "pass --cuts"),
     (False, ["--triggers", "likely", "--cuts", "0.15,0.05"], "cut-offs must increase strictly"),
     (False, ["--triggers", "likely", "--cuts", "0.1,x"], "--cuts: 'x' is not a number"),
     (True, ["--triggers", "likely", "--cuts", "0.1"], "no tier 'likely'; the tiers are tier 1, tier 2"),
@@ -387,7 +426,8 @@ def one_error_line(model: Path, args: list[str]) -> str:
     (True, ["--triggers", "likely", "--hysteresis", "1"],
      "error: --hysteresis must be a fraction in [0, 1), got 1.0"),
     (True, ["--triggers", ","], "--triggers names no tier"),
-    (True, ["--cuts", "0.05,0.15"], "--cuts and --tier-names go with --triggers"),
+    (True, ["--cuts", "0.05,0.15"], "--cuts, --tier-names and --hysteresis go with --triggers"),
+    (True, ["--hysteresis", "0.2"], "--cuts, --tier-names and --hysteresis go with --triggers"),
 ])
 def test_serve_trigger_options_refuse_in_one_line(stored, args, message, tiered, untiered):
     assert message in one_error_line(tiered if stored else untiered, args)

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from edge_runtime.errors import UbpEdgeError, first_line
+from edge_runtime.errors import ConfigError, UbpEdgeError, first_line
 
 PathLike = str | os.PathLike
 
@@ -359,3 +359,17 @@ def read_json_file(path: Path, error: type[UbpEdgeError], damaged_hint: str = ""
         raise error(f"{path}: damaged (JSON nested too deep){damaged_hint}") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise error(f"{path}: damaged, not JSON ({first_line(e)}){damaged_hint}") from None
+
+
+def format_by_suffix(path: PathLike, formats: Mapping[str, str], option: str = "--out") -> str:
+    """What a file of this name holds, by its suffix (``formats``: ``.csv`` -> ``csv``, ...).
+
+    Raises:
+        ConfigError: a suffix ``formats`` does not have, naming the option and the suffixes
+            it takes.
+    """
+    kind = formats.get(Path(path).suffix.lower())
+    if kind is None:
+        names = sorted(formats)
+        raise ConfigError(f"{option} {path}: use a {', '.join(names[:-1])} or {names[-1]} file name")
+    return kind

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from edge_runtime.errors import ConfigError, DataError, first_line, located
-from edge_runtime.events import EVENT_CODE, MAX_TS, MIN_PRICE, MIN_TS
+from edge_runtime.events import EVENT_CODE, EVENT_TYPES, MAX_TS, MIN_PRICE, MIN_TS
 from trainer.formats import PRESETS, FormatPreset, TimeUnit, get_preset
 from trainer.quarantine import BadRows
 
@@ -110,6 +110,22 @@ class EventLog:
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def event_dicts(self, rows: np.ndarray) -> list[dict]:
+        """The events at ``rows`` as canonical event dicts (edge_runtime.events), what the
+        runtime's `push` and `score_sessions` take: ``ts``, ``event`` (its name), ``item``
+        and ``category`` as the log wrote them, and ``price``; ``category`` is None where
+        the log has none or the cell is empty, ``price`` None where absent."""
+        items = self.item.values(rows)
+        categories = None if self.category is None else self.category.values(rows)
+        prices = None if self.price is None else self.price[rows]
+        out = []
+        for k, row in enumerate(np.asarray(rows).tolist()):
+            category = None if categories is None or categories[k] == "" else str(categories[k])
+            price = None if prices is None or np.isnan(prices[k]) else float(prices[k])
+            out.append({"ts": float(self.ts[row]), "event": EVENT_TYPES[int(self.event[row])],
+                        "item": str(items[k]), "category": category, "price": price})
+        return out
 
 
 # --------------------------------------------------------------------------- file level

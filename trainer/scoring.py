@@ -26,7 +26,7 @@ import numpy as np
 from edge_runtime.errors import ConfigError, RunDirError
 from edge_runtime.scorer import Scorer
 from trainer import dataset
-from trainer.files import atomic_open
+from trainer.files import atomic_open, format_by_suffix
 from trainer.logsource import EventLogSource
 from trainer.metrics import (
     by_prefix_length,
@@ -243,10 +243,7 @@ def scores_format(path: str | os.PathLike) -> str:
     Raises:
         ConfigError: any other suffix.
     """
-    kind = SCORE_FORMATS.get(Path(path).suffix.lower())
-    if kind is None:
-        raise ConfigError(f"--out {path}: use a .jsonl or .csv file name")
-    return kind
+    return format_by_suffix(path, SCORE_FORMATS)
 
 
 def score_rows(scored: ScoredLog, threshold: float) -> Iterator[dict]:

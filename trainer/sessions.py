@@ -67,6 +67,11 @@ class Sessions:
         a = self.offsets[s]
         return self.order[a:a + self.prefix_len[s]]
 
+    def user_of(self, s: int) -> str | None:
+        """The user id of session ``s`` as the log wrote it; None where the log has no user
+        ids (its sessions' users are then their session ids, not people)."""
+        return str(self.log.user.names[self.user_code[s]]) if self.log.has_user_ids else None
+
     def summary(self) -> dict:
         return {
             "sessions": int(len(self)),

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_runtime.errors import ConfigError
-from edge_runtime.events import EVENT_TYPES
 from edge_runtime.explain import (
+    IMPORTANCE_SESSIONS,
     GroupImportance,
     Trajectory,
     empty_session_probability,
@@ -33,6 +33,7 @@ from trainer.scoring import ScorableSessions, scorable_sessions
 
 DEFAULT_SESSIONS = 3  # explained when none is named: the highest-scoring ones
 DEFAULT_TOP = 5
+
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class LogExplanation:
         sessions: the explained sessions.
         importance: feature groups by occlusion, most important first.
         sessions_scored: the sessions the importance averages over.
+        sessions_sampled_from: the scorable sessions they were sampled from (equal when
+            all were used).
         chosen_by: how the sessions were chosen, in words.
         bad_rows: the log's bad-row summary.
         warnings: what the log lacks that the model expects.
@@ -95,6 +98,7 @@ class LogExplanation:
     sessions: list[SessionExplanation]
     importance: list[GroupImportance]
     sessions_scored: int
+    sessions_sampled_from: int
     chosen_by: str
     bad_rows: dict
     warnings: list[str] = field(default_factory=list)
@@ -106,12 +110,14 @@ class LogExplanation:
                 "sessions": [s.to_dict() for s in self.sessions],
                 "importance": [g.to_dict() for g in self.importance],
                 "importance_sessions": self.sessions_scored,
+                "importance_sampled_from": self.sessions_sampled_from,
                 "bad_rows": self.bad_rows, "warnings": self.warnings}
 
 
 def explain_log(scorer: Scorer, source: EventLogSource, keys: list[str] | None = None,
                 n_sessions: int = DEFAULT_SESSIONS, top: int = DEFAULT_TOP,
-                only_keys: set[str] | None = None, model_name: str = "") -> LogExplanation:
+                only_keys: set[str] | None = None, model_name: str = "",
+                importance_sessions: int = IMPORTANCE_SESSIONS) -> LogExplanation:
     """Explain sessions of a log, and the feature groups over all its scorable sessions.
 
     Args:
@@ -124,6 +130,8 @@ def explain_log(scorer: Scorer, source: EventLogSource, keys: list[str] | None =
         only_keys: key digests of a split (`trainer.scoring.split_keys`): only those
             sessions are scored, picked and averaged over.
         model_name: the artifact's name for the output.
+        importance_sessions: the most sessions occlusion averages over (a seeded random
+            sample of the scorable ones beyond it).
 
     Returns:
         LogExplanation.
@@ -135,8 +143,9 @@ def explain_log(scorer: Scorer, source: EventLogSource, keys: list[str] | None =
             stored) or a step graph.
         DataError: the log cannot be read.
     """
-    if top < 1 or n_sessions < 1:
-        raise ConfigError(f"--top and --sessions must be >= 1, got {top} and {n_sessions}")
+    if top < 1 or n_sessions < 1 or importance_sessions < 1:
+        raise ConfigError(f"--top, --sessions and --importance-sessions must be >= 1, got {top}, "
+                          f"{n_sessions} and {importance_sessions}")
     baseline = empty_session_probability(scorer.info, str(model_name or scorer.source))
     chosen = scorable_sessions(source, scorer, only_keys)
     encoded = chosen.encoded(scorer)
@@ -152,10 +161,15 @@ def explain_log(scorer: Scorer, source: EventLogSource, keys: list[str] | None =
         positions = list(np.argsort(-scores, kind="stable")[:n_sessions])
         chosen_by = f"the {min(n_sessions, len(scores))} highest-scoring sessions"
     explained = [_explain_session(scorer, chosen, int(i), encoded[int(i)], top) for i in positions]
+    sample = encoded
+    if len(encoded) > importance_sessions:
+        picked = np.sort(np.random.default_rng(0).choice(len(encoded), importance_sessions, replace=False))
+        sample = [encoded[i] for i in picked]
     return LogExplanation(
         model=model_name, data=str(source.path), baseline=baseline, threshold=scorer.threshold,
         tiers=scorer.info.tiers, sessions=explained,
-        importance=occlusion_importance(scorer, encoded), sessions_scored=len(encoded),
+        importance=occlusion_importance(scorer, sample), sessions_scored=len(sample),
+        sessions_sampled_from=len(encoded),
         chosen_by=chosen_by, bad_rows=chosen.log.bad.summary(), warnings=chosen.warnings)
 
 
@@ -183,23 +197,17 @@ def _explain_session(scorer: Scorer, chosen: ScorableSessions, position: int, x:
                      top: int) -> SessionExplanation:
     s, log = chosen.sessions, chosen.log
     i = int(chosen.index[position])
-    rows = s.prefix_events(i)
-    ts = log.ts[rows]
-    events = []
-    for n, row in enumerate(rows):
-        category = None if log.category is None else log.category.names[log.category.codes[row]]
-        price = None if log.price is None or np.isnan(log.price[row]) else float(log.price[row])
+    events, previous = [], None
+    for n, event in enumerate(log.event_dicts(s.prefix_events(i))):
+        ts = event.pop("ts")
         events.append({
             "position": n + 1,
-            "time": dt.datetime.fromtimestamp(float(ts[n]), dt.UTC).isoformat(timespec="seconds"),
-            "event": EVENT_TYPES[int(log.event[row])],
-            "item": str(log.item.names[log.item.codes[row]]),
-            "category": None if category is None else str(category),
-            "price": price,
-            "seconds_since_previous": None if n == 0 else float(ts[n] - ts[n - 1])})
+            "time": dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds"),
+            **event,
+            "seconds_since_previous": None if previous is None else ts - previous})
+        previous = ts
     path = trajectory(scorer, x)
-    user = str(log.user.names[s.user_code[i]]) if log.has_user_ids else None
-    return SessionExplanation(str(s.key[i]), user, bool(s.label[i]), path, events,
+    return SessionExplanation(str(s.key[i]), s.user_of(i), bool(s.label[i]), path, events,
                               [int(t) for t in path.top(top)])
 
 

@@ -35,6 +35,8 @@ def plot_trajectory(session: dict, threshold: float, tiers: dict | None) -> byte
     """The score after every event of one session (its `--json` entry), from the
     empty-session score at event 0; markers by event type, the top events labelled, the
     tier cut-offs and the decision threshold as dotted lines."""
+    from matplotlib.ticker import MaxNLocator
+
     scores = [session["baseline"], *session["trajectory"]]
     fig, axes = figure(7.5, 3.8)
     ax = axes[0, 0]
@@ -62,6 +64,7 @@ def plot_trajectory(session: dict, threshold: float, tiers: dict | None) -> byte
     ax.set_ylabel("purchase probability")
     ax.set_title(f"session {session['key']}" + (" (bought)" if session["purchased"] else ""), fontsize=9)
     ax.set_xlim(-0.3, len(scores) - 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # events are counted, not measured
     ax.set_ylim(0, max(max(scores), threshold, *(tiers["cuts"] if tiers else ())) * 1.15)
     ax.legend(fontsize=7, loc="upper left")
     return png_bytes(fig)
@@ -113,9 +116,12 @@ def markdown(d: dict) -> str:
               f"{e['probability']:.4f}") for e in s["top"]], right_from=6) + "\n")
     parts.append("## Feature groups\n")
     parts.append(f"How much the final score moves when a group of features reads its training "
-                 f"mean at every event, over {d['importance_sessions']:,} sessions: mean "
-                 f"|change|, its standard deviation and 90th percentile, and the mean signed "
-                 f"change (positive: the group raises scores on the whole).\n")
+                 f"mean at every event, over {d['importance_sessions']:,} sessions"
+                 + (f" (a seeded random sample of {d['importance_sampled_from']:,})"
+                    if d["importance_sampled_from"] > d["importance_sessions"] else "")
+                 + ": mean "
+                 "|change|, its standard deviation and 90th percentile, and the mean signed "
+                 "change (positive: the group raises scores on the whole).\n")
     parts.append(f"![importance]({IMPORTANCE_PNG})\n")
     parts.append(markdown_table(
         ("group", "features", "mean abs change", "std", "p90", "mean change"),
@@ -123,6 +129,14 @@ def markdown(d: dict) -> str:
           f"{g['std_abs_change']:.4f}", f"{g['p90_abs_change']:.4f}", f"{g['mean_change']:+.4f}")
          for g in d["importance"]], right_from=2) + "\n")
     return "\n".join(parts)
+
+
+def report_files(out_dir: str | os.PathLike, sessions: int) -> list[Path]:
+    """The files `write_explain_report` writes for ``sessions`` explained sessions, explain.md
+    last (for the output guard, `trainer.files.check_outputs`, before the log is read)."""
+    out_dir = Path(out_dir)
+    return [*(out_dir / trajectory_png(n) for n in range(1, sessions + 1)),
+            out_dir / IMPORTANCE_PNG, out_dir / REPORT_MD]
 
 
 def write_explain_report(result: LogExplanation, out_dir: str | os.PathLike) -> Path:

@@ -26,12 +26,13 @@ import numpy as np
 from edge_runtime.errors import ConfigError
 from edge_runtime.scorer import Scorer
 from edge_runtime.tiers import IntentTiers, chosen_tiers
-from trainer.files import atomic_open
+from trainer.files import atomic_open, format_by_suffix
 from trainer.logsource import EventLogSource
 from trainer.scoring import ScoredLog, score_log
 
 # Assignment file suffix -> what is written.
-ASSIGNMENT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+ASSIGNMENT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
+                      ".ndjson": "jsonl"}
 SESSION_FIELDS = ("session", "user", "start", "events_scored", "probability", "tier")
 USER_FIELDS = ("user", "sessions", "highest_probability", "tier", "latest_session",
                "latest_probability", "latest_tier")
@@ -43,10 +44,7 @@ def assignment_format(path: str | os.PathLike, option: str = "--out") -> str:
     Raises:
         ConfigError: any other suffix.
     """
-    kind = ASSIGNMENT_FORMATS.get(Path(path).suffix.lower())
-    if kind is None:
-        raise ConfigError(f"{option} {path}: use a .csv, .parquet or .jsonl file name")
-    return kind
+    return format_by_suffix(path, ASSIGNMENT_FORMATS, option)
 
 
 def tier_table(probability: np.ndarray, label: np.ndarray, tiers: IntentTiers) -> list[dict]:
@@ -136,35 +134,41 @@ def segment_log(scorer: Scorer, source: EventLogSource, cuts: tuple[float, ...] 
 
     Raises:
         ConfigError: no ``cuts`` and the artifact carries none; names that do not fit the
-            tiers; ``only_keys`` names no session of the log.
+            tiers; ``only_keys`` names no session of the log; no session to score.
         DataError: the log cannot be read.
     """
     tiers, stored = chosen_tiers(scorer.info.intent_tiers(), cuts, names,
                                  model_name or scorer.source)
     cuts_from = "artifact" if stored else "--cuts"
     scored = score_log(scorer, source, only_keys)
+    if len(scored.index) == 0:
+        raise ConfigError(f"{source.path}: no session has an event before its first purchase; "
+                          f"nothing to segment")
     return Segmentation(scored, tiers, cuts_from, tier_table(scored.probability, scored.label, tiers),
                         model_name, split, list(scored.warnings))
 
 
+def _sessions(seg: Segmentation):
+    """(session key, user, start, events scored, unrounded score, tier name) of each scored
+    session, in log order."""
+    s, names = seg.scored.sessions, seg.tiers.names
+    for i, p, tier in zip(seg.scored.index, seg.scored.probability, seg.tier_of_session, strict=True):
+        yield str(s.key[i]), s.user_of(i), float(s.start[i]), int(s.prefix_len[i]), float(p), names[tier]
+
+
 def session_rows(seg: Segmentation) -> list[dict]:
     """One row per scored session, in log order (SESSION_FIELDS): its key, its user (None
-    where the log has no user ids), its start (Unix seconds), events scored, score, tier."""
-    s, log = seg.scored.sessions, seg.scored.log
-    tier = seg.tier_of_session
-    rows = []
-    for n, i in enumerate(seg.scored.index):
-        rows.append({"session": str(s.key[i]),
-                     "user": str(log.user.names[s.user_code[i]]) if log.has_user_ids else None,
-                     "start": float(s.start[i]), "events_scored": int(s.prefix_len[i]),
-                     "probability": round(float(seg.scored.probability[n]), 6),
-                     "tier": seg.tiers.names[int(tier[n])]})
-    return rows
+    where the log has no user ids), its start (Unix seconds), events scored, score (rounded
+    to 6 decimals, as `score` prints it; the tier is that of the unrounded score), tier."""
+    return [{"session": key, "user": user, "start": start, "events_scored": events,
+             "probability": round(p, 6), "tier": tier}
+            for key, user, start, events, p, tier in _sessions(seg)]
 
 
 def user_rows(seg: Segmentation) -> list[dict]:
     """One row per user (USER_FIELDS), in order of first appearance: the user's sessions, the
     highest score and its tier, and the latest session (by start) with its score and tier.
+    Scores are compared unrounded and written rounded to 6 decimals.
 
     Raises:
         ConfigError: the log has no user ids.
@@ -172,20 +176,20 @@ def user_rows(seg: Segmentation) -> list[dict]:
     if not seg.scored.log.has_user_ids:
         raise ConfigError(f"{seg.scored.log.source}: the log has no user ids; per-user tiers need them")
     by_user: dict[str, dict] = {}
-    for row in session_rows(seg):
-        held = by_user.get(row["user"])
-        if held is None:
-            by_user[row["user"]] = held = {
-                "user": row["user"], "sessions": 0, "highest_probability": -1.0, "tier": None,
-                "latest_session": None, "latest_probability": None, "latest_tier": None, "_start": -1.0}
+    for key, user, start, _, p, tier in _sessions(seg):
+        held = by_user.setdefault(user, {"user": user, "sessions": 0, "highest": -1.0,
+                                         "tier": None, "latest": -1.0})
         held["sessions"] += 1
-        if row["probability"] > held["highest_probability"]:
-            held["highest_probability"], held["tier"] = row["probability"], row["tier"]
-        if row["start"] >= held["_start"]:
-            held["_start"] = row["start"]
-            held["latest_session"], held["latest_probability"] = row["session"], row["probability"]
-            held["latest_tier"] = row["tier"]
-    return [{k: v for k, v in r.items() if k != "_start"} for r in by_user.values()]
+        if p > held["highest"]:
+            held["highest"], held["tier"] = p, tier
+        if start >= held["latest"]:
+            held["latest"], held["latest_session"] = start, key
+            held["latest_probability"], held["latest_tier"] = p, tier
+    return [{"user": r["user"], "sessions": r["sessions"],
+             "highest_probability": round(r["highest"], 6), "tier": r["tier"],
+             "latest_session": r["latest_session"],
+             "latest_probability": round(r["latest_probability"], 6), "latest_tier": r["latest_tier"]}
+            for r in by_user.values()]
 
 
 def write_assignments(rows: list[dict], fields: tuple[str, ...], out: str | os.PathLike,

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from converters.compare import REFERENCE, REFERENCE_GRAPH
 from converters.precisions import GRAPHS, PRECISIONS
-from edge_runtime.tiers import DEFAULT_TIER_NAMES, parse_names
+from edge_runtime.tiers import DEFAULT_TIER_NAMES, parse_names, parse_numbers
 from ubp_edge.console import out, print_error, print_json, require, user_errors
 from ubp_edge.options import JsonOpt, one_of
 
@@ -58,7 +58,7 @@ def convert(
             if max_auc_drop is None:
                 raise ConfigError("--auto needs --max-auc-drop, e.g. --max-auc-drop 0.005")
             choice = auto_convert(run_dir, max_auc_drop, overwrite, calibration_sessions,
-                                  parse_names(tiers), parse_shares(tier_shares))
+                                  parse_names(tiers), _shares(tier_shares))
             results, why, p50 = choice.rows, choice.why, choice.p50_us
         else:
             if max_auc_drop is not None:
@@ -68,7 +68,7 @@ def convert(
                 graphs=tuple(g.strip() for g in graph.split(",") if g.strip()),
                 calibration_sessions=calibration_sessions, recalibrate=recalibrate,
                 overwrite=overwrite, tier_names=parse_names(tiers),
-                tier_shares=parse_shares(tier_shares))
+                tier_shares=_shares(tier_shares))
             results = convert_run(run_dir, config=config)
         rows = [{k: v for k, v in r.to_dict().items() if k != "ops"} for r in results]
         if auto:  # the latency --auto measured on this machine, per candidate
@@ -123,17 +123,6 @@ def _notes(results) -> str:
     return "\n".join(notes)
 
 
-def parse_shares(text: str | None) -> tuple[float, ...]:
-    """``--tier-shares 0.6,0.3,0.1`` as floats (empty without the option); ConfigError naming
-    a value that is not a number (ConvertConfig checks the rest)."""
-    from edge_runtime.errors import ConfigError
-
-    if text is None:
-        return ()
-    shares = []
-    for part in text.split(","):
-        try:
-            shares.append(float(part))
-        except ValueError:
-            raise ConfigError(f"--tier-shares: {part.strip()!r} is not a number") from None
-    return tuple(shares)
+def _shares(text: str | None) -> tuple[float, ...]:
+    """``--tier-shares 0.6,0.3,0.1`` as floats; empty without the option (ConvertConfig checks them)."""
+    return () if text is None else parse_numbers(text, "--tier-shares", "0.6,0.3,0.1")

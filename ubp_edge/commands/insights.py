@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from edge_runtime.explain import IMPORTANCE_SESSIONS
 from trainer.rundir import SPLIT_NAMES
 from ubp_edge.console import (
     bad_rows_line,
@@ -67,6 +68,9 @@ def explain(
     sessions: Annotated[int, typer.Option(
         "--sessions", help="Without --session: how many of the highest-scoring sessions.")] = 3,
     top: Annotated[int, typer.Option(help="Events listed per session: those that moved the score most.")] = 5,
+    importance_sessions: Annotated[int, typer.Option(
+        help="The most sessions the feature-group importance averages over (a seeded random "
+             "sample beyond).")] = IMPORTANCE_SESSIONS,
     report: Annotated[Path | None, typer.Option(
         "--report", help="Write DIR/explain.md, a trajectory plot per session and the feature-group "
                          "importance chart (PNG).")] = None,
@@ -84,15 +88,19 @@ def explain(
         require("ubp-edge explain", "pyarrow", *(["matplotlib"] if report else []))
         from edge_runtime.scorer import Scorer
         from trainer.insights.explain import explain_log
+        from trainer.insights.report import report_files
 
         source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict,
                             gap_minutes)
         keys, manifest = _split_keys(split, run_dir)
         check_outputs({"--data": log_inputs(source), "--model": model, "--run-dir": manifest},
+                      {"--report": report_files(report, len(session) if session else sessions)
+                       if report is not None else None},
                       folders={"--report": report})
         scorer = Scorer.load(model, backend=backend)
         result = explain_log(scorer, source, keys=session or None, n_sessions=sessions, top=top,
-                             only_keys=keys, model_name=str(model))
+                             only_keys=keys, model_name=str(model),
+                             importance_sessions=importance_sessions)
         written = None
         if report is not None:
             from trainer.insights.report import write_explain_report
@@ -133,7 +141,9 @@ def session_table(d: dict, top: int) -> Table:
 def importance_table(d: dict) -> Table:
     """Feature groups by how much occluding them moves the final score (`explain --json`'s
     ``importance``)."""
-    table = Table(title=f"feature groups by occlusion over {d['importance_sessions']:,} sessions",
+    sampled = d["importance_sampled_from"]
+    of = f" (a random sample of {sampled:,})" if sampled > d["importance_sessions"] else ""
+    table = Table(title=f"feature groups by occlusion over {d['importance_sessions']:,} sessions{of}",
                   caption="|change| of the final score when the group reads its training mean")
     for name in ("group", "mean |change|", "std", "p90", "mean change"):
         table.add_column(name, justify="left" if name == "group" else "right")

@@ -18,6 +18,7 @@ from edge_runtime.tiers import (
     DEFAULT_HYSTERESIS,
     DEFAULT_TIER_NAMES,
     TriggerRule,
+    check_hysteresis,
     chosen_tiers,
     parse_cuts,
     parse_names,
@@ -42,9 +43,9 @@ def serve(
     triggers: Annotated[str | None, typer.Option(
         help="Tiers to trigger on, e.g. likely or considering,likely: a line when a session first "
              "climbs into one (the artifact's intent tiers, or --cuts).")] = None,
-    hysteresis: Annotated[float, typer.Option(
-        help="With --triggers: a fired trigger re-arms once the score falls this fraction below "
-             "the tier's cut-off.")] = DEFAULT_HYSTERESIS,
+    hysteresis: Annotated[float | None, typer.Option(
+        help=f"With --triggers: a fired trigger re-arms once the score falls this fraction below "
+             f"the tier's cut-off (default {DEFAULT_HYSTERESIS:g}).")] = None,
     cuts: Annotated[str | None, typer.Option(
         help="With --triggers: the tiers' cut-offs instead of the artifact's, e.g. 0.05,0.15.")] = None,
     tier_names: Annotated[str | None, typer.Option(
@@ -68,6 +69,7 @@ def serve(
         # Checked before the model loads, under the names the user typed.
         check_limits(max_sessions, idle_timeout, names=("--max-sessions", "--idle-timeout"))
         given = parse_tier_options(triggers, cuts, tier_names, hysteresis)
+        hysteresis = DEFAULT_HYSTERESIS if hysteresis is None else hysteresis
         store, code = None, 0
         try:
             scorer = Scorer.load(model, backend=backend)
@@ -91,7 +93,7 @@ def serve(
 
 
 def parse_tier_options(triggers: str | None, cuts: str | None, tier_names: str | None,
-                       hysteresis: float = DEFAULT_HYSTERESIS
+                       hysteresis: float | None = None
                        ) -> tuple[list[str], tuple[float, ...] | None, tuple[str, ...] | None] | None:
     """`serve`'s --triggers, --cuts, --tier-names and --hysteresis, checked before the
     model loads (which tiers there are is known only then: `trigger_rule`).
@@ -105,14 +107,18 @@ def parse_tier_options(triggers: str | None, cuts: str | None, tier_names: str |
             outside [0, 1).
     """
     if triggers is None:
-        if cuts is not None or tier_names is not None:
-            raise ConfigError("--cuts and --tier-names go with --triggers, e.g. --triggers likely")
+        if cuts is not None or tier_names is not None or hysteresis is not None:
+            raise ConfigError("--cuts, --tier-names and --hysteresis go with --triggers, e.g. "
+                              "--triggers likely")
         return None
     watched = [n.strip() for n in triggers.split(",") if n.strip()]
     if not watched:
         raise ConfigError(f"--triggers names no tier: {triggers!r}; e.g. --triggers likely")
-    if not 0.0 <= hysteresis < 1.0:  # also NaN
-        raise ConfigError(f"--hysteresis must be a fraction in [0, 1), got {hysteresis!r}")
+    if hysteresis is not None:
+        try:
+            check_hysteresis(hysteresis)
+        except ConfigError as e:
+            raise ConfigError(f"--{e}") from None
     return (watched, None if cuts is None else parse_cuts(cuts),
             None if tier_names is None else parse_names(tier_names))
 
