@@ -8,7 +8,6 @@ renders `terminal_table` with Rich; `write_report` writes ``benchmark.md`` (the 
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from benchmarks.columns import COLUMNS
 from benchmarks.suite import BenchmarkResult
+from trainer.figures import figure, png_bytes
 from trainer.files import check_folder_writable, write_bytes_atomic, write_text_atomic
 
 TERMINAL = tuple(c for c in COLUMNS if c.short is not None)
@@ -68,12 +68,8 @@ def markdown(result: BenchmarkResult) -> str:
 
 def cdf_plot(samples: dict[str, list[float] | None]) -> bytes:
     """A PNG of the whole-session latency CDF of every row that has samples."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 5.5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, axes = figure(9, 5.5)
+    ax = axes[0, 0]
     for label, values in samples.items():
         if not values:
             continue
@@ -85,9 +81,7 @@ def cdf_plot(samples: dict[str, list[float] | None]) -> bytes:
     ax.set_title("Latency CDF per engine (replayed sessions, batch 1)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 REPORT_FILES = ("latency_cdf.png", "benchmark.json", "benchmark.md")

@@ -36,6 +36,10 @@ from edge_runtime.features import CONTEXT_FEATURES, FeatureSpec
 # averages over a seeded random sample of at most this many sessions, which bounds its time
 # and memory on a large log (the mean's standard error is then about std / 141).
 IMPORTANCE_SESSIONS = 20_000
+# `explain`'s defaults: the sessions explained when none is named (the highest-scoring) and
+# the events listed per session as the ones that moved its score most.
+EXPLAINED_SESSIONS = 3
+TOP_EVENTS = 5
 
 # Readable groups of the model's features, in the order a report lists them before sorting.
 FEATURE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (

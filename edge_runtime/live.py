@@ -405,8 +405,9 @@ class SessionStore:
              ) -> tuple[float, list[tuple[str, str, int]]]:
         """Score ``event`` in session ``key`` (started on its first event).
 
-        `push_with_triggers` without the triggers that fired (the store still keeps each
-        session's triggers, so the two can be mixed).
+        `push_with_triggers` without triggers: the session's trigger mask is left as it was
+        (a trigger this score would fire stays armed, for the next `push_with_triggers`), so
+        the two can be mixed without losing a trigger.
 
         Args:
             key, event, context: as `push_with_triggers`.
@@ -417,7 +418,7 @@ class SessionStore:
         Raises:
             ConfigError, ArtifactError: as `push_with_triggers`.
         """
-        p, removed, _ = self.push_with_triggers(key, event, context)
+        p, removed, _ = self._push(key, event, context, watch=False)
         return p, removed
 
     def push_with_triggers(self, key: str, event: Mapping, context: Mapping | None = None
@@ -443,6 +444,11 @@ class SessionStore:
                 (the rejection is counted in ``stats.rejected``).
             ArtifactError: the step graph fails to run; nothing changes.
         """
+        return self._push(key, event, context, watch=True)
+
+    def _push(self, key: str, event: Mapping, context: Mapping | None, watch: bool
+              ) -> tuple[float, list[tuple[str, str, int]], list[str]]:
+        """The one body of `push` and `push_with_triggers`; ``watch`` runs the TriggerRule."""
         try:
             if isinstance(key, str) and len(key) > MAX_KEY_CHARS:
                 raise ConfigError(f"session key of {len(key):,} characters is longer than "
@@ -491,7 +497,8 @@ class SessionStore:
                 p, h, c = step(x, hc[0:1], hc[1:2])
             p = self.scorer.calibrated_one(p)
             # A pure step: nothing is written until the store changes below.
-            mask, fired = (mask, []) if self.triggers is None else self.triggers.update(mask, p)
+            mask, fired = (mask, []) if self.triggers is None or not watch \
+                else self.triggers.update(mask, p)
 
             # The event is scored: from here on the store changes.
             removed = []

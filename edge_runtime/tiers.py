@@ -87,6 +87,9 @@ def parse_cuts(text: str) -> tuple[float, ...]:
         ConfigError: a value that is not a number, or cut-offs `check_cuts` refuses.
     """
     cuts = parse_numbers(text, "--cuts", "0.05,0.15")
+    if len(cuts) >= MAX_TIERS:
+        raise ConfigError(f"--cuts: {len(cuts)} cut-offs make {len(cuts) + 1} tiers; at most "
+                          f"{MAX_TIERS} tiers ({MAX_TIERS - 1} cut-offs)")
     try:
         check_cuts(cuts)
     except ConfigError as e:
@@ -101,11 +104,12 @@ def check_shares(shares: Sequence[float], names: Sequence[str]) -> None:
                           f"per tier ({', '.join(names)}), got {list(shares)}")
 
 
-def check_hysteresis(hysteresis: float) -> float:
-    """``hysteresis`` as a float in [0, 1); ConfigError naming it otherwise (NaN too)."""
+def check_hysteresis(hysteresis: float, name: str = "hysteresis") -> float:
+    """``hysteresis`` as a float in [0, 1); ConfigError naming it (as ``name``) otherwise,
+    NaN too."""
     if isinstance(hysteresis, bool) or not isinstance(hysteresis, (int, float)) \
             or not 0.0 <= float(hysteresis) < 1.0:
-        raise ConfigError(f"hysteresis must be a fraction in [0, 1), got {hysteresis!r}")
+        raise ConfigError(f"{name} must be a fraction in [0, 1), got {hysteresis!r}")
     return float(hysteresis)
 
 
@@ -129,7 +133,8 @@ class IntentTiers:
         names: one per tier, lowest first.
         cuts: the ``len(names) - 1`` cut-offs between them, increasing; tier ``i`` holds the
             scores in ``[cuts[i - 1], cuts[i])`` (0 below the first, 1 above the last).
-        method: how the cut-offs were chosen (METHODS).
+        method: how the cut-offs were chosen (METHODS; any short text is read, so that an
+            artifact of a newer ubp-edge with another method still loads).
         fitted_on: what they were chosen on, in words (e.g. ``1,511 validation sessions``).
 
     Example:
@@ -149,8 +154,10 @@ class IntentTiers:
         if len(self.cuts) != len(self.names) - 1:
             raise ConfigError(f"{len(self.names)} tiers need {len(self.names) - 1} cut-offs, got "
                               f"{len(self.cuts)}: {list(self.cuts)}")
-        if self.method not in METHODS:
-            raise ConfigError(f"tier method {self.method!r} not in {list(METHODS)}")
+        if not isinstance(self.method, str) or not 0 < len(self.method) <= MAX_NAME_CHARS \
+                or not self.method.isprintable():
+            raise ConfigError(f"tier method {self.method!r} must be 1-{MAX_NAME_CHARS} printable "
+                              f"characters, e.g. {', '.join(METHODS)}")
 
     def tier_index(self, p) -> np.ndarray:
         """The tier of each probability (0 = lowest), int64 of ``p``'s shape."""
@@ -339,6 +346,14 @@ class TriggerRule:
     watched: tuple[int, ...]
     hysteresis: float = DEFAULT_HYSTERESIS
 
+    def __post_init__(self) -> None:
+        watched = tuple(self.watched)
+        if not watched or list(watched) != sorted(set(watched)) \
+                or not all(isinstance(i, int) and 1 <= i < len(self.tiers.names) for i in watched):
+            raise ConfigError(f"watched tiers must be increasing indices in 1..{len(self.tiers.names) - 1} "
+                              f"(the lowest tier has no cut-off to climb past), got {list(watched)}")
+        object.__setattr__(self, "hysteresis", check_hysteresis(self.hysteresis))
+
     @classmethod
     def for_names(cls, tiers: IntentTiers, names: Sequence[str],
                   hysteresis: float = DEFAULT_HYSTERESIS) -> TriggerRule:
@@ -355,7 +370,7 @@ class TriggerRule:
             raise ConfigError(f"tier {tiers.names[0]!r} is the lowest: it has no cut-off to climb "
                               f"past; trigger on "
                               f"{', '.join(tiers.names[1:])}")
-        return cls(tiers, tuple(watched), check_hysteresis(hysteresis))
+        return cls(tiers, tuple(watched), hysteresis)
 
     def update(self, fired: int, p: float) -> tuple[int, list[str]]:
         """One new score of a session.

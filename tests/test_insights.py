@@ -49,7 +49,7 @@ TAOBAO_RUN = ROOT / "runs" / "taobao"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SESSION_FIELDS = ["session", "user", "start", "events_scored", "probability", "tier"]
-USER_FIELDS = ["user", "sessions", "highest_probability", "tier", "latest_session",
+USER_FIELDS = ["user", "sessions", "highest_probability", "highest_tier", "latest_session",
                "latest_probability", "latest_tier"]
 runner = CliRunner()
 
@@ -550,7 +550,7 @@ def test_user_assignments_hold_one_row_per_user(suffix, tiny_artifact, synthetic
         mine = by_user[u["user"]]
         assert int(u["sessions"]) == len(mine)
         assert float(u["highest_probability"]) == max(r["probability"] for r in mine)
-        assert u["tier"] == max((r["tier"] for r in mine), key=names.index)
+        assert u["highest_tier"] == max((r["tier"] for r in mine), key=names.index)
         latest = max(mine, key=lambda r: r["start"])
         assert u["latest_session"] == latest["session"] and u["latest_tier"] == latest["tier"]
         assert float(u["latest_probability"]) == latest["probability"]
@@ -623,7 +623,7 @@ def test_the_terminal_table_shows_the_json_counts(tiny_artifact, synthetic_log, 
         assert int(cells[2].replace(",", "")) == t["sessions"], (cells, t)
         assert int(cells[4].replace(",", "")) == t["purchases"], (cells, t)
         assert cells[6] == f"{t['lift']:.2f}x", (cells, t)
-        assert cells[1].startswith(f"[{t['low']:.4f}, {t['high']:.4f}")
+        assert cells[1].startswith(f"[{t['low']:.4g}, {t['high']:.4g}")
     assert "cut-offs from the artifact" in text
     assert f"--out: {out}" in ANSI.sub("", result.stderr)
 
@@ -790,9 +790,9 @@ def test_importance_over_a_seeded_sample_of_sessions(tiny_artifact, synthetic_lo
     result = invoke(*args)
     assert result.exit_code == 0, result.stderr
     text = " ".join(ANSI.sub("", result.stdout).split())
-    assert f"feature groups by occlusion over 5 sessions (a random sample of {len(scores):,})" in text, text
+    assert f"feature groups by occlusion over 5 sessions sampled from {len(scores):,}" in text, text
     full = invoke("explain", "--model", tiny_artifact, "--data", synthetic_log, "--sessions", 1)
-    assert "a random sample of" not in ANSI.sub("", full.stdout)
+    assert "sampled from" not in ANSI.sub("", full.stdout)
     one_error_line(invoke(*args[:-1], 0), "--importance-sessions")
 
 
@@ -813,7 +813,7 @@ def test_per_user_highest_probability_is_the_unrounded_maximum(tiny_artifact, sy
         mine = by_user[u["user"]]
         highest = max(p for _, p in mine)
         assert u["highest_probability"] == round(highest, 6), (u, mine)
-        assert u["tier"] == tiers.tier_of(highest), (u, highest)
+        assert u["highest_tier"] == tiers.tier_of(highest), (u, highest)
         assert u["sessions"] == len(mine)
 
 
@@ -877,3 +877,44 @@ def test_int8_explain_follows_the_live_step_graph(int8_artifact, synthetic_log):
         whole = float(scorer.score_encoded([scorer.encode_session(log.event_dicts(sessions.prefix_events(i)),
                                                                   context)])[0])
         assert abs(s["final"] - whole) <= 0.05, (s["key"], s["final"], whole)
+
+
+# =========================================================================== hostile text
+def test_tier_names_and_paths_are_never_read_as_rich_markup(tiny_artifact, synthetic_log, tmp_path):
+    folder = tmp_path / "b[i]"
+    folder.mkdir()
+    log = folder / "h[bold].csv"
+    log.write_bytes(synthetic_log.read_bytes())
+    result = invoke("segment", "--model", tiny_artifact, "--data", log, "--tiers", "[/],b[red],c")
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    text = ANSI.sub("", result.stdout)
+    assert "[/]" in text and "b[red]" in text and "b[i]/h[bold].csv" in text.replace("\n", ""), text
+
+
+def test_a_dollar_in_keys_and_ids_is_drawn_as_text(tiny_artifact, log_rows, tmp_path):
+    """matplotlib reads $...$ as TeX: a key or an item id with dollars must not break (or
+    be typeset in) the report, and every file is drawn before the first is written."""
+    user = log_rows[0]["user"]
+    odd = tmp_path / "dollars.csv"
+    with open(odd, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(log_rows[0]))
+        writer.writeheader()
+        for r in log_rows:
+            writer.writerow({**r, **{k: "$\\frac$" + r[k] for k in ("user", "session") if k in r},
+                             "item": "$\\alpha^$" + r["item"]} if r["user"] == user else r)
+    scored = score_log(Scorer.load(tiny_artifact), EventLogSource(odd))
+    key = next(str(k) for k in scored.sessions.key[scored.index] if str(k).startswith("$"))
+    report = tmp_path / "report"
+    result = invoke("explain", "--model", tiny_artifact, "--data", odd, "--session", key,
+                    "--report", report)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    assert (report / "trajectory-1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert key in (report / "explain.md").read_text(encoding="utf-8")
+
+
+def test_a_report_of_too_many_sessions_is_refused_before_the_log_is_read(tiny_artifact, tmp_path):
+    missing = tmp_path / "no-such-log.csv"  # never read: the limit comes first
+    line = one_error_line(invoke("explain", "--model", tiny_artifact, "--data", missing,
+                                 "--sessions", 101, "--report", tmp_path / "r"), "--report")
+    assert "at most 100 sessions, got 101" in line, line
+    assert not (tmp_path / "r").exists()

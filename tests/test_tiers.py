@@ -206,7 +206,7 @@ def test_renamed_keeps_the_cut_offs():
 @pytest.mark.parametrize("names, cuts, method, phrase", [
     (NAMES, (0.1,), GIVEN, "3 tiers need 2 cut-offs, got 1"),
     (NAMES, (0.1, 0.2, 0.3), GIVEN, "3 tiers need 2 cut-offs, got 3"),
-    (NAMES, (0.1, 0.2), "guessed", "tier method 'guessed'"),
+    (NAMES, (0.1, 0.2), "", "tier method ''"),
     (("a,b", "c"), (0.5,), GIVEN, "without a comma"),
     (NAMES, (0.2, 0.1), GIVEN, "must increase strictly"),
     (("a", "b"), (True,), GIVEN, "strictly between 0 and 1"),
@@ -290,7 +290,7 @@ GOOD = {"names": ["a", "b", "c"], "cuts": [0.1, 0.2], "method": "given", "fitted
     {"names": ["a", "b"]}, {"names": ["a", "a", "c"]}, {"names": ["a", 2, "c"]},
     {"names": [["a"], ["b"], ["c"]]}, {"cuts": [0.2, 0.1]}, {"cuts": [0.1, 1.0]},
     {"cuts": ["0.1", "0.2"]}, {"cuts": [0.1, None]}, {"cuts": [0.1, float("nan")]},
-    {"method": "magic"},
+    {"method": ""},
 ], ids=lambda c: json.dumps(c, default=repr).replace(" ", ""))
 def test_malformed_dicts_are_artifact_errors(change):
     d = dict(GOOD)
@@ -607,3 +607,16 @@ def test_check_hysteresis_returns_a_float():
     assert check_hysteresis(0) == 0.0 and isinstance(check_hysteresis(0), float)
     assert check_hysteresis(0.25) == 0.25
     assert check_hysteresis(np.float64(0.5)) == 0.5
+
+
+def test_too_many_cuts_are_refused_naming_the_option():
+    with pytest.raises(ConfigError, match=r"--cuts: 32 cut-offs make 33 tiers; at most 32 tiers"):
+        parse_cuts(",".join(str((i + 1) / 100) for i in range(32)))
+    assert len(parse_cuts(",".join(str((i + 1) / 100) for i in range(31)))) == 31
+
+
+def test_a_method_of_a_newer_ubp_edge_still_loads():
+    d = IntentTiers(("a", "b"), (0.5,)).to_dict()
+    assert IntentTiers.from_dict({**d, "method": "uplift-2027"}).method == "uplift-2027"
+    with pytest.raises(ArtifactError, match="tier method"):
+        IntentTiers.from_dict({**d, "method": ""})

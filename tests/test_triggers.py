@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -159,13 +160,28 @@ def test_a_store_fires_on_the_first_crossing_only(scorer):
     assert [again.push("a", view(i))[0] for i in range(6)] == scores
 
 
-def test_push_and_push_with_triggers_share_the_session_mask(scorer):
+def test_push_leaves_the_triggers_armed_for_push_with_triggers(scorer):
     _, rule = climb(scorer)
     store = SessionStore(scorer, idle_timeout=None, triggers=rule)
-    for i in range(3):  # the crossing happens inside `push`, which does not report it
+    for i in range(3):  # the crossing happens inside `push`, which neither fires nor disarms
         store.push("a", view(i))
-    assert fired_at(store, "a", range(3, 6)) == []
+    assert store.triggers_fired == 0
+    assert fired_at(store, "a", range(3, 6)) == [(4, ["high"])]  # the next push that watches
     assert store.triggers_fired == 1
+
+
+@pytest.mark.parametrize("watched,hysteresis,message", [
+    ((0,), 0.1, "watched tiers must be increasing indices in 1..2"),
+    ((3,), 0.1, "watched tiers must be increasing indices in 1..2"),
+    ((2, 1), 0.1, "watched tiers must be increasing indices"),
+    ((), 0.1, "watched tiers must be increasing indices"),
+    ((1,), 1.0, "hysteresis must be a fraction in [0, 1)"),
+    ((1,), float("nan"), "hysteresis must be a fraction in [0, 1)"),
+])
+def test_a_rule_built_directly_is_checked_as_for_names_checks_it(watched, hysteresis, message):
+    tiers = IntentTiers(("browsing", "considering", "likely"), (0.1, 0.2))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TriggerRule(tiers, watched, hysteresis)
 
 
 def test_a_store_without_triggers_fires_none(scorer):

@@ -21,6 +21,7 @@ from edge_runtime.backends import BACKENDS
 from edge_runtime.events import CANONICAL_FIELDS, EVENT_TYPES, REQUIRED_FIELDS
 from trainer.formats import CUSTOM_FORMAT, PRESETS, TimeUnit
 from trainer.logsource import EventLogSource
+from trainer.rundir import SPLIT_NAMES
 
 
 def one_of(names: Iterable[str], last: str = "or") -> str:
@@ -49,6 +50,10 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Any bad row is an err
 GapOpt = Annotated[float, typer.Option(help="Session inactivity gap (logs without session ids).")]
 ModelGapOpt = Annotated[float | None, typer.Option(help="Session gap; default: the model's.")]
 QuarantineOpt = Annotated[Path | None, typer.Option(help="Write bad rows here (JSONL).")]
+
+SplitOpt = Annotated[str | None, typer.Option(
+    help=f"Only this split ({', '.join(SPLIT_NAMES)}) of --run-dir's split.json.")]
+RunDirOpt = Annotated[Path | None, typer.Option(help="The run directory whose split --split names.")]
 
 # ----------------------------------------------------------------------------- models and output
 ModelOpt = Annotated[Path, typer.Option("--model", help="An artifact (.tflite) from `ubp-edge convert`.")]
@@ -96,3 +101,21 @@ def log_inputs(source: EventLogSource) -> list[Path]:
                   for key, name in preset.extra.items() if key.endswith("_file")}
     return [source.path, *sorted(p for p in companions
                                  if source.preset is not None or p.exists())]
+
+
+def split_digests(split: str | None, run_dir: Path | None) -> tuple[set[str] | None, Path | None]:
+    """``--split`` and ``--run-dir``: the key digests of the split (None without it) and the
+    split.json they come from (for the output guard).
+
+    Raises:
+        ConfigError: one option without the other, or an unknown split.
+        RunDirError: split.json missing or damaged.
+    """
+    from edge_runtime.errors import ConfigError
+    from trainer.rundir import SPLIT
+    from trainer.scoring import split_keys
+
+    if (split is None) != (run_dir is None):
+        raise ConfigError("--split and --run-dir go together, e.g. --split test --run-dir runs/taobao")
+    manifest = run_dir / SPLIT if run_dir is not None else None
+    return (split_keys(manifest, split) if split else None), manifest

@@ -20,7 +20,9 @@ import numpy as np
 
 from edge_runtime.errors import ConfigError
 from edge_runtime.explain import (
+    EXPLAINED_SESSIONS,
     IMPORTANCE_SESSIONS,
+    TOP_EVENTS,
     GroupImportance,
     Trajectory,
     empty_session_probability,
@@ -30,10 +32,6 @@ from edge_runtime.explain import (
 from edge_runtime.scorer import Scorer
 from trainer.logsource import EventLogSource
 from trainer.scoring import ScorableSessions, scorable_sessions
-
-DEFAULT_SESSIONS = 3  # explained when none is named: the highest-scoring ones
-DEFAULT_TOP = 5
-
 
 
 @dataclass(frozen=True)
@@ -86,6 +84,7 @@ class LogExplanation:
         sessions_sampled_from: the scorable sessions they were sampled from (equal when
             all were used).
         chosen_by: how the sessions were chosen, in words.
+        split: the run's split the sessions came from (`--split`), None for the whole log.
         bad_rows: the log's bad-row summary.
         warnings: what the log lacks that the model expects.
     """
@@ -101,12 +100,14 @@ class LogExplanation:
     sessions_sampled_from: int
     chosen_by: str
     bad_rows: dict
+    split: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """The `explain --json` object."""
         return {"model": self.model, "data": self.data, "baseline": self.baseline,
-                "threshold": self.threshold, "tiers": self.tiers, "chosen_by": self.chosen_by,
+                "threshold": self.threshold, "tiers": self.tiers, "split": self.split,
+                "chosen_by": self.chosen_by,
                 "sessions": [s.to_dict() for s in self.sessions],
                 "importance": [g.to_dict() for g in self.importance],
                 "importance_sessions": self.sessions_scored,
@@ -114,21 +115,23 @@ class LogExplanation:
                 "bad_rows": self.bad_rows, "warnings": self.warnings}
 
 
-def explain_log(scorer: Scorer, source: EventLogSource, keys: list[str] | None = None,
-                n_sessions: int = DEFAULT_SESSIONS, top: int = DEFAULT_TOP,
+def explain_log(scorer: Scorer, source: EventLogSource, session_keys: list[str] | None = None,
+                n_sessions: int = EXPLAINED_SESSIONS, top: int = TOP_EVENTS,
                 only_keys: set[str] | None = None, model_name: str = "",
-                importance_sessions: int = IMPORTANCE_SESSIONS) -> LogExplanation:
+                importance_sessions: int = IMPORTANCE_SESSIONS, split: str | None = None
+                ) -> LogExplanation:
     """Explain sessions of a log, and the feature groups over all its scorable sessions.
 
     Args:
         scorer: the loaded artifact (it must carry its empty-session score).
         source: the log and how to read it.
-        keys: the session keys to explain, in this order; None picks the ``n_sessions``
-            highest-scoring sessions.
+        session_keys: the session keys to explain, in this order; None picks the
+            ``n_sessions`` highest-scoring sessions (by whole-session score).
         n_sessions: how many to pick when ``keys`` is None.
         top: events listed per session as the ones that moved it most.
         only_keys: key digests of a split (`trainer.scoring.split_keys`): only those
             sessions are scored, picked and averaged over.
+        split: that split's name, for the output.
         model_name: the artifact's name for the output.
         importance_sessions: the most sessions occlusion averages over (a seeded random
             sample of the scorable ones beyond it).
@@ -153,13 +156,16 @@ def explain_log(scorer: Scorer, source: EventLogSource, keys: list[str] | None =
         raise ConfigError(f"{source.path}: no session has an event before its first purchase; "
                           f"nothing to explain")
     scores = scorer.score_encoded(encoded)
-    if keys:
-        positions = _positions_of(chosen, keys, source)
+    if session_keys:
+        positions = _positions_of(chosen, session_keys, source)
         chosen_by = "named with --session"
     else:
-        # Highest final score first; ties in log order.
+        # Highest whole-session score first (what `score` and `segment` give); ties in log
+        # order. A full-integer artifact's live final score can differ by a few thousandths.
         positions = list(np.argsort(-scores, kind="stable")[:n_sessions])
-        chosen_by = f"the {min(n_sessions, len(scores))} highest-scoring sessions"
+        count = min(n_sessions, len(scores))
+        chosen_by = (f"the {count} highest-scoring {'session' if count == 1 else 'sessions'} "
+                     f"(by whole-session score)")
     explained = [_explain_session(scorer, chosen, int(i), encoded[int(i)], top) for i in positions]
     sample = encoded
     if len(encoded) > importance_sessions:
@@ -170,7 +176,8 @@ def explain_log(scorer: Scorer, source: EventLogSource, keys: list[str] | None =
         tiers=scorer.info.tiers, sessions=explained,
         importance=occlusion_importance(scorer, sample), sessions_scored=len(sample),
         sessions_sampled_from=len(encoded),
-        chosen_by=chosen_by, bad_rows=chosen.log.bad.summary(), warnings=chosen.warnings)
+        chosen_by=chosen_by, bad_rows=chosen.log.bad.summary(), warnings=chosen.warnings,
+        split=split)
 
 
 def _positions_of(chosen: ScorableSessions, keys: list[str], source: EventLogSource) -> list[int]:

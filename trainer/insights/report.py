@@ -10,6 +10,7 @@ Seams: `write_explain_report`, `markdown`, `plot_trajectory`, `plot_importance`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,22 +49,26 @@ def plot_trajectory(session: dict, threshold: float, tiers: dict | None) -> byte
     for event_type, colour in EVENT_COLOURS.items():
         if any(e["event"] == event_type for e in session["events"]):
             ax.scatter([], [], s=28, color=colour, label=event_type)
+    # Ids and keys are the log's text: parse_math=False, or a "$" in one is read as TeX.
     for top in session["top"][:3]:
         ax.annotate(f"{top['event']} {top['item']}\n{top['delta']:+.3f}",
                     (top["position"], top["probability"]), textcoords="offset points",
-                    xytext=(4, 8), fontsize=7)
+                    xytext=(4, 8), fontsize=7, parse_math=False)
     lines = [("threshold", threshold, "#D55E00")]
     if tiers:
         lines += [(f"{name} from", cut, "#999999") for name, cut in zip(tiers["names"][1:], tiers["cuts"],
                                                                         strict=True)]
+    right = len(scores) - 0.5
     for label, y, colour in lines:
         ax.axhline(y, linestyle=":", linewidth=1, color=colour)
-        ax.annotate(f"{label} {y:.3f}", (0, y), textcoords="offset points", xytext=(2, 2),
-                    fontsize=7, color=colour)
+        # At the right edge: the trajectory starts at the left, below most cut-offs.
+        ax.annotate(f"{label} {y:.3f}", (right, y), textcoords="offset points", xytext=(-2, 2),
+                    fontsize=7, color=colour, ha="right", parse_math=False)
     ax.set_xlabel("events (0: before the first)")
     ax.set_ylabel("purchase probability")
-    ax.set_title(f"session {session['key']}" + (" (bought)" if session["purchased"] else ""), fontsize=9)
-    ax.set_xlim(-0.3, len(scores) - 0.5)
+    ax.set_title(f"session {session['key']}" + (" (bought)" if session["purchased"] else ""), fontsize=9,
+                 parse_math=False)
+    ax.set_xlim(-0.3, right)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # events are counted, not measured
     ax.set_ylim(0, max(max(scores), threshold, *(tiers["cuts"] if tiers else ())) * 1.15)
     ax.legend(fontsize=7, loc="upper left")
@@ -83,7 +88,7 @@ def plot_importance(importance: list[dict], sessions: int) -> bytes:
     ax.barh(y, mean, xerr=[np.minimum(std, mean), std], color="#0072B2", ecolor="#999999", capsize=3)
     ax.scatter([g["p90_abs_change"] for g in rows], y, marker="D", s=16, color="#D55E00",
                label="90th percentile", zorder=3)
-    ax.set_yticks(y, [g["group"] for g in rows], fontsize=8)
+    ax.set_yticks(y, [g["group"] for g in rows], fontsize=8)  # our own names: no "$" in them
     ax.set_xlabel("mean |change| of the final score (whisker: one standard deviation)")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(f"feature groups by occlusion, {sessions:,} sessions", fontsize=9)
@@ -92,10 +97,11 @@ def plot_importance(importance: list[dict], sessions: int) -> bytes:
 
 def markdown(d: dict) -> str:
     """explain.md from the `explain --json` object."""
+    split = f" ({d['split']} split)" if d.get("split") else ""
     parts = ["# Why these sessions score what they score\n",
-             f"Model `{Path(d['model']).name}` on `{d['data']}`. Every session starts at the "
-             f"empty-session score {d['baseline']:.4f} (the model before any event); each event "
-             f"moves it, and the changes add up to the final score. Sessions: "
+             f"Model {_code(Path(d['model']).name)} on {_code(d['data'])}{split}. Every session "
+             f"starts at the empty-session score {d['baseline']:.4f} (the model before any "
+             f"event); each event moves it, and the changes add up to the final score. Sessions: "
              f"{d['chosen_by']}. Decision threshold {d['threshold']:.4f}.\n"]
     if d["tiers"]:
         t = d["tiers"]
@@ -103,8 +109,8 @@ def markdown(d: dict) -> str:
                           for name, cut in zip(t["names"][1:], t["cuts"], strict=True))
         parts.append(f"Intent tiers: {t['names'][0]} below {t['cuts'][0]:.4f}, {edges}.\n")
     for n, s in enumerate(d["sessions"], start=1):
-        parts.append(f"## Session `{s['key']}`\n")
-        parts.append(f"{len(s['trajectory'])} events" + (f", user `{s['user']}`" if s["user"] else "")
+        parts.append(f"## Session {_code(s['key'])}\n")
+        parts.append(f"{len(s['trajectory'])} events" + (f", user {_code(s['user'])}" if s["user"] else "")
                      + f"; score {s['baseline']:.4f} -> {s['final']:.4f}"
                      + ("; the session went on to a purchase" if s["purchased"] else "") + ".\n")
         parts.append(f"![trajectory]({trajectory_png(n)})\n")
@@ -117,7 +123,7 @@ def markdown(d: dict) -> str:
     parts.append("## Feature groups\n")
     parts.append(f"How much the final score moves when a group of features reads its training "
                  f"mean at every event, over {d['importance_sessions']:,} sessions"
-                 + (f" (a seeded random sample of {d['importance_sampled_from']:,})"
+                 + (f" (a seeded random sample of the {d['importance_sampled_from']:,} scored)"
                     if d["importance_sampled_from"] > d["importance_sessions"] else "")
                  + ": mean "
                  "|change|, its standard deviation and 90th percentile, and the mean signed "
@@ -139,6 +145,14 @@ def report_files(out_dir: str | os.PathLike, sessions: int) -> list[Path]:
             out_dir / IMPORTANCE_PNG, out_dir / REPORT_MD]
 
 
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span, whatever backticks it holds: fenced by one backtick
+    more than its longest run of them (CommonMark), padded with spaces when it has any."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    return f"{fence} {text} {fence}" if longest else f"{fence}{text}{fence}"
+
+
 def write_explain_report(result: LogExplanation, out_dir: str | os.PathLike) -> Path:
     """Write explain.md and its plots into ``out_dir``, each file atomically.
 
@@ -151,7 +165,12 @@ def write_explain_report(result: LogExplanation, out_dir: str | os.PathLike) -> 
     out_dir = Path(out_dir)
     check_folder_writable(out_dir, "--report")
     d = result.to_dict()
-    for n, s in enumerate(d["sessions"], start=1):
-        write_bytes_atomic(out_dir / trajectory_png(n), plot_trajectory(s, d["threshold"], d["tiers"]))
-    write_bytes_atomic(out_dir / IMPORTANCE_PNG, plot_importance(d["importance"], d["importance_sessions"]))
-    return write_bytes_atomic(out_dir / REPORT_MD, markdown(d).encode("utf-8"))
+    # Every file is drawn before the first is written: a plot that fails leaves the folder
+    # as it was, not a new plot beside an old page.
+    files = {out_dir / trajectory_png(n): plot_trajectory(s, d["threshold"], d["tiers"])
+             for n, s in enumerate(d["sessions"], start=1)}
+    files[out_dir / IMPORTANCE_PNG] = plot_importance(d["importance"], d["importance_sessions"])
+    files[out_dir / REPORT_MD] = markdown(d).encode("utf-8")
+    for path, data in files.items():
+        write_bytes_atomic(path, data)
+    return out_dir / REPORT_MD

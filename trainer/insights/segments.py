@@ -9,8 +9,8 @@ the sessions evaluated.
 
 Seams: `segment_log` (a log, a Scorer and tiers -> Segmentation), `tier_table` (scores,
 labels, tiers -> the table's rows), `Segmentation.to_dict` (the `--json` object),
-`write_assignments` / `write_user_assignments` (CSV, Parquet or JSON lines, by suffix,
-written atomically).
+`session_rows` / `user_rows` and `write_assignments` (CSV, Parquet or JSON lines, by
+suffix, written atomically).
 """
 
 from __future__ import annotations
@@ -34,8 +34,15 @@ from trainer.scoring import ScoredLog, score_log
 ASSIGNMENT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
                       ".ndjson": "jsonl"}
 SESSION_FIELDS = ("session", "user", "start", "events_scored", "probability", "tier")
-USER_FIELDS = ("user", "sessions", "highest_probability", "tier", "latest_session",
+USER_FIELDS = ("user", "sessions", "highest_probability", "highest_tier", "latest_session",
                "latest_probability", "latest_tier")
+# Each column's type in a Parquet file: fixed, so a column of only None (no user ids) is
+# still a string column.
+PARQUET_TYPES = {"session": "string", "user": "string", "start": "float64",
+                 "events_scored": "int64", "probability": "float64", "tier": "string",
+                 "sessions": "int64", "highest_probability": "float64", "highest_tier": "string",
+                 "latest_session": "string", "latest_probability": "float64",
+                 "latest_tier": "string"}
 
 
 def assignment_format(path: str | os.PathLike, option: str = "--out") -> str:
@@ -186,7 +193,7 @@ def user_rows(seg: Segmentation) -> list[dict]:
             held["latest"], held["latest_session"] = start, key
             held["latest_probability"], held["latest_tier"] = p, tier
     return [{"user": r["user"], "sessions": r["sessions"],
-             "highest_probability": round(r["highest"], 6), "tier": r["tier"],
+             "highest_probability": round(r["highest"], 6), "highest_tier": r["tier"],
              "latest_session": r["latest_session"],
              "latest_probability": round(r["latest_probability"], 6), "latest_tier": r["latest_tier"]}
             for r in by_user.values()]
@@ -207,7 +214,8 @@ def write_assignments(rows: list[dict], fields: tuple[str, ...], out: str | os.P
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.table({f: [r[f] for r in rows] for f in fields})
+        schema = pa.schema([(f, PARQUET_TYPES[f]) for f in fields])
+        table = pa.table({f: [r[f] for r in rows] for f in fields}, schema=schema)
         with atomic_open(out, "wb") as f:
             pq.write_table(table, f)
     elif kind == "csv":

@@ -15,8 +15,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from edge_runtime.explain import IMPORTANCE_SESSIONS
-from trainer.rundir import SPLIT_NAMES
+from edge_runtime.explain import EXPLAINED_SESSIONS, IMPORTANCE_SESSIONS, TOP_EVENTS
 from ubp_edge.console import (
     bad_rows_line,
     err,
@@ -36,27 +35,18 @@ from ubp_edge.options import (
     MapOpt,
     ModelGapOpt,
     ModelOpt,
+    RunDirOpt,
+    SplitOpt,
     StrictOpt,
     TimeUnitOpt,
     log_inputs,
     log_source,
+    split_digests,
 )
 
-SplitOpt = Annotated[str | None, typer.Option(
-    help=f"Only this split ({', '.join(SPLIT_NAMES)}) of --run-dir's split.json.")]
-RunDirOpt = Annotated[Path | None, typer.Option(help="The run directory whose split --split names.")]
-
-
-def _split_keys(split: str | None, run_dir: Path | None) -> tuple[set[str] | None, Path | None]:
-    """The key digests of ``--split`` (None without it) and the split.json read."""
-    from edge_runtime.errors import ConfigError
-    from trainer.rundir import SPLIT
-    from trainer.scoring import split_keys
-
-    if (split is None) != (run_dir is None):
-        raise ConfigError("--split and --run-dir go together, e.g. --split test --run-dir runs/taobao")
-    manifest = run_dir / SPLIT if run_dir is not None else None
-    return (split_keys(manifest, split) if split else None), manifest
+# The most sessions `explain --report` draws: a page of more trajectory plots is read by
+# nobody, and the output guard checks each of its files against every other.
+MAX_REPORT_SESSIONS = 100
 
 
 def explain(
@@ -66,8 +56,10 @@ def explain(
         "--session", help="A session key to explain (repeat for more); default: the "
                           "highest-scoring sessions.")] = None,
     sessions: Annotated[int, typer.Option(
-        "--sessions", help="Without --session: how many of the highest-scoring sessions.")] = 3,
-    top: Annotated[int, typer.Option(help="Events listed per session: those that moved the score most.")] = 5,
+        "--sessions", help="Without --session: how many of the highest-scoring sessions (at most "
+                           f"{MAX_REPORT_SESSIONS} with --report).")] = EXPLAINED_SESSIONS,
+    top: Annotated[int, typer.Option(
+        help="Events listed per session: those that moved the score most.")] = TOP_EVENTS,
     importance_sessions: Annotated[int, typer.Option(
         help="The most sessions the feature-group importance averages over (a seeded random "
              "sample beyond).")] = IMPORTANCE_SESSIONS,
@@ -83,6 +75,7 @@ def explain(
     """Why sessions score what they score: the score after every event, the events that moved
     it most, and the feature groups that move scores most over the log (by occlusion)."""
     with user_errors():
+        from edge_runtime.errors import ConfigError
         from trainer.files import check_outputs
 
         require("ubp-edge explain", "pyarrow", *(["matplotlib"] if report else []))
@@ -92,15 +85,19 @@ def explain(
 
         source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict,
                             gap_minutes)
-        keys, manifest = _split_keys(split, run_dir)
+        digests, manifest = split_digests(split, run_dir)
+        drawn = len(session) if session else sessions
+        if report is not None and drawn > MAX_REPORT_SESSIONS:
+            raise ConfigError(f"--report draws at most {MAX_REPORT_SESSIONS} sessions, got {drawn}; "
+                              f"explain more without --report (--json has them all)")
         check_outputs({"--data": log_inputs(source), "--model": model, "--run-dir": manifest},
-                      {"--report": report_files(report, len(session) if session else sessions)
+                      {"--report": report_files(report, drawn)
                        if report is not None else None},
                       folders={"--report": report})
         scorer = Scorer.load(model, backend=backend)
-        result = explain_log(scorer, source, keys=session or None, n_sessions=sessions, top=top,
-                             only_keys=keys, model_name=str(model),
-                             importance_sessions=importance_sessions)
+        result = explain_log(scorer, source, session_keys=session or None, n_sessions=sessions,
+                             top=top, only_keys=digests, model_name=str(model),
+                             importance_sessions=importance_sessions, split=split)
         written = None
         if report is not None:
             from trainer.insights.report import write_explain_report
@@ -124,7 +121,8 @@ def session_table(d: dict, top: int) -> Table:
     from trainer.insights.explain import duration_text
 
     title = (f"session {d['key']}" + (f" (user {d['user']})" if d.get("user") else "")
-             + f": {len(d['trajectory'])} events, score {d['baseline']:.4f} -> {d['final']:.4f}"
+             + f": {len(d['trajectory'])} {_plural(len(d['trajectory']), 'event')}, score "
+               f"{d['baseline']:.4f} -> {d['final']:.4f}"
              + (", went on to buy" if d["purchased"] else ""))
     table = Table(title=Text(title), caption=f"the {min(top, len(d['top']))} events that moved the "
                                              f"score most; changes sum to final - empty-session score")
@@ -142,8 +140,9 @@ def importance_table(d: dict) -> Table:
     """Feature groups by how much occluding them moves the final score (`explain --json`'s
     ``importance``)."""
     sampled = d["importance_sampled_from"]
-    of = f" (a random sample of {sampled:,})" if sampled > d["importance_sessions"] else ""
-    table = Table(title=f"feature groups by occlusion over {d['importance_sessions']:,} sessions{of}",
+    of = f" sampled from {sampled:,}" if sampled > d["importance_sessions"] else ""
+    n = d["importance_sessions"]
+    table = Table(title=f"feature groups by occlusion over {n:,} {_plural(n, 'session')}{of}",
                   caption="|change| of the final score when the group reads its training mean")
     for name in ("group", "mean |change|", "std", "p90", "mean change"):
         table.add_column(name, justify="left" if name == "group" else "right")
@@ -162,10 +161,10 @@ def segment(
         help="Score cut-offs between the tiers, e.g. 0.05,0.15; default: the artifact's "
              "(chosen on validation sessions at convert time).")] = None,
     out_file: Annotated[Path | None, typer.Option(
-        "--out", help="Per-session tiers (.csv, .parquet or .jsonl).")] = None,
+        "--out", help="Per-session tiers (.csv, .parquet, or JSON lines: .jsonl, .json, .ndjson).")] = None,
     users_out: Annotated[Path | None, typer.Option(
-        "--users-out", help="Per-user tiers (.csv, .parquet or .jsonl): the highest and the "
-                            "latest session's; needs a log with user ids.")] = None,
+        "--users-out", help="Per-user tiers (as --out): the highest and the latest session's; "
+                            "needs a log with user ids.")] = None,
     format: FormatOpt = None, column_map: MapOpt = None, event_map: EventsOpt = None,
     time_unit: TimeUnitOpt = "auto", delimiter: DelimiterOpt = ",",
     gap_minutes: ModelGapOpt = None, strict: StrictOpt = False,
@@ -197,11 +196,11 @@ def segment(
                 assignment_format(path, option)  # a wrong suffix is refused before the log is read
         source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict,
                             gap_minutes)
-        keys, manifest = _split_keys(split, run_dir)
+        digests, manifest = split_digests(split, run_dir)
         check_outputs({"--data": log_inputs(source), "--model": model, "--run-dir": manifest},
                       {"--out": out_file, "--users-out": users_out})
         scorer = Scorer.load(model, backend=backend)
-        result = segment_log(scorer, source, given, names, only_keys=keys, model_name=str(model),
+        result = segment_log(scorer, source, given, names, only_keys=digests, model_name=str(model),
                              split=split)
         # Per-user rows first: a log without user ids fails before --out is written.
         users = user_rows(result) if users_out is not None else None
@@ -217,30 +216,36 @@ def segment(
             return
         for w in result.warnings:
             warn(w)
-        print_wide(tier_table(report), 100)
+        print_wide(render_tiers(report), 100)
         for option, path in written.items():
             err.print(f"{option}: {path}", soft_wrap=True)
         out.print(bad_rows_line(report["bad_rows"], None))
 
 
-def tier_table(d: dict) -> Table:
-    """The `segment --json` object's tiers as a Rich table, lowest intent first."""
+def render_tiers(d: dict) -> Table:
+    """The `segment --json` object's tiers as a Rich table, lowest intent first. Names and
+    paths come from the user: they are Text, never read as Rich markup."""
     base = d["base_rate"]
     title = (f"{Path(d['model']).name} on {d['data']}" + (f" ({d['split']} split)" if d["split"] else "")
-             + f"\n{d['sessions']:,} sessions, {d['purchases']:,} with a purchase"
-             + (f" ({100 * base:.1f}%)" if base is not None else ""))
+             + f"\n{d['sessions']:,} {_plural(d['sessions'], 'session')}, {d['purchases']:,} with a "
+               f"purchase" + (f" ({100 * base:.1f}%)" if base is not None else ""))
     caption = ("cut-offs from the artifact: " + (f"{d['method']} on {d['fitted_on']}"
                                                  if d["fitted_on"] else d["method"])
                if d["cuts_from"] == "artifact" else "cut-offs from --cuts")
-    table = Table(title=title, caption=caption)
+    table = Table(title=Text(title), caption=Text(caption))
     for name in ("tier", "scores", "sessions", "share", "purchases", "rate", "lift", "capture"):
         table.add_column(name, justify="left" if name in ("tier", "scores") else "right")
     for r in d["tiers"]:
-        table.add_row(r["name"], f"[{r['low']:.4f}, {r['high']:.4f}" + (")" if r["high"] < 1 else "]"),
-                      f"{r['sessions']:,}", _percent(r["share"]), f"{r['purchases']:,}",
-                      _percent(r["purchase_rate"]), "n/a" if r["lift"] is None else f"{r['lift']:.2f}x",
-                      _percent(r["capture"]))
+        # 4 significant digits: tiny cut-offs (--cuts 1e-5,2e-5) stay apart.
+        scores = f"[{r['low']:.4g}, {r['high']:.4g}" + (")" if r["high"] < 1 else "]")
+        table.add_row(Text(r["name"]), Text(scores), f"{r['sessions']:,}", _percent(r["share"]),
+                      f"{r['purchases']:,}", _percent(r["purchase_rate"]),
+                      "n/a" if r["lift"] is None else f"{r['lift']:.2f}x", _percent(r["capture"]))
     return table
+
+
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"
 
 
 def _percent(value: float | None) -> str:

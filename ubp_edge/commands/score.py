@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from trainer.rundir import SPLIT_NAMES
 from ubp_edge.console import (
     METRIC_COLUMNS,
     bad_rows_line,
@@ -37,10 +36,13 @@ from ubp_edge.options import (
     ModelGapOpt,
     ModelOpt,
     QuarantineOpt,
+    RunDirOpt,
+    SplitOpt,
     StrictOpt,
     TimeUnitOpt,
     log_inputs,
     log_source,
+    split_digests,
 )
 
 # Where `score --out FILE` puts the log's bad rows: FILE + this.
@@ -137,29 +139,22 @@ def evaluate(
     gap_minutes: ModelGapOpt = None,
     backend: BackendOpt = "auto",
     quarantine: QuarantineOpt = None,
-    split: Annotated[str | None, typer.Option(
-        help=f"Only this split ({', '.join(SPLIT_NAMES)}) of --run-dir's split.json.")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="The run directory whose split --split names.")] = None,
+    split: SplitOpt = None, run_dir: RunDirOpt = None,
     strict: StrictOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Metrics of an artifact on a log's labelled sessions, scored through the edge runtime."""
     with user_errors():
-        from edge_runtime.errors import ConfigError
         from trainer.files import check_outputs
 
         require("ubp-edge evaluate", "pyarrow", "sklearn", "scipy")
         from edge_runtime.scorer import Scorer
-        from trainer.rundir import SPLIT
-        from trainer.scoring import evaluation_report, score_log, split_keys
+        from trainer.scoring import evaluation_report, score_log
 
         source = log_source(data, format, column_map, event_map, time_unit, delimiter, strict,
                             gap_minutes)
-        if (split is None) != (run_dir is None):
-            raise ConfigError("--split and --run-dir go together, e.g. --split test --run-dir runs/taobao")
-        manifest = run_dir / SPLIT if run_dir is not None else None
+        keys, manifest = split_digests(split, run_dir)
         check_outputs({"--data": log_inputs(source), "the artifact": model, "--run-dir": manifest},
                       {"--quarantine": quarantine})
-        keys = split_keys(manifest, split) if split else None
         scorer = Scorer.load(model, backend=backend)
         scored = score_log(scorer, source, only_keys=keys)
         report = evaluation_report(scored, scorer.threshold)

@@ -115,10 +115,7 @@ def parse_tier_options(triggers: str | None, cuts: str | None, tier_names: str |
     if not watched:
         raise ConfigError(f"--triggers names no tier: {triggers!r}; e.g. --triggers likely")
     if hysteresis is not None:
-        try:
-            check_hysteresis(hysteresis)
-        except ConfigError as e:
-            raise ConfigError(f"--{e}") from None
+        check_hysteresis(hysteresis, "--hysteresis")
     return (watched, None if cuts is None else parse_cuts(cuts),
             None if tier_names is None else parse_names(tier_names))
 
