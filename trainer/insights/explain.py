@@ -127,7 +127,7 @@ def explain_log(scorer: Scorer, source: EventLogSource, session_keys: list[str] 
         source: the log and how to read it.
         session_keys: the session keys to explain, in this order; None picks the
             ``n_sessions`` highest-scoring sessions (by whole-session score).
-        n_sessions: how many to pick when ``keys`` is None.
+        n_sessions: how many to pick when ``session_keys`` is None.
         top: events listed per session as the ones that moved it most.
         only_keys: key digests of a split (`trainer.scoring.split_keys`): only those
             sessions are scored, picked and averaged over.
@@ -155,13 +155,13 @@ def explain_log(scorer: Scorer, source: EventLogSource, session_keys: list[str] 
     if not encoded:
         raise ConfigError(f"{source.path}: no session has an event before its first purchase; "
                           f"nothing to explain")
-    scores = scorer.score_encoded(encoded)
     if session_keys:
         positions = _positions_of(chosen, session_keys, source)
         chosen_by = "named with --session"
     else:
         # Highest whole-session score first (what `score` and `segment` give); ties in log
         # order. A full-integer artifact's live final score can differ by a few thousandths.
+        scores = scorer.score_encoded(encoded)
         positions = list(np.argsort(-scores, kind="stable")[:n_sessions])
         count = min(n_sessions, len(scores))
         chosen_by = (f"the {count} highest-scoring {'session' if count == 1 else 'sessions'} "

@@ -103,14 +103,15 @@ def explain(
             from trainer.insights.report import write_explain_report
 
             written = write_explain_report(result, report)
+        d = result.to_dict()
         if as_json:
-            print_json(result.to_dict())
+            print_json(d)
         else:
             for w in result.warnings:
                 warn(w)
-            for explained in result.sessions:
-                print_wide(session_table(explained.to_dict(), top), 100)
-            print_wide(importance_table(result.to_dict()), 80)
+            for explained in d["sessions"]:
+                print_wide(session_table(explained, top), 100)
+            print_wide(importance_table(d), 80)
             out.print(bad_rows_line(result.bad_rows, None))
         if written is not None:
             err.print(f"report: {written}", soft_wrap=True)
